@@ -1,0 +1,262 @@
+// The DeepSeek-V2 forward pass on the CPU, exactly as reference section 3, in fp32 from bf16 (or
+// f32) weights. Decoding uses absorbed MLA over the latent cache: per token and layer only the
+// normalized latent c [kv_lora] and the roped k_pe [rope] are kept (fp32 here).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/thread_pool.h"
+#include "model/model.h"
+#include "model/rope.h"
+#include "model/router.h"
+#include "model/weights.h"
+
+namespace dsv2 {
+
+int64_t Model::logits_rows(std::span<const SeqChunk> batch) {
+  int64_t n = 0;
+  for (auto& ch : batch) n += ch.all_logits ? int64_t(ch.tokens.size()) : (ch.tokens.empty() ? 0 : 1);
+  return n;
+}
+
+namespace {
+
+using cpu::MatmulJob;
+
+class CpuModel final : public Model {
+ public:
+  CpuModel(std::shared_ptr<const ModelWeights> w, const CacheOptions& opts)
+      : w_(std::move(w)), c_(w_->config), rope_(c_), D_(c_.kv_cache_dim()), L_(c_.num_hidden_layers) {
+    int64_t max_tokens = opts.max_tokens > 0 ? opts.max_tokens : std::min<int64_t>(c_.max_position_embeddings, 8192);
+    int64_t n_blocks = (max_tokens + kCacheBlockSize - 1) / kCacheBlockSize;
+    cache_.assign(size_t(n_blocks * L_ * kCacheBlockSize * D_), 0.0f);
+    alloc_.reset(int32_t(n_blocks));
+  }
+
+  const ModelConfig& config() const override { return c_; }
+  std::string device_name() const override {
+    return fmt::format("cpu ({} threads{})", ThreadPool::global().size(), cpu::has_avx512() ? ", AVX-512" : "");
+  }
+  BlockAllocator& blocks() override { return alloc_; }
+  size_t cache_bytes_per_token() const override { return size_t(L_ * D_) * sizeof(float); }
+
+  void forward(std::span<const SeqChunk> batch, float* logits) override;
+
+ private:
+  float* cache_row(const SequenceCache& s, int64_t layer, int64_t pos) {
+    int64_t block = s.blocks[size_t(pos / kCacheBlockSize)];
+    return cache_.data() + ((size_t(block) * L_ + layer) * kCacheBlockSize + pos % kCacheBlockSize) * D_;
+  }
+  void attention(int64_t layer, const float* xn, float* out);
+  void ffn(int64_t layer, const float* xn, float* out);
+
+  std::shared_ptr<const ModelWeights> w_;
+  const ModelConfig& c_;
+  RopeTable rope_;
+  const int64_t D_, L_;
+  std::vector<float> cache_;  // [block][layer][64][kv_lora + rope]
+  BlockAllocator alloc_;
+
+  // Per-call batch layout.
+  int64_t T_ = 0;
+  std::vector<int64_t> pos_;                  // absolute position of each row
+  std::vector<const SequenceCache*> seq_of_;  // sequence of each row
+};
+
+void CpuModel::forward(std::span<const SeqChunk> batch, float* logits) {
+  const int64_t H = c_.hidden_size, V = c_.vocab_size;
+  T_ = 0;
+  pos_.clear();
+  seq_of_.clear();
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> out_rows;
+  for (auto& ch : batch) {
+    DSV2_CHECK(ch.seq != nullptr);
+    int64_t n = int64_t(ch.tokens.size());
+    DSV2_CHECK(ch.seq->length + n <= ch.seq->capacity(), "cache blocks do not cover {} tokens", ch.seq->length + n);
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t id = ch.tokens[size_t(i)];
+      if (id < 0 || id >= V) fail("token id {} is outside the vocabulary [0, {})", id, V);
+      tokens.push_back(id);
+      pos_.push_back(ch.seq->length + i);
+      seq_of_.push_back(ch.seq);
+      if (ch.all_logits || i == n - 1) out_rows.push_back(T_ + i);
+    }
+    T_ += n;
+  }
+  if (T_ == 0) return;
+
+  std::vector<float> x(static_cast<size_t>(T_ * H)), xn(static_cast<size_t>(T_ * H)), y(static_cast<size_t>(T_ * H));
+  for (int64_t t = 0; t < T_; ++t) cpu::load_row(w_->embed, tokens[size_t(t)], &x[size_t(t * H)]);
+
+  auto norm_rows = [&](const std::vector<float>& weight) {
+    ThreadPool::global().parallel_for(T_, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t)
+        cpu::rmsnorm(&x[size_t(t * H)], weight.data(), H, c_.rms_norm_eps, &xn[size_t(t * H)]);
+    });
+  };
+  for (int64_t l = 0; l < L_; ++l) {
+    const LayerWeights& lw = w_->layers[size_t(l)];
+    norm_rows(lw.input_norm);
+    attention(l, xn.data(), y.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+    norm_rows(lw.post_norm);
+    ffn(l, xn.data(), y.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  }
+
+  // Final norm and lm_head only for the rows whose logits are wanted.
+  const int64_t R = int64_t(out_rows.size());
+  std::vector<float> h(static_cast<size_t>(R * H));
+  for (int64_t r = 0; r < R; ++r)
+    cpu::rmsnorm(&x[size_t(out_rows[size_t(r)] * H)], w_->final_norm.data(), H, c_.rms_norm_eps, &h[size_t(r * H)]);
+  cpu::matmul(w_->lm_head, h.data(), R, logits);
+
+  for (auto& ch : batch) ch.seq->length += int64_t(ch.tokens.size());
+}
+
+void CpuModel::attention(int64_t layer, const float* xn, float* out) {
+  const LayerWeights& lw = w_->layers[size_t(layer)];
+  const int64_t H = c_.hidden_size, nh = c_.num_attention_heads, nope = c_.qk_nope_head_dim,
+                rope = c_.qk_rope_head_dim, vd = c_.v_head_dim, kvl = c_.kv_lora_rank, qd = c_.qk_head_dim();
+  const int64_t T = T_;
+  std::vector<float> q(static_cast<size_t>(T * nh * qd));            // [T, heads, nope|rope]
+  std::vector<float> kv(static_cast<size_t>(T * (kvl + rope)));      // [T, c | k_pe]
+  if (c_.q_lora_rank > 0) {
+    const int64_t ql = c_.q_lora_rank;
+    std::vector<float> qa(static_cast<size_t>(T * ql));
+    MatmulJob jobs[2] = {{&lw.q_a_proj, xn, H, T, qa.data(), ql}, {&lw.kv_a_proj, xn, H, T, kv.data(), kvl + rope}};
+    cpu::matmul_multi(jobs);
+    std::vector<float> qan(qa.size());
+    // q_a_layernorm and kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (reference section 3).
+    for (int64_t t = 0; t < T; ++t) cpu::rmsnorm(&qa[size_t(t * ql)], lw.q_a_norm.data(), ql, 1e-6, &qan[size_t(t * ql)]);
+    cpu::matmul(lw.q_b_proj, qan.data(), T, q.data());
+  } else {
+    MatmulJob jobs[2] = {{&lw.q_proj, xn, H, T, q.data(), nh * qd}, {&lw.kv_a_proj, xn, H, T, kv.data(), kvl + rope}};
+    cpu::matmul_multi(jobs);
+  }
+  // Latent cache entries of the new tokens: normalized c, roped k_pe.
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = cache_row(*seq_of_[size_t(t)], layer, pos_[size_t(t)]);
+    const float* src = &kv[size_t(t * (kvl + rope))];
+    cpu::rmsnorm(src, lw.kv_a_norm.data(), kvl, 1e-6, row);
+    std::copy(src + kvl, src + kvl + rope, row + kvl);
+    rope_.apply(row + kvl, pos_[size_t(t)]);
+  }
+
+  // Absorbed attention per (token, head): score_j = scale * ([W_UK^T q_nope | q_pe] . [c_j | k_pe_j]),
+  // o = W_UV (sum_j p_j c_j).
+  const float scale = float(c_.softmax_scale());
+  std::vector<float> o(static_cast<size_t>(T * nh * vd));
+  ThreadPool::global().parallel_for(T * nh, [&](int64_t b, int64_t e, int) {
+    std::vector<float> qfull(static_cast<size_t>(D_)), ctx(static_cast<size_t>(kvl)), scores;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = item / nh, h = item % nh;
+      const SequenceCache& s = *seq_of_[size_t(t)];
+      const int64_t p = pos_[size_t(t)];
+      float* qh = &q[size_t((t * nh + h) * qd)];
+      rope_.apply(qh + nope, p);
+      std::fill(qfull.begin(), qfull.end(), 0.0f);
+      const int64_t base = h * (nope + vd);
+      for (int64_t i = 0; i < nope; ++i) cpu::axpy_row(lw.kv_b_proj, base + i, qh[i], qfull.data());
+      std::copy(qh + nope, qh + qd, qfull.data() + kvl);
+      scores.resize(size_t(p + 1));
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= p; ++j) {
+        scores[size_t(j)] = scale * cpu::dot(qfull.data(), cache_row(s, layer, j), D_);
+        mx = std::max(mx, scores[size_t(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j <= p; ++j) {
+        scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
+        sum += scores[size_t(j)];
+      }
+      const float inv = float(1.0 / sum);
+      std::fill(ctx.begin(), ctx.end(), 0.0f);
+      for (int64_t j = 0; j <= p; ++j) cpu::axpy(scores[size_t(j)] * inv, cache_row(s, layer, j), ctx.data(), kvl);
+      float* oh = &o[size_t((t * nh + h) * vd)];
+      for (int64_t d = 0; d < vd; ++d) oh[d] = cpu::dot_row(lw.kv_b_proj, base + nope + d, ctx.data());
+    }
+  });
+  cpu::matmul(lw.o_proj, o.data(), T, out);
+}
+
+void CpuModel::ffn(int64_t layer, const float* xn, float* out) {
+  const LayerWeights& lw = w_->layers[size_t(layer)];
+  const int64_t H = c_.hidden_size, T = T_;
+  if (!lw.moe) {
+    const int64_t I = c_.intermediate_size;
+    std::vector<float> g(static_cast<size_t>(T * I)), u(static_cast<size_t>(T * I));
+    MatmulJob jobs[2] = {{&lw.gate_proj, xn, H, T, g.data(), I}, {&lw.up_proj, xn, H, T, u.data(), I}};
+    cpu::matmul_multi(jobs);
+    cpu::silu_mul(g.data(), u.data(), T * I, g.data());
+    cpu::matmul(lw.down_proj, g.data(), T, out);
+    return;
+  }
+  const int64_t E = c_.n_routed_experts, K = c_.num_experts_per_tok, I = c_.moe_intermediate_size;
+  // Router in fp32.
+  std::vector<float> rl(static_cast<size_t>(T * E));
+  cpu::matmul(lw.router, xn, T, rl.data());
+  std::vector<int32_t> ids(static_cast<size_t>(T * K));
+  std::vector<float> wts(static_cast<size_t>(T * K));
+  {
+    std::vector<float> scratch(static_cast<size_t>(2 * E + 8));
+    for (int64_t t = 0; t < T; ++t)
+      route_token(c_, &rl[size_t(t * E)], &ids[size_t(t * K)], &wts[size_t(t * K)], scratch.data());
+  }
+  // Permute tokens by expert: slot order = expert-major.
+  std::vector<int64_t> count(size_t(E), 0), offset(size_t(E + 1), 0);
+  for (auto id : ids) ++count[size_t(id)];
+  for (int64_t e = 0; e < E; ++e) offset[size_t(e + 1)] = offset[size_t(e)] + count[size_t(e)];
+  std::vector<int64_t> slot(static_cast<size_t>(T * K));
+  {
+    std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+    for (int64_t i = 0; i < T * K; ++i) slot[size_t(i)] = fill[size_t(ids[size_t(i)])]++;
+  }
+  std::vector<float> xg(static_cast<size_t>(T * K * H));
+  for (int64_t i = 0; i < T * K; ++i) std::copy(xn + (i / K) * H, xn + (i / K + 1) * H, &xg[size_t(slot[size_t(i)] * H)]);
+
+  const int64_t S = c_.n_shared_experts * I;
+  const bool shared = S > 0;
+  std::vector<float> g(static_cast<size_t>(T * K * I)), u(static_cast<size_t>(T * K * I)), sg(size_t(T * S)), su(static_cast<size_t>(T * S));
+  std::vector<MatmulJob> jobs;
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t n = count[size_t(e)], off = offset[size_t(e)];
+    if (n == 0) continue;
+    jobs.push_back({&lw.exp_gate[size_t(e)], &xg[size_t(off * H)], H, n, &g[size_t(off * I)], I});
+    jobs.push_back({&lw.exp_up[size_t(e)], &xg[size_t(off * H)], H, n, &u[size_t(off * I)], I});
+  }
+  if (shared) {
+    jobs.push_back({&lw.sh_gate, xn, H, T, sg.data(), S});
+    jobs.push_back({&lw.sh_up, xn, H, T, su.data(), S});
+  }
+  cpu::matmul_multi(jobs);
+  cpu::silu_mul(g.data(), u.data(), T * K * I, g.data());
+  if (shared) cpu::silu_mul(sg.data(), su.data(), T * S, sg.data());
+
+  std::vector<float> yg(static_cast<size_t>(T * K * H));
+  jobs.clear();
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t n = count[size_t(e)], off = offset[size_t(e)];
+    if (n == 0) continue;
+    jobs.push_back({&lw.exp_down[size_t(e)], &g[size_t(off * I)], I, n, &yg[size_t(off * H)], H});
+  }
+  if (shared) jobs.push_back({&lw.sh_down, sg.data(), S, T, out, H});
+  cpu::matmul_multi(jobs);
+  if (!shared) std::fill(out, out + T * H, 0.0f);
+  // Routed outputs, weighted, accumulated in fp32 onto the shared-expert output.
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      cpu::axpy(wts[size_t(t * K + k)], &yg[size_t(slot[size_t(t * K + k)] * H)], out + t * H, H);
+}
+
+}  // namespace
+
+std::unique_ptr<Model> make_cpu_model(std::shared_ptr<const ModelWeights> weights, const CacheOptions& opts) {
+  return std::make_unique<CpuModel>(std::move(weights), opts);
+}
+
+}  // namespace dsv2

@@ -1,0 +1,47 @@
+#pragma once
+// The engine's view of a loaded model on one backend: run a batch of sequence chunks through the
+// network, appending to each sequence's paged latent cache, and return logits.
+//
+// A batch mixes prefill chunks (many tokens) and decode steps (one token) of different sequences;
+// matrix products run over all rows of the batch at once, attention per sequence over its cache.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "runtime/block_allocator.h"
+
+namespace dsv2 {
+
+struct ModelWeights;
+
+struct SeqChunk {
+  SequenceCache* seq = nullptr;        // blocks must already cover seq->length + tokens.size()
+  std::span<const int32_t> tokens;     // new tokens at positions seq->length, seq->length+1, ...
+  bool all_logits = false;             // logits for every token; otherwise for the last one only
+};
+
+struct CacheOptions {
+  int64_t max_tokens = 0;        // cache capacity in tokens over all sequences; 0 = backend default
+  double memory_fraction = 0.9;  // CUDA: share of free device memory after the weights
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual std::string device_name() const = 0;
+  virtual BlockAllocator& blocks() = 0;
+  // Bytes of latent cache per token over all layers: layers x (kv_lora + rope) x element size.
+  virtual size_t cache_bytes_per_token() const = 0;
+  // Number of logits rows `forward` writes for this batch.
+  static int64_t logits_rows(std::span<const SeqChunk> batch);
+  // Runs the batch, advances each seq->length, and writes logits_rows(batch) x vocab_size floats.
+  virtual void forward(std::span<const SeqChunk> batch, float* logits) = 0;
+};
+
+std::unique_ptr<Model> make_cpu_model(std::shared_ptr<const ModelWeights> weights, const CacheOptions& opts);
+
+}  // namespace dsv2

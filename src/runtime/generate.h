@@ -1,0 +1,37 @@
+#pragma once
+// Single-sequence generation on a Model: prefill the prompt, then decode one token per step.
+// The token choice is a callback (greedy argmax, or a Sampler), so the CLI and tests share the loop.
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace dsv2 {
+
+struct GenerateOptions {
+  int64_t max_tokens = 16;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_ids;   // generation ends after emitting one of these (eos included by caller)
+  int64_t prefill_chunk = 512;     // prompt tokens per forward call
+};
+
+struct GenerateResult {
+  std::vector<int32_t> ids;        // generated ids (the stop id included, as OpenAI counts it)
+  std::string finish_reason;       // "stop" or "length"
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prompt_tokens = 0;
+};
+
+// pick(logits[vocab], generated so far) -> next id; on_token(id) -> false to stop early ("stop").
+using PickFn = std::function<int32_t(std::span<const float>, std::span<const int32_t>)>;
+using TokenFn = std::function<bool(int32_t)>;
+
+GenerateResult generate(Model& model, std::span<const int32_t> prompt, const GenerateOptions& opts, const PickFn& pick,
+                        const TokenFn& on_token = {});
+
+int32_t argmax(std::span<const float> logits);
+
+}  // namespace dsv2
