@@ -36,8 +36,13 @@ tests/data/golden/ops.json (small reference values for unit tests):
              "input": [dim floats],         one q_pe / k_pe vector, pairs (x[2i], x[2i+1])
              "positions": [int],
              "output": [[dim floats]],      one row per position, de-interleaved layout:
-                                            out[i] = (x[2i] cos - x[2i+1] sin) * af-scaled,
-                                            out[i+dim/2] = (x[2i+1] cos + x[2i] sin)}],
+                                            out[i] = x[2i] cos - x[2i+1] sin (cos, sin scaled
+                                            by attention_factor),
+                                            out[i+dim/2] = (x[2i+1] cos + x[2i] sin),
+             "output_interleaved": [[dim floats]]}],  the same values with each pair kept in place:
+                                            out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = ...
+   "rope_default": {"dim", "base", "inv_freq", "qk_head_dim", "softmax_scale", "input", "positions",
+                    "output"},              no rope_scaling: plain base^(-2i/dim), factor 1, no m^2
    "router": [{"name", "n_routed_experts", "num_experts_per_tok", "topk_method", "n_group",
                "topk_group", "norm_topk_prob", "routed_scaling_factor",
                "logits": [[n_routed floats]],   router logits (x W_gate^T), one row per token
@@ -328,8 +333,17 @@ def write_ops(out_root):
     for yname, inv, af in (("published", inv_pub, af_pub), ("mscale_differs", inv_d, af_d)):
         cos, sin = oracle.rope_cos_sin(inv, af, positions)
         outs = oracle.apply_rope(x[None, :], cos, sin)
+        inter = np.empty_like(outs)                                  # same values, pairs kept in place
+        inter[:, 0::2], inter[:, 1::2] = outs[:, :32], outs[:, 32:]
         rope.append({"yarn": yname, "input": [float(v) for v in x], "positions": positions,
-                     "output": [[float(v) for v in row] for row in outs]})
+                     "output": [[float(v) for v in row] for row in outs],
+                     "output_interleaved": [[float(v) for v in row] for row in inter]})
+    inv_default, af_default = oracle.rope_inv_freq(64, 10000.0, None)
+    cos, sin = oracle.rope_cos_sin(inv_default, af_default, positions)
+    rope_default = {"dim": 64, "base": 10000, "inv_freq": [float(v) for v in inv_default],
+                    "qk_head_dim": 192, "softmax_scale": oracle.softmax_scale(192, None),
+                    "input": [float(v) for v in x], "positions": positions,
+                    "output": [[float(v) for v in row] for row in oracle.apply_rope(x[None, :], cos, sin)]}
 
     router = []
     logits = 1.5 * rng.standard_normal((4, 16))
@@ -348,7 +362,7 @@ def write_ops(out_root):
                                 True, 2.5)[0])
     router.append(_router_entry("norm_topk_prob_group_limited", 1.5 * rng.standard_normal((4, 16)), 3,
                                 "group_limited_greedy", 4, 2, True, 16.0)[0])
-    ops = {"yarn": [published, differs, small], "rope": rope, "router": router}
+    ops = {"yarn": [published, differs, small], "rope": rope, "rope_default": rope_default, "router": router}
     with open(os.path.join(out_root, "ops.json"), "w") as f:
         json.dump(ops, f, indent=1)
         f.write("\n")
