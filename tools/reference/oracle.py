@@ -1,6 +1,6 @@
 """Float64 NumPy oracle of the DeepSeek-V2 forward pass.
 
-Written from section 3 of docs/deepseek-v2-reference.md (the project's model contract).
+Written from section 3 of deepseek-v2-reference.md (the project's model contract).
 Everything is computed in float64 from the checkpoint's weights widened exactly
 (bf16/f16/f32 -> f64), so it is a reference for engines that compute in lower precision.
 
