@@ -1,0 +1,48 @@
+#pragma once
+// Chat templates: the checkpoint's Jinja chat_template (tokenizer_config.json) rendered with a
+// conversation, as transformers' apply_chat_template(tokenize=False) renders it.
+//
+// The template is parsed once (unsupported Jinja constructs are a dsv2::Error at parse time,
+// naming the construct and line) and can be rendered concurrently from several threads.
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace dsv2 {
+
+namespace jinja {
+struct Program;
+}
+
+struct ChatMessage {
+  std::string role, content;
+};
+
+class ChatTemplate {
+ public:
+  static ChatTemplate parse(const std::string& source);
+  // Reads "chat_template" (a string, or a list of {name, template} where "default" is used) and the
+  // bos/eos token strings (plain strings or AddedToken objects) from a tokenizer_config.json.
+  static ChatTemplate from_tokenizer_config(const std::filesystem::path& path);
+
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                     const std::string& bos_token, const std::string& eos_token) const;
+  // The full context: messages as JSON objects (so assistant turns may carry tool_calls and a null
+  // content) and the tools list (null when absent, as transformers passes it).
+  std::string render_json(const nlohmann::json& messages, bool add_generation_prompt, const std::string& bos_token,
+                          const std::string& eos_token, const nlohmann::json& tools) const;
+
+  const std::string& source() const { return source_; }
+  // Token strings from tokenizer_config.json (empty when built with parse()).
+  const std::string& bos_token() const { return bos_token_; }
+  const std::string& eos_token() const { return eos_token_; }
+
+ private:
+  std::string source_, bos_token_, eos_token_;
+  std::shared_ptr<const jinja::Program> program_;
+};
+
+}  // namespace dsv2
