@@ -145,4 +145,74 @@ std::shared_ptr<ModelWeights> ModelWeights::load(const fs::path& dir, bool progr
   return w;
 }
 
+std::shared_ptr<ModelWeights> ModelWeights::synthetic(const ModelConfig& c, uint64_t seed) {
+  auto w = std::make_shared<ModelWeights>();
+  w->config = c;
+  w->checkpoint_dtype = DType::bf16;
+  uint64_t counter = 0;
+  auto matrix = [&](int64_t rows, int64_t cols) {
+    auto buf = std::make_unique<float[]>(size_t(rows * cols + 1) / 2);  // bf16 pairs in float storage
+    uint16_t* p = reinterpret_cast<uint16_t*>(buf.get());
+    const uint64_t stream = seed * 0x9E3779B97F4A7C15ull + (++counter);
+    ThreadPool::global().parallel_for(
+        rows,
+        [&](int64_t b, int64_t e, int) {
+          for (int64_t r = b; r < e; ++r) {
+            uint64_t x = stream ^ (uint64_t(r + 1) * 0xD1B54A32D192ED03ull);
+            for (int64_t i = 0; i < cols; ++i) {
+              x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift64
+              float u = float(int64_t(x >> 40) - (1 << 23)) / float(1 << 23);  // [-1, 1)
+              p[r * cols + i] = f32_to_bf16(0.035f * u);  // std ~0.02
+            }
+          }
+        },
+        16);
+    Matrix m{DType::bf16, rows, cols, buf.get()};
+    w->owned_.push_back(std::move(buf));
+    w->matrix_bytes += m.nbytes();
+    return m;
+  };
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads;
+  w->embed = matrix(c.vocab_size, H);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights L;
+    L.input_norm.assign(size_t(H), 1.0f);
+    L.post_norm.assign(size_t(H), 1.0f);
+    if (c.q_lora_rank > 0) {
+      L.q_a_proj = matrix(c.q_lora_rank, H);
+      L.q_a_norm.assign(size_t(c.q_lora_rank), 1.0f);
+      L.q_b_proj = matrix(nh * c.qk_head_dim(), c.q_lora_rank);
+    } else {
+      L.q_proj = matrix(nh * c.qk_head_dim(), H);
+    }
+    L.kv_a_proj = matrix(c.kv_lora_rank + c.qk_rope_head_dim, H);
+    L.kv_a_norm.assign(size_t(c.kv_lora_rank), 1.0f);
+    L.kv_b_proj = matrix(nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    L.o_proj = matrix(H, nh * c.v_head_dim);
+    L.moe = c.is_moe_layer(l);
+    if (L.moe) {
+      const int64_t I = c.moe_intermediate_size;
+      L.router = matrix(c.n_routed_experts, H);
+      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+        L.exp_gate.push_back(matrix(I, H));
+        L.exp_up.push_back(matrix(I, H));
+        L.exp_down.push_back(matrix(H, I));
+      }
+      if (c.n_shared_experts > 0) {
+        L.sh_gate = matrix(c.n_shared_experts * I, H);
+        L.sh_up = matrix(c.n_shared_experts * I, H);
+        L.sh_down = matrix(H, c.n_shared_experts * I);
+      }
+    } else {
+      L.gate_proj = matrix(c.intermediate_size, H);
+      L.up_proj = matrix(c.intermediate_size, H);
+      L.down_proj = matrix(H, c.intermediate_size);
+    }
+    w->layers.push_back(std::move(L));
+  }
+  w->final_norm.assign(size_t(H), 1.0f);
+  w->lm_head = matrix(c.vocab_size, H);
+  return w;
+}
+
 }  // namespace dsv2

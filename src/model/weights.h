@@ -55,6 +55,9 @@ struct ModelWeights {
 
   // Loads config.json and binds every tensor; shows a progress bar on stderr when `progress`.
   static std::shared_ptr<ModelWeights> load(const std::filesystem::path& dir, bool progress = true);
+  // Random bf16 weights of the config's shapes, in memory (for benchmarks; nothing touches disk).
+  // Matrices ~ N(0, 0.02^2)-like uniform noise, norms 1.
+  static std::shared_ptr<ModelWeights> synthetic(const ModelConfig& c, uint64_t seed = 1);
 
  private:
   std::unique_ptr<Checkpoint> ckpt_;
