@@ -6,6 +6,8 @@
 #include <iterator>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/command.h"
 #include "common/error.h"
 #include "io/model_path.h"
@@ -17,7 +19,18 @@ struct TokenizeOptions {
   std::string model;
   std::string file;
   bool no_special = false;
+  bool jsonl = false;
 };
+
+std::string ids_json(const std::vector<int32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(ids[i]);
+  }
+  out += "]\n";
+  return out;
+}
 
 std::function<int()> setup(CLI::App& sub) {
   auto o = std::make_shared<TokenizeOptions>();
@@ -25,6 +38,7 @@ std::function<int()> setup(CLI::App& sub) {
       ->required();
   sub.add_option("--file,-f", o->file, "text file to tokenize ('-' for stdin)")->required();
   sub.add_flag("--no-special", o->no_special, "add no BOS/EOS");
+  sub.add_flag("--jsonl", o->jsonl, "the file holds one JSON string per line: print one array per line");
   return [o]() {
     auto dir = dsv2::resolve_model_path(o->model);
     auto tok = dsv2::Tokenizer::from_folder(dir);
@@ -38,13 +52,24 @@ std::function<int()> setup(CLI::App& sub) {
       ss << f.rdbuf();
       text = ss.str();
     }
-    auto ids = tok.encode(text, !o->no_special);
-    std::string out = "[";
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (i) out += ',';
-      out += std::to_string(ids[i]);
+    std::string out;
+    if (o->jsonl) {
+      std::istringstream lines(text);
+      std::string line;
+      for (size_t n = 1; std::getline(lines, line); ++n) {
+        if (line.empty()) continue;
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          dsv2::fail("--file {} line {}: invalid JSON: {}", o->file, n, e.what());
+        }
+        if (!j.is_string()) dsv2::fail("--file {} line {}: expected a JSON string", o->file, n);
+        out += ids_json(tok.encode(j.get<std::string>(), !o->no_special));
+      }
+    } else {
+      out = ids_json(tok.encode(text, !o->no_special));
     }
-    out += "]\n";
     std::fwrite(out.data(), 1, out.size(), stdout);
     return 0;
   };

@@ -33,19 +33,24 @@ def main():
         sys.exit(f"{len(inputs)} inputs but {len(outputs)} expected outputs")
     passed = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (text, line) in enumerate(zip(inputs, outputs)):
-            expected = [int(x) for x in line.split()]
-            path = os.path.join(tmp, f"{i}.txt")
-            with open(path, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-            r = subprocess.run([binary, "tokenize", "--model", model, "--file", path, "--no-special"],
-                               capture_output=True, text=True)
-            got = json.loads(r.stdout) if r.returncode == 0 else None
-            if got == expected:
-                passed += 1
-            else:
-                failed += 1
-                print(f"vector {i} {text!r}: expected {expected}, got {got} {r.stderr.strip()}")
+        path = os.path.join(tmp, "vectors.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for text in inputs:
+                f.write(json.dumps(text) + "\n")
+        r = subprocess.run([binary, "tokenize", "--model", model, "--file", path, "--jsonl", "--no-special"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"dsv2 tokenize failed: {r.stderr}")
+        results = [json.loads(x) for x in r.stdout.splitlines()]
+    if len(results) != len(inputs):
+        sys.exit(f"{len(inputs)} inputs but {len(results)} results")
+    for i, (text, line, got) in enumerate(zip(inputs, outputs, results)):
+        expected = [int(x) for x in line.split()]
+        if got == expected:
+            passed += 1
+        else:
+            failed += 1
+            print(f"vector {i} {text!r}: expected {expected}, got {got}")
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed or not passed else 0)
 

