@@ -1,0 +1,829 @@
+// The DeepSeek-V2 forward pass on one GPU (reference section 3), host side: weights in bf16 laid
+// out once at load (q and kv_a projections fused, gate and up fused, experts stacked), a paged
+// latent cache [layer][slot][kv_lora + rope] in bf16, dense products through cuBLAS (bf16 in, fp32
+// accumulate), everything else through the kernels of ops.h. The residual stream stays fp32.
+// Decode-only batches run as CUDA graphs captured per (batch size, attention split count).
+#include "backend/cuda/cuda_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include <cublas_v2.h>
+
+#include "backend/cuda/ops.h"
+#include "common/bf16.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/progress.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace dsv2::cuda {
+
+namespace {
+
+void cublas_check(cublasStatus_t st, const char* what, int line) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw Error(fmt::format("cuBLAS error at cuda_model.cpp:{}: {}: status {}", line, what, int(st)), "internal");
+}
+#define CUBLAS_CHECK(x) cublas_check((x), #x, __LINE__)
+
+// Tokens per internal pass: longer batches run as consecutive passes (exact: causal order is kept).
+constexpr int kMaxPassTokens = 4096;
+
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept : p(o.p), n(o.n) {
+    o.p = nullptr;
+    o.n = 0;
+  }
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
+  // Grows (contents lost); true when the address changed.
+  bool reserve(size_t count) {
+    if (count <= n && p) return false;
+    if (p) cudaFree(p);
+    p = nullptr;
+    n = 0;
+    DSV2_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
+    n = std::max<size_t>(count, 1);
+    return true;
+  }
+};
+
+struct DevLayer {
+  DevBuf<float> input_norm, post_norm, q_a_norm, kv_a_norm;
+  DevBuf<bf16> w_qkv;     // [q_out + kv_lora + rope, H]: q_proj (or q_a_proj) rows, then kv_a_proj rows
+  DevBuf<bf16> q_b;       // [heads * (nope + rope), q_lora]
+  DevBuf<bf16> kv_b;      // [heads * (nope + v), kv_lora]: per head W_UK rows then W_UV rows
+  DevBuf<bf16> o_proj;    // [H, heads * v]
+  bool moe = false;
+  DevBuf<bf16> gate_up;   // dense [2I, H]: gate rows then up rows
+  DevBuf<bf16> down;      // dense [H, I]
+  DevBuf<bf16> router;    // [E, H]
+  DevBuf<bf16> exp_gu;    // [E, 2 * moe_inter, H]
+  DevBuf<bf16> exp_down;  // [E, H, moe_inter]
+  DevBuf<bf16> sh_gu;     // [2S, H]
+  DevBuf<bf16> sh_down;   // [H, S]
+};
+
+struct PassChunk {
+  SequenceCache* seq;
+  const int32_t* tokens;
+  int n;
+  bool logits_all, logits_last;
+};
+
+class CudaModelImpl final : public CudaModel {
+ public:
+  CudaModelImpl(const ModelConfig& c, int device) : c_(c), device_(device) {
+    DSV2_CUDA_CHECK(cudaSetDevice(device_));
+    DSV2_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // A fixed workspace so that cuBLAS allocates nothing while a graph is captured.
+    DSV2_CUDA_CHECK(cudaMalloc(&cublas_ws_, kCublasWs));
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, kCublasWs));
+    cudaDeviceProp prop{};
+    DSV2_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    sms_ = prop.multiProcessorCount;
+    name_ = fmt::format("cuda:{} ({})", device_, prop.name);
+    H_ = int(c_.hidden_size);
+    heads_ = int(c_.num_attention_heads);
+    nope_ = int(c_.qk_nope_head_dim);
+    rope_ = int(c_.qk_rope_head_dim);
+    vdim_ = int(c_.v_head_dim);
+    kvl_ = int(c_.kv_lora_rank);
+    D_ = kvl_ + rope_;
+    qd_ = nope_ + rope_;
+    q_out_ = c_.q_lora_rank > 0 ? int(c_.q_lora_rank) : heads_ * qd_;
+    qkv_out_ = q_out_ + D_;
+    layers_.resize(size_t(c_.num_hidden_layers));
+    std::vector<double> inv = rope_inv_freq(c_);
+    inv_freq_.reserve(inv.size());
+    DSV2_CUDA_CHECK(cudaMemcpy(inv_freq_.p, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice));
+    DSV2_CUDA_CHECK(cudaEventCreate(&ev0_));
+    DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
+  }
+
+  ~CudaModelImpl() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
+    if (host_meta_) cudaFreeHost(host_meta_);
+    if (cublas_) cublasDestroy(cublas_);
+    if (cublas_ws_) cudaFree(cublas_ws_);
+    if (cache_) cudaFree(cache_);
+    cudaEventDestroy(ev0_);
+    cudaEventDestroy(ev1_);
+    cudaStreamDestroy(stream_);
+  }
+
+  // ---- construction ----
+  void alloc_weights();
+  void upload(const ModelWeights& w);
+  void randomize(uint64_t seed);
+  void init_cache(const CacheOptions& opts, bool random_fill, uint64_t seed);
+
+  // ---- Model ----
+  const ModelConfig& config() const override { return c_; }
+  std::string device_name() const override { return name_; }
+  BlockAllocator& blocks() override { return alloc_; }
+  size_t cache_bytes_per_token() const override { return size_t(c_.num_hidden_layers) * size_t(D_) * sizeof(bf16); }
+  void forward(std::span<const SeqChunk> batch, float* logits) override { run(batch, logits, nullptr, {}, 0); }
+
+  // ---- CudaModel ----
+  void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
+                      int32_t* tokens) override {
+    run(batch, nullptr, tokens, opt, step);
+  }
+  void set_graphs(bool on) override { graphs_on_ = on; }
+  double copy_bandwidth() override;
+  size_t weight_bytes() const override { return weight_bytes_; }
+  int64_t cache_tokens() const override { return int64_t(alloc_.total()) * kCacheBlockSize; }
+
+ private:
+  void run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt, uint64_t step);
+  void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
+                uint64_t step);
+  void layers_forward(int T, int R, int n_items, int n_splits, int n_chunks);
+  void attention(int l, int T, int n_items, int n_splits, int n_chunks);
+  void ffn(int l, int T);
+  void gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
+  void reserve_scratch(int T, int R, int n_items, int n_splits);
+  bf16* alloc_matrix(DevBuf<bf16>& b, size_t rows, size_t cols) {
+    b.reserve(rows * cols);
+    weight_bytes_ += rows * cols * sizeof(bf16);
+    return b.p;
+  }
+
+  static constexpr size_t kCublasWs = 32u << 20;
+  ModelConfig c_;
+  int device_;
+  int sms_ = 0;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;
+  int H_, heads_, nope_, rope_, vdim_, kvl_, D_, qd_, q_out_, qkv_out_;
+  size_t weight_bytes_ = 0;
+
+  DevBuf<bf16> embed_, lm_head_;
+  DevBuf<float> final_norm_;
+  std::vector<DevLayer> layers_;
+  DevBuf<double> inv_freq_;
+
+  bf16* cache_ = nullptr;  // [L][rows][D]
+  size_t cache_rows_ = 0;
+  BlockAllocator alloc_;
+
+  // Scratch (grown on demand; growth invalidates captured graphs).
+  DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_;
+  DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
+  DevBuf<float> yp_;
+  DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, sampled_;
+  int32_t* host_meta_ = nullptr;
+  size_t host_meta_n_ = 0;
+  uint64_t scratch_gen_ = 0;
+  // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
+  size_t m_tok_ = 0, m_pos_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0;
+
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t gen = 0;
+    int seen = 0;
+  };
+  std::map<std::pair<int, int>, Graph> graphs_;
+  bool graphs_on_ = true;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+void CudaModelImpl::alloc_weights() {
+  const size_t H = size_t(H_), V = size_t(c_.vocab_size);
+  embed_.reserve(V * H);
+  lm_head_.reserve(V * H);
+  weight_bytes_ += 2 * V * H * sizeof(bf16);
+  final_norm_.reserve(H);
+  for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
+    DevLayer& L = layers_[size_t(l)];
+    L.input_norm.reserve(H);
+    L.post_norm.reserve(H);
+    L.kv_a_norm.reserve(size_t(kvl_));
+    alloc_matrix(L.w_qkv, size_t(qkv_out_), H);
+    if (c_.q_lora_rank > 0) {
+      L.q_a_norm.reserve(size_t(c_.q_lora_rank));
+      alloc_matrix(L.q_b, size_t(heads_ * qd_), size_t(c_.q_lora_rank));
+    }
+    alloc_matrix(L.kv_b, size_t(heads_) * size_t(nope_ + vdim_), size_t(kvl_));
+    alloc_matrix(L.o_proj, H, size_t(heads_ * vdim_));
+    L.moe = c_.is_moe_layer(l);
+    if (!L.moe) {
+      const size_t I = size_t(c_.intermediate_size);
+      alloc_matrix(L.gate_up, 2 * I, H);
+      alloc_matrix(L.down, H, I);
+    } else {
+      const size_t E = size_t(c_.n_routed_experts), I = size_t(c_.moe_intermediate_size);
+      const size_t S = size_t(c_.n_shared_experts) * I;
+      alloc_matrix(L.router, E, H);
+      alloc_matrix(L.exp_gu, E * 2 * I, H);
+      alloc_matrix(L.exp_down, E * H, I);
+      if (S > 0) {
+        alloc_matrix(L.sh_gu, 2 * S, H);
+        alloc_matrix(L.sh_down, H, S);
+      }
+    }
+  }
+}
+
+// Copies matrix `m` (bf16 or f32 on the host) as bf16 to dst, through a pinned staging buffer.
+class Uploader {
+ public:
+  Uploader(cudaStream_t s, ProgressBar& bar) : s_(s), bar_(bar) {
+    DSV2_CUDA_CHECK(cudaMallocHost(&stage_[0], kStage * 2));
+    DSV2_CUDA_CHECK(cudaMallocHost(&stage_[1], kStage * 2));
+    DSV2_CUDA_CHECK(cudaEventCreate(&done_[0]));
+    DSV2_CUDA_CHECK(cudaEventCreate(&done_[1]));
+  }
+  ~Uploader() {
+    cudaStreamSynchronize(s_);
+    cudaFreeHost(stage_[0]);
+    cudaFreeHost(stage_[1]);
+    cudaEventDestroy(done_[0]);
+    cudaEventDestroy(done_[1]);
+  }
+  void matrix(const Matrix& m, bf16* dst) {
+    const size_t n = size_t(m.rows) * size_t(m.cols);
+    for (size_t off = 0; off < n; off += kStage) {
+      const size_t cnt = std::min(kStage, n - off);
+      const int b = cur_;
+      cur_ ^= 1;
+      DSV2_CUDA_CHECK(cudaEventSynchronize(done_[b]));
+      uint16_t* st = stage_[b];
+      if (m.dtype == DType::bf16) {
+        std::memcpy(st, static_cast<const uint16_t*>(m.data) + off, cnt * 2);
+      } else {
+        const float* f = static_cast<const float*>(m.data) + off;
+        for (size_t i = 0; i < cnt; ++i) st[i] = f32_to_bf16(f[i]);
+      }
+      DSV2_CUDA_CHECK(cudaMemcpyAsync(dst + off, st, cnt * 2, cudaMemcpyHostToDevice, s_));
+      DSV2_CUDA_CHECK(cudaEventRecord(done_[b], s_));
+      bar_.add(cnt * 2);
+    }
+  }
+  void vec(const std::vector<float>& v, float* dst) {
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, s_));
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(s_));
+  }
+
+ private:
+  static constexpr size_t kStage = size_t(16) << 20;  // elements
+  cudaStream_t s_;
+  ProgressBar& bar_;
+  uint16_t* stage_[2] = {nullptr, nullptr};
+  cudaEvent_t done_[2] = {nullptr, nullptr};
+  int cur_ = 0;
+};
+
+void CudaModelImpl::upload(const ModelWeights& w) {
+  ProgressBar bar("upload to " + name_, weight_bytes_, true);
+  Uploader up(stream_, bar);
+  const size_t H = size_t(H_);
+  up.matrix(w.embed, embed_.p);
+  up.matrix(w.lm_head, lm_head_.p);
+  up.vec(w.final_norm, final_norm_.p);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerWeights& s = w.layers[l];
+    DevLayer& d = layers_[l];
+    up.vec(s.input_norm, d.input_norm.p);
+    up.vec(s.post_norm, d.post_norm.p);
+    up.vec(s.kv_a_norm, d.kv_a_norm.p);
+    if (c_.q_lora_rank > 0) {
+      up.matrix(s.q_a_proj, d.w_qkv.p);
+      up.vec(s.q_a_norm, d.q_a_norm.p);
+      up.matrix(s.q_b_proj, d.q_b.p);
+    } else {
+      up.matrix(s.q_proj, d.w_qkv.p);
+    }
+    up.matrix(s.kv_a_proj, d.w_qkv.p + size_t(q_out_) * H);
+    up.matrix(s.kv_b_proj, d.kv_b.p);
+    up.matrix(s.o_proj, d.o_proj.p);
+    if (!d.moe) {
+      const size_t I = size_t(c_.intermediate_size);
+      up.matrix(s.gate_proj, d.gate_up.p);
+      up.matrix(s.up_proj, d.gate_up.p + I * H);
+      up.matrix(s.down_proj, d.down.p);
+    } else {
+      const size_t E = size_t(c_.n_routed_experts), I = size_t(c_.moe_intermediate_size);
+      up.matrix(s.router, d.router.p);
+      for (size_t e = 0; e < E; ++e) {
+        up.matrix(s.exp_gate[e], d.exp_gu.p + e * 2 * I * H);
+        up.matrix(s.exp_up[e], d.exp_gu.p + (e * 2 + 1) * I * H);
+        up.matrix(s.exp_down[e], d.exp_down.p + e * H * I);
+      }
+      if (c_.n_shared_experts > 0) {
+        const size_t S = size_t(c_.n_shared_experts) * I;
+        up.matrix(s.sh_gate, d.sh_gu.p);
+        up.matrix(s.sh_up, d.sh_gu.p + S * H);
+        up.matrix(s.sh_down, d.sh_down.p);
+      }
+    }
+  }
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  bar.finish();
+}
+
+void CudaModelImpl::randomize(uint64_t seed) {
+  uint64_t k = seed * 1000003ull;
+  auto mat = [&](DevBuf<bf16>& b, size_t cols) {
+    if (!b.p) return;
+    // uniform(-a, a) with a = sqrt(3 / in): unit-variance outputs for unit-variance inputs
+    fill_random_bf16(b.p, b.n, ++k, float(std::sqrt(3.0 / double(cols))), 0.0f, stream_);
+  };
+  auto norm = [&](DevBuf<float>& b) {
+    if (b.p) fill_random_f32(b.p, b.n, ++k, 0.1f, 1.0f, stream_);
+  };
+  const size_t H = size_t(H_);
+  fill_random_bf16(embed_.p, embed_.n, ++k, 1.0f, 0.0f, stream_);
+  mat(lm_head_, H);
+  norm(final_norm_);
+  for (auto& L : layers_) {
+    norm(L.input_norm);
+    norm(L.post_norm);
+    norm(L.q_a_norm);
+    norm(L.kv_a_norm);
+    mat(L.w_qkv, H);
+    mat(L.q_b, size_t(c_.q_lora_rank));
+    mat(L.kv_b, size_t(kvl_));
+    mat(L.o_proj, size_t(heads_ * vdim_));
+    mat(L.gate_up, H);
+    mat(L.down, size_t(c_.intermediate_size));
+    mat(L.router, H);
+    mat(L.exp_gu, H);
+    mat(L.exp_down, size_t(c_.moe_intermediate_size));
+    mat(L.sh_gu, H);
+    mat(L.sh_down, size_t(c_.n_shared_experts * c_.moe_intermediate_size));
+  }
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaModelImpl::init_cache(const CacheOptions& opts, bool random_fill, uint64_t seed) {
+  const size_t per_block = size_t(kCacheBlockSize) * cache_bytes_per_token();
+  size_t free_b = 0, total_b = 0;
+  DSV2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  // Keep room for the scratch of a full pass (activations, MoE rows, logits) and cuBLAS.
+  const size_t T = kMaxPassTokens, K = size_t(std::max<int64_t>(c_.num_experts_per_tok, 1));
+  const size_t reserve_b = (size_t(1) << 30) +
+                           (T * (size_t(H_) * 24 + size_t(heads_) * size_t(D_ + kvl_) * 2 + size_t(qkv_out_) * 2) +
+                            T * K * (size_t(H_) * 6 + size_t(c_.moe_intermediate_size) * 6) +
+                            T * size_t(c_.vocab_size) * 4);
+  int64_t n_blocks;
+  if (opts.max_tokens > 0) {
+    n_blocks = (opts.max_tokens + kCacheBlockSize - 1) / kCacheBlockSize;
+    if (size_t(n_blocks) * per_block + reserve_b > free_b)
+      fail("latent cache of {} tokens needs {:.2f} GB but only {:.2f} GB are free on {}", opts.max_tokens,
+           double(n_blocks * per_block) / 1e9, double(free_b - std::min(free_b, reserve_b)) / 1e9, name_);
+  } else {
+    const double usable = free_b > reserve_b ? double(free_b - reserve_b) * opts.memory_fraction : 0.0;
+    n_blocks = int64_t(usable / double(per_block));
+    // Positions beyond the model's context are never needed by one sequence, but many sequences
+    // share the cache: cap only by what int32 slot indices can address.
+    n_blocks = std::min<int64_t>(n_blocks, (int64_t(1) << 31) / kCacheBlockSize - 1);
+  }
+  if (n_blocks <= 0) fail("no device memory left for the latent cache on {} ({:.2f} GB free)", name_, free_b / 1e9);
+  cache_rows_ = size_t(n_blocks) * kCacheBlockSize;
+  DSV2_CUDA_CHECK(cudaMalloc(&cache_, cache_rows_ * size_t(c_.num_hidden_layers) * size_t(D_) * sizeof(bf16)));
+  if (random_fill)
+    fill_random_bf16(cache_, cache_rows_ * size_t(c_.num_hidden_layers) * size_t(D_), seed ^ 0xC0FFEEull, 1.0f, 0.0f,
+                     stream_);
+  else
+    DSV2_CUDA_CHECK(cudaMemsetAsync(cache_, 0, cache_rows_ * size_t(c_.num_hidden_layers) * size_t(D_) * 2, stream_));
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  alloc_.reset(int32_t(n_blocks));
+  log::info("cuda", "{}: weights {:.2f} GB; latent cache {:.2f} GB = {} blocks of {} = {} tokens ({} bytes/token)",
+            name_, double(weight_bytes_) / 1e9, double(n_blocks * per_block) / 1e9, n_blocks, kCacheBlockSize,
+            cache_rows_, cache_bytes_per_token());
+}
+
+double CudaModelImpl::copy_bandwidth() {
+  DSV2_CUDA_CHECK(cudaSetDevice(device_));
+  const size_t bytes = size_t(1) << 30;
+  DevBuf<unsigned char> a, b;
+  a.reserve(bytes);
+  b.reserve(bytes);
+  DSV2_CUDA_CHECK(cudaMemsetAsync(a.p, 1, bytes, stream_));
+  for (int i = 0; i < 3; ++i) DSV2_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice, stream_));
+  const int reps = 20;
+  DSV2_CUDA_CHECK(cudaEventRecord(ev0_, stream_));
+  for (int i = 0; i < reps; ++i)
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a.p : b.p, i % 2 ? b.p : a.p, bytes, cudaMemcpyDeviceToDevice, stream_));
+  DSV2_CUDA_CHECK(cudaEventRecord(ev1_, stream_));
+  DSV2_CUDA_CHECK(cudaEventSynchronize(ev1_));
+  float ms = 0;
+  DSV2_CUDA_CHECK(cudaEventElapsedTime(&ms, ev0_, ev1_));
+  return 2.0 * double(bytes) * reps / (double(ms) * 1e-3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy) {
+  if (M == 0) return;
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T = W^T(op T) X^T.
+  CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16BF, K, X, CUDA_R_16BF, ldx,
+                            &zero, Y, yf32 ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
+  const size_t t = size_t(T), H = size_t(H_);
+  bool grown = false;
+  grown |= x_.reserve(t * H);
+  grown |= delta_.reserve(t * H);
+  grown |= xnf_.reserve(t * H);
+  grown |= xn_.reserve(t * H);
+  grown |= qkv_.reserve(t * size_t(qkv_out_));
+  if (c_.q_lora_rank > 0) {
+    grown |= qa_.reserve(t * size_t(c_.q_lora_rank));
+    grown |= q_.reserve(t * size_t(heads_ * qd_));
+  }
+  grown |= qfull_.reserve(t * size_t(heads_) * size_t(D_));
+  grown |= olat_.reserve(t * size_t(heads_) * size_t(kvl_));
+  grown |= o_.reserve(t * size_t(heads_ * vdim_));
+  const size_t I = size_t(c_.intermediate_size), Im = size_t(c_.moe_intermediate_size);
+  const size_t S = size_t(c_.n_shared_experts) * Im;
+  const size_t wide = std::max(I, S);
+  grown |= gu_.reserve(t * 2 * wide);
+  grown |= act_.reserve(t * wide);
+  if (c_.n_routed_experts > 0) {
+    const size_t K = size_t(c_.num_experts_per_tok), E = size_t(c_.n_routed_experts);
+    const size_t rows = t * K;
+    grown |= moe_ids_.reserve(rows);
+    grown |= moe_w_.reserve(rows);
+    grown |= moe_slot_.reserve(rows);
+    grown |= moe_counts_.reserve(E);
+    grown |= moe_offsets_.reserve(E + 1);
+    grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E))) * 3 + 1);
+    grown |= xp_.reserve(rows * H);
+    grown |= gup_.reserve(rows * 2 * Im);
+    grown |= actp_.reserve(rows * Im);
+    grown |= yp_.reserve(rows * H);
+  }
+  if (n_splits > 1) {
+    grown |= part_o_.reserve(size_t(n_items) * n_splits * kAttnRows * size_t(kvl_));
+    grown |= part_ml_.reserve(size_t(n_items) * n_splits * kAttnRows * 2);
+  }
+  grown |= logits_.reserve(size_t(R) * size_t(c_.vocab_size));
+  grown |= sampled_.reserve(size_t(R));
+  if (grown) ++scratch_gen_;
+}
+
+void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt,
+                        uint64_t step) {
+  DSV2_CUDA_CHECK(cudaSetDevice(device_));
+  const int64_t V = c_.vocab_size;
+  for (auto& ch : batch) {
+    DSV2_CHECK(ch.seq != nullptr);
+    const int64_t n = int64_t(ch.tokens.size());
+    DSV2_CHECK(ch.seq->length + n <= ch.seq->capacity(), "cache blocks do not cover {} tokens", ch.seq->length + n);
+    for (int32_t id : ch.tokens)
+      if (id < 0 || id >= V) fail("token id {} is outside the vocabulary [0, {})", id, V);
+  }
+  // Cut the batch into passes of at most kMaxPassTokens tokens, keeping chunk order.
+  std::vector<PassChunk> pass;
+  int in_pass = 0;
+  int64_t rows_done = 0;
+  auto flush = [&]() {
+    if (pass.empty()) return;
+    int64_t rows = 0;
+    for (auto& pc : pass) rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
+    run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step);
+    rows_done += rows;
+    pass.clear();
+    in_pass = 0;
+  };
+  for (auto& ch : batch) {
+    const int n = int(ch.tokens.size());
+    int done = 0;
+    while (done < n) {
+      if (in_pass == kMaxPassTokens) flush();
+      const int take = std::min(n - done, kMaxPassTokens - in_pass);
+      pass.push_back({ch.seq, ch.tokens.data() + done, take, ch.all_logits, done + take == n});
+      in_pass += take;
+      done += take;
+      if (done < n) flush();  // the rest of this chunk needs these positions in the cache first
+    }
+  }
+  flush();
+}
+
+void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
+                             const SampleOptions& opt, uint64_t step) {
+  // Host metadata: [tokens T][pos T][slot T][chunks 4C][items 4I][logit rows R][block tables].
+  int T = 0, R = 0, I = 0, max_tiles = 0;
+  size_t nblk = 0;
+  bool decode_only = true;
+  const int row_tiles_per_token_rows = kAttnRows;
+  for (auto& pc : pcs) {
+    T += pc.n;
+    R += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
+    I += (pc.n * heads_ + row_tiles_per_token_rows - 1) / kAttnRows;
+    nblk += pc.seq->blocks.size();
+    const int64_t kvlen = pc.seq->length + pc.n;
+    max_tiles = std::max<int>(max_tiles, int((kvlen + kAttnTile - 1) / kAttnTile));
+    decode_only &= pc.n == 1 && (pc.logits_all || pc.logits_last);
+  }
+  const int C = int(pcs.size());
+  if (T == 0) return;
+  // Split the cache range over blocks when the batch alone would not fill the GPU.
+  int n_splits = 1;
+  // Powers of two only, so that few distinct decode graphs exist.
+  if (I < 2 * sms_) {
+    const int want = std::clamp(std::min((2 * sms_ + I - 1) / I, (max_tiles + 1) / 2), 1, 128);
+    while (n_splits * 2 <= want) n_splits *= 2;
+  }
+  const size_t need = size_t(3 * T + 4 * C + 4 * I + R) + nblk;
+  if (need > host_meta_n_) {
+    if (host_meta_) cudaFreeHost(host_meta_);
+    host_meta_n_ = need * 2;
+    DSV2_CUDA_CHECK(cudaMallocHost(&host_meta_, host_meta_n_ * sizeof(int32_t)));
+  }
+  if (need > meta_.n && meta_.reserve(need * 2)) ++scratch_gen_;
+  m_tok_ = 0;
+  m_pos_ = size_t(T);
+  m_slot_ = 2 * size_t(T);
+  m_chunks_ = 3 * size_t(T);
+  m_items_ = m_chunks_ + 4 * size_t(C);
+  m_rows_ = m_items_ + 4 * size_t(I);
+  m_blocks_ = m_rows_ + size_t(R);
+  int32_t* hm = host_meta_;
+  int t = 0, it = 0, r = 0;
+  size_t boff = 0;
+  for (int ci = 0; ci < C; ++ci) {
+    const PassChunk& pc = pcs[size_t(ci)];
+    const int64_t len0 = pc.seq->length;
+    for (int i = 0; i < pc.n; ++i) {
+      const int64_t pos = len0 + i;
+      hm[m_tok_ + size_t(t + i)] = pc.tokens[i];
+      hm[m_pos_ + size_t(t + i)] = int32_t(pos);
+      hm[m_slot_ + size_t(t + i)] =
+          pc.seq->blocks[size_t(pos / kCacheBlockSize)] * int32_t(kCacheBlockSize) + int32_t(pos % kCacheBlockSize);
+      if (pc.logits_all || (pc.logits_last && i == pc.n - 1)) hm[m_rows_ + size_t(r++)] = t + i;
+    }
+    hm[m_chunks_ + 4 * size_t(ci) + 0] = t;
+    hm[m_chunks_ + 4 * size_t(ci) + 1] = pc.n;
+    hm[m_chunks_ + 4 * size_t(ci) + 2] = int32_t(len0 + pc.n);
+    hm[m_chunks_ + 4 * size_t(ci) + 3] = int32_t(boff);
+    for (int row = 0; row < pc.n * heads_; row += kAttnRows) {
+      hm[m_items_ + 4 * size_t(it) + 0] = ci;
+      hm[m_items_ + 4 * size_t(it) + 1] = row;
+      hm[m_items_ + 4 * size_t(it) + 2] = 0;
+      hm[m_items_ + 4 * size_t(it) + 3] = 0;
+      ++it;
+    }
+    std::memcpy(hm + m_blocks_ + boff, pc.seq->blocks.data(), pc.seq->blocks.size() * sizeof(int32_t));
+    boff += pc.seq->blocks.size();
+    t += pc.n;
+  }
+  reserve_scratch(T, R, I, n_splits);
+  DSV2_CUDA_CHECK(cudaMemcpyAsync(meta_.p, hm, need * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+
+  bool ran = false;
+  if (decode_only && graphs_on_) {
+    Graph& g = graphs_[{T, n_splits}];
+    if (g.exec && g.gen != scratch_gen_) {
+      cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+      g.seen = 0;
+    }
+    if (!g.exec && ++g.seen >= 2) {  // the first time runs eagerly (lazy initialization stays out)
+      cudaGraph_t graph = nullptr;
+      DSV2_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        layers_forward(T, R, I, n_splits, C);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      DSV2_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      DSV2_CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
+      cudaGraphDestroy(graph);
+      g.gen = scratch_gen_;
+    }
+    if (g.exec) {
+      DSV2_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+      ran = true;
+    }
+  }
+  if (!ran) layers_forward(T, R, I, n_splits, C);
+
+  const size_t V = size_t(c_.vocab_size);
+  if (logits) {
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.p, size_t(R) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  }
+  if (tokens) {
+    sample_rows(logits_.p, R, int(V), int(opt.vocab_limit), opt.temperature, opt.top_p, opt.seed, step, sampled_.p,
+                stream_);
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(tokens, sampled_.p, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  }
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (auto& pc : pcs) pc.seq->length += pc.n;
+}
+
+void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int n_chunks) {
+  const int32_t* meta = meta_.p;
+  embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
+  const float eps = float(c_.rms_norm_eps);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    DevLayer& L = layers_[l];
+    // x += delta (the previous layer's FFN output); xn = RMSNorm_in(x)
+    add_rmsnorm(x_.p, l == 0 ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p, nullptr, stream_);
+    attention(int(l), T, n_items, n_splits, n_chunks);
+    add_rmsnorm(x_.p, delta_.p, nullptr, T, H_, L.post_norm.p, eps, xn_.p, L.moe ? xnf_.p : nullptr, stream_);
+    ffn(int(l), T);
+  }
+  add_rmsnorm(x_.p, delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
+  gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
+}
+
+void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chunks) {
+  (void)n_chunks;
+  DevLayer& L = layers_[size_t(l)];
+  const int32_t* meta = meta_.p;
+  // [T, H] -> [T, q_out + kv_lora + rope]
+  gemm(xn_.p, T, H_, H_, L.w_qkv.p, qkv_out_, qkv_.p, false, qkv_out_);
+  const bf16* q = qkv_.p;
+  int q_stride = qkv_out_;
+  if (c_.q_lora_rank > 0) {
+    const int ql = int(c_.q_lora_rank);
+    rmsnorm_bf16(qkv_.p, qkv_out_, T, ql, L.q_a_norm.p, 1e-6f, qa_.p, ql, stream_);
+    gemm(qa_.p, T, ql, ql, L.q_b.p, heads_ * qd_, q_.p, false, heads_ * qd_);
+    q = q_.p;
+    q_stride = heads_ * qd_;
+  }
+  bf16* cache_l = cache_ + size_t(l) * cache_rows_ * size_t(D_);
+  RopeCacheParams rp{};
+  rp.q = q;
+  rp.q_stride = q_stride;
+  rp.kv = qkv_.p + q_out_;
+  rp.kv_stride = qkv_out_;
+  rp.kv_norm = L.kv_a_norm.p;
+  rp.pos = meta + m_pos_;
+  rp.slot = meta + m_slot_;
+  rp.inv_freq = inv_freq_.p;
+  rp.attn_factor = float(c_.rope_attention_factor());
+  rp.T = T;
+  rp.heads = heads_;
+  rp.nope = nope_;
+  rp.rope = rope_;
+  rp.kv_lora = kvl_;
+  rp.qfull = qfull_.p;
+  rp.cache = cache_l;
+  rope_and_cache(rp, stream_);
+  // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
+  const float one = 1.0f, zero = 0.0f;
+  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
+      (long long)(nope_ + vdim_) * kvl_, q, CUDA_R_16BF, q_stride, qd_, &zero, qfull_.p, CUDA_R_16BF, heads_ * D_, D_,
+      heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  AttnParams ap{};
+  ap.q = qfull_.p;
+  ap.cache = cache_l;
+  ap.items = meta + m_items_;
+  ap.chunks = meta + m_chunks_;
+  ap.blocks = meta + m_blocks_;
+  ap.n_items = n_items;
+  ap.n_splits = n_splits;
+  ap.heads = heads_;
+  ap.scale = float(c_.softmax_scale());
+  ap.out = olat_.p;
+  ap.part_o = part_o_.p;
+  ap.part_ml = part_ml_.p;
+  mla_attention(ap, kvl_, rope_, stream_);
+  // o[t, h, 0:v] = W_UV_h olat[t, h]
+  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      cublas_, CUBLAS_OP_T, CUBLAS_OP_N, vdim_, T, kvl_, &one, L.kv_b.p + size_t(nope_) * kvl_, CUDA_R_16BF, kvl_,
+      (long long)(nope_ + vdim_) * kvl_, olat_.p, CUDA_R_16BF, heads_ * kvl_, kvl_, &zero, o_.p, CUDA_R_16BF,
+      heads_ * vdim_, vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
+}
+
+void CudaModelImpl::ffn(int l, int T) {
+  DevLayer& L = layers_[size_t(l)];
+  if (!L.moe) {
+    const int I = int(c_.intermediate_size);
+    gemm(xn_.p, T, H_, H_, L.gate_up.p, 2 * I, gu_.p, false, 2 * I);
+    silu_mul(gu_.p, T, I, act_.p, stream_);
+    gemm(act_.p, T, I, I, L.down.p, H_, delta_.p, true, H_);
+    return;
+  }
+  const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
+  const int S = int(c_.n_shared_experts) * Im;
+  RouterParams rp{};
+  rp.x = xnf_.p;
+  rp.w = L.router.p;
+  rp.T = T;
+  rp.H = H_;
+  rp.E = E;
+  rp.K = K;
+  rp.n_group = int(c_.n_group);
+  rp.topk_group = int(c_.topk_group);
+  rp.group_limited = c_.topk_method == TopkMethod::group_limited_greedy;
+  rp.norm_topk = c_.norm_topk_prob;
+  rp.scaling = float(c_.routed_scaling_factor);
+  rp.ids = moe_ids_.p;
+  rp.weights = moe_w_.p;
+  moe_route(rp, stream_);
+  MoeDispatch d{};
+  d.counts = moe_counts_.p;
+  d.offsets = moe_offsets_.p;
+  d.tile_info = moe_tiles_.p;
+  d.slot_of = moe_slot_.p;
+  d.max_tiles = moe_max_tiles(T * K, E);
+  moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
+  moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, 2 * Im, H_, gup_.p, false, stream_);
+  silu_mul(gup_.p, T * K, Im, actp_.p, stream_);
+  moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, H_, Im, yp_.p, true, stream_);
+  if (S > 0) {
+    gemm(xn_.p, T, H_, H_, L.sh_gu.p, 2 * S, gu_.p, false, 2 * S);
+    silu_mul(gu_.p, T, S, act_.p, stream_);
+    gemm(act_.p, T, S, S, L.sh_down.p, H_, delta_.p, true, H_);
+  } else {
+    DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
+  }
+  moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, K, H_, delta_.p, stream_);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+bool available() { return device_count() > 0; }
+
+std::string device_summary(int device) {
+  cudaDeviceProp p{};
+  DSV2_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return fmt::format("cuda:{} {} ({:.1f} GB, {} SMs, compute {}.{})", device, p.name, double(p.totalGlobalMem) / 1e9,
+                     p.multiProcessorCount, p.major, p.minor);
+}
+
+static void check_device(int device) {
+  const int n = device_count();
+  if (n == 0) fail("--device cuda: no CUDA device is available");
+  if (device < 0 || device >= n) fail("--device cuda:{}: only {} CUDA device(s) present", device, n);
+}
+
+static void check_shapes(const ModelConfig& c) {
+  if (c.kv_lora_rank + c.qk_rope_head_dim > 1024 || c.qk_rope_head_dim % 2 != 0)
+    fail("CUDA backend: kv_lora_rank + qk_rope_head_dim = {} (at most 1024, rope even) is not supported",
+         c.kv_lora_rank + c.qk_rope_head_dim);
+  if (c.num_experts_per_tok > 64) fail("CUDA backend: num_experts_per_tok {} is above 64", c.num_experts_per_tok);
+}
+
+std::unique_ptr<Model> make_model(std::shared_ptr<const ModelWeights> w, int device, const CacheOptions& opts) {
+  check_device(device);
+  check_shapes(w->config);
+  log::info("cuda", "{}", device_summary(device));
+  auto m = std::make_unique<CudaModelImpl>(w->config, device);
+  m->alloc_weights();
+  m->upload(*w);
+  m->init_cache(opts, false, 0);
+  return m;
+}
+
+std::unique_ptr<Model> make_synthetic_model(const ModelConfig& c, int device, uint64_t seed, const CacheOptions& opts) {
+  check_device(device);
+  check_shapes(c);
+  log::info("cuda", "{}", device_summary(device));
+  auto m = std::make_unique<CudaModelImpl>(c, device);
+  m->alloc_weights();
+  m->randomize(seed);
+  m->init_cache(opts, true, seed);
+  return m;
+}
+
+CudaModel* as_cuda(Model* m) { return dynamic_cast<CudaModel*>(m); }
+
+}  // namespace dsv2::cuda

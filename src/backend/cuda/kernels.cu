@@ -1,0 +1,509 @@
+// Elementwise, normalization, RoPE + cache write, MoE router/dispatch/combine, sampling and random
+// fill kernels of the CUDA backend. One block per row for the row-wise ops; fp32 math throughout,
+// bf16 only where a value is stored for a matrix product.
+#include <cfloat>
+#include <cmath>
+
+#include "backend/cuda/ops.h"
+#include "common/error.h"
+
+namespace dsv2::cuda {
+
+void cuda_fail(cudaError_t e, const char* what, const char* file, int line) {
+  throw Error(fmt::format("CUDA error at {}:{}: {}: {} ({})", file, line, what, cudaGetErrorString(e), int(e)),
+              "internal");
+}
+
+namespace {
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float t = lane < nw ? red[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+  return t;
+}
+
+__device__ float block_max(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float t = lane < nw ? red[lane] : -FLT_MAX;
+  for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+  return t;
+}
+
+inline unsigned blocks_for(size_t n, unsigned threads) {
+  size_t b = (n + threads - 1) / threads;
+  return unsigned(b < 65535u * 16u ? b : 65535u * 16u);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+__global__ void embed_kernel(const bf16* embed, const int32_t* tokens, int H, float* x) {
+  const int t = blockIdx.x;
+  const bf16* src = embed + size_t(tokens[t]) * H;
+  float* dst = x + size_t(t) * H;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+}
+
+__global__ void add_rmsnorm_kernel(float* x, const float* add, const int32_t* rows, int H, const float* w, float eps,
+                                   bf16* y, float* yf) {
+  __shared__ float red[32];
+  const int r = blockIdx.x;
+  const int i = rows ? rows[r] : r;
+  float* xr = x + size_t(i) * H;
+  const float* ar = add ? add + size_t(i) * H : nullptr;
+  float ss = 0;
+  for (int k = threadIdx.x; k < H; k += blockDim.x) {
+    float v = xr[k];
+    if (ar) {
+      v += ar[k];
+      xr[k] = v;
+    }
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / float(H) + eps);
+  for (int k = threadIdx.x; k < H; k += blockDim.x) {
+    float v = w[k] * (xr[k] * inv);
+    y[size_t(r) * H + k] = __float2bfloat16(v);
+    if (yf) yf[size_t(r) * H + k] = v;
+  }
+}
+
+__global__ void rmsnorm_bf16_kernel(const bf16* x, int ldx, int n, const float* w, float eps, bf16* y, int ldy) {
+  __shared__ float red[32];
+  const bf16* xr = x + size_t(blockIdx.x) * ldx;
+  float ss = 0;
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    float v = __bfloat162float(xr[k]);
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / float(n) + eps);
+  for (int k = threadIdx.x; k < n; k += blockDim.x)
+    y[size_t(blockIdx.x) * ldy + k] = __float2bfloat16(w[k] * (__bfloat162float(xr[k]) * inv));
+}
+
+__global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
+  const size_t n = size_t(R) * I;
+  for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < n; idx += size_t(gridDim.x) * blockDim.x) {
+    const size_t r = idx / I, i = idx % I;
+    const float g = __bfloat162float(gu[r * 2 * I + i]);
+    const float u = __bfloat162float(gu[r * 2 * I + I + i]);
+    a[idx] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+// One block per token: the cache row (normalized c, roped k_pe) and the roped q_pe of every head.
+__global__ void rope_cache_kernel(RopeCacheParams p) {
+  extern __shared__ float sh[];
+  float* cs = sh;               // [rope/2]
+  float* sn = sh + p.rope / 2;  // [rope/2]
+  __shared__ float red[32];
+  const int t = blockIdx.x;
+  const int half = p.rope / 2;
+  const int pos = p.pos[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    // The angle in double: positions reach 1e5+, where a float angle loses digits.
+    double s, c;
+    sincos(double(pos) * p.inv_freq[i], &s, &c);
+    cs[i] = float(c) * p.attn_factor;
+    sn[i] = float(s) * p.attn_factor;
+  }
+  const bf16* kv = p.kv + size_t(t) * p.kv_stride;
+  const int D = p.kv_lora + p.rope;
+  bf16* crow = p.cache + size_t(p.slot[t]) * D;
+  float ss = 0;
+  for (int k = threadIdx.x; k < p.kv_lora; k += blockDim.x) {
+    float v = __bfloat162float(kv[k]);
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);  // also orders the cos/sin writes above
+  const float inv = rsqrtf(ss / float(p.kv_lora) + 1e-6f);
+  for (int k = threadIdx.x; k < p.kv_lora; k += blockDim.x)
+    crow[k] = __float2bfloat16(p.kv_norm[k] * (__bfloat162float(kv[k]) * inv));
+  // Adjacent pairs in, de-interleaved out (reference section 3), for k_pe and every head's q_pe.
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = __bfloat162float(kv[p.kv_lora + 2 * i]), b = __bfloat162float(kv[p.kv_lora + 2 * i + 1]);
+    crow[p.kv_lora + i] = __float2bfloat16(a * cs[i] - b * sn[i]);
+    crow[p.kv_lora + half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+  }
+  const int qd = p.nope + p.rope;
+  for (int j = threadIdx.x; j < p.heads * half; j += blockDim.x) {
+    const int h = j / half, i = j % half;
+    const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;
+    const float a = __bfloat162float(qh[2 * i]), b = __bfloat162float(qh[2 * i + 1]);
+    bf16* dst = p.qfull + (size_t(t) * p.heads + h) * D + p.kv_lora;
+    dst[i] = __float2bfloat16(a * cs[i] - b * sn[i]);
+    dst[half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MoE router: one block per token. Logits in fp32 from the f32 normalized hidden state.
+__global__ void route_kernel(RouterParams p) {
+  extern __shared__ float s[];  // [E] scores, then [n_group] group scores
+  __shared__ float red[32];
+  __shared__ int sel[64];
+  const int t = blockIdx.x, E = p.E;
+  const float* x = p.x + size_t(t) * p.H;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int e = warp; e < E; e += nw) {
+    const bf16* w = p.w + size_t(e) * p.H;
+    float acc = 0;
+    for (int k = lane; k < p.H; k += 32) acc += x[k] * __bfloat162float(w[k]);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) s[e] = acc;
+  }
+  __syncthreads();
+  float mx = -FLT_MAX;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, s[e]);
+  mx = block_max(mx, red);
+  float sum = 0;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    float v = expf(s[e] - mx);
+    s[e] = v;
+    sum += v;
+  }
+  sum = block_sum(sum, red);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s[e] = s[e] / sum;
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
+  // One warp does the selection: group limit, then K rounds of argmax (highest score, lowest id).
+  if (p.group_limited && p.n_group > 1) {
+    float* g = s + E;
+    const int per = E / p.n_group;
+    for (int gi = lane; gi < p.n_group; gi += 32) {
+      float m = -FLT_MAX;
+      for (int e = gi * per; e < (gi + 1) * per; ++e) m = fmaxf(m, s[e]);
+      g[gi] = m;
+    }
+    __syncwarp();
+    if (lane == 0) {
+      // keep topk_group groups (ties: lower group first), zero the others' experts
+      unsigned long long kept[4] = {0, 0, 0, 0};
+      for (int r = 0; r < p.topk_group; ++r) {
+        int best = -1;
+        for (int gi = 0; gi < p.n_group; ++gi)
+          if (!(kept[gi >> 6] >> (gi & 63) & 1ull) && (best < 0 || g[gi] > g[best])) best = gi;
+        kept[best >> 6] |= 1ull << (best & 63);
+      }
+      for (int gi = 0; gi < p.n_group; ++gi)
+        if (!(kept[gi >> 6] >> (gi & 63) & 1ull))
+          for (int e = gi * per; e < (gi + 1) * per; ++e) s[e] = 0.0f;
+    }
+    __syncwarp();
+  }
+  for (int k = 0; k < p.K; ++k) {
+    float bv = -1.0f;
+    int bi = 0x7fffffff;
+    for (int e = lane; e < E; e += 32) {
+      bool taken = false;
+      for (int q = 0; q < k; ++q) taken |= sel[q] == e;
+      if (!taken && s[e] > bv) {  // ascending e per lane: first max kept
+        bv = s[e];
+        bi = e;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) sel[k] = bi;
+    __syncwarp();
+  }
+  if (lane == 0) {
+    float tot = 0;
+    for (int k = 0; k < p.K; ++k) tot += s[sel[k]];
+    for (int k = 0; k < p.K; ++k) {
+      const float v = s[sel[k]];
+      p.ids[size_t(t) * p.K + k] = sel[k];
+      p.weights[size_t(t) * p.K + k] = (p.K > 1 && p.norm_topk) ? v / (tot + 1e-20f) : v * p.scaling;
+    }
+  }
+}
+
+__global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&counts[ids[i]], 1);
+}
+
+// One block: offsets, the GEMM tile list, and the per-expert fill cursors (reusing counts).
+__global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_t* tile_info, int max_tiles) {
+  if (threadIdx.x != 0) return;
+  int off = 0, nt = 0;
+  for (int e = 0; e < E; ++e) {
+    const int c = counts[e];
+    offsets[e] = off;
+    for (int r = 0; r < c; r += kMoeTileM) {
+      tile_info[nt * 3 + 0] = e;
+      tile_info[nt * 3 + 1] = off + r;
+      tile_info[nt * 3 + 2] = min(kMoeTileM, c - r);
+      ++nt;
+    }
+    off += c;
+    counts[e] = 0;
+  }
+  offsets[E] = off;
+  tile_info[max_tiles * 3] = nt;
+}
+
+// One block per (token, k): its permuted row and the copy of the token's hidden row.
+__global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* offsets, int32_t* cursor,
+                                   int32_t* slot_of, const bf16* x, int H, bf16* xp) {
+  __shared__ int slot;
+  const int i = blockIdx.x;
+  if (threadIdx.x == 0) {
+    const int e = ids[i];
+    slot = offsets[e] + atomicAdd(&cursor[e], 1);
+    slot_of[i] = slot;
+  }
+  __syncthreads();
+  const bf16* src = x + size_t(i / K) * H;
+  bf16* dst = xp + size_t(slot) * H;
+  if ((H & 7) == 0) {
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    for (int k = threadIdx.x; k < H / 8; k += blockDim.x) d4[k] = s4[k];
+  } else {
+    for (int k = threadIdx.x; k < H; k += blockDim.x) dst[k] = src[k];
+  }
+}
+
+__global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, const float* weights, int K, int H,
+                                   float* y) {
+  const int t = blockIdx.x;
+  for (int k = threadIdx.x; k < H; k += blockDim.x) {
+    float acc = y[size_t(t) * H + k];
+    for (int j = 0; j < K; ++j) acc += weights[t * K + j] * yp[size_t(slot_of[t * K + j]) * H + k];
+    y[size_t(t) * H + k] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling: one block of 1024 threads per row; the row is overwritten with exp((l - max) / temp).
+constexpr int kSampleThreads = 1024;
+
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, int V, int n, float temperature,
+                                                                float top_p, uint64_t seed, uint64_t step,
+                                                                int32_t* out) {
+  __shared__ float red[32];
+  __shared__ float fsum[kSampleThreads];
+  __shared__ int ired[32];
+  __shared__ int found;
+  const int r = blockIdx.x, tid = threadIdx.x;
+  float* l = logits + size_t(r) * V;
+  // argmax, lowest index on ties
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int i = tid; i < n; i += blockDim.x)
+    if (l[i] > bv) {
+      bv = l[i];
+      bi = i;
+    }
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  if ((tid & 31) == 0) {
+    red[tid >> 5] = bv;
+    ired[tid >> 5] = bi;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    bv = red[tid];
+    bi = ired[tid];
+    for (int o = 16; o > 0; o >>= 1) {
+      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (tid == 0) {
+      red[0] = bv;
+      ired[0] = bi;
+    }
+  }
+  __syncthreads();
+  const float mx = red[0];
+  const int amax = ired[0];
+  __syncthreads();
+  if (temperature <= 0.0f || !(mx > -INFINITY)) {
+    if (tid == 0) out[r] = amax;
+    return;
+  }
+  const float invt = 1.0f / temperature;
+  float z = 0;
+  for (int i = tid; i < n; i += blockDim.x) {
+    const float e = __expf((l[i] - mx) * invt);
+    l[i] = e;
+    z += e;
+  }
+  z = block_sum(z, red);
+  // Nucleus threshold: the largest theta whose kept mass sum(e >= theta) reaches top_p * z.
+  float theta = 0.0f;
+  if (top_p < 1.0f) {
+    float lo = 0.0f, hi = 1.0f;  // mass(lo) >= target always; the max element has e == 1
+    const float target = top_p * z;
+    for (int it = 0; it < 30; ++it) {
+      const float mid = 0.5f * (lo + hi);
+      float m = 0;
+      for (int i = tid; i < n; i += blockDim.x) {
+        const float e = l[i];
+        m += e >= mid ? e : 0.0f;
+      }
+      m = block_sum(m, red);
+      if (m >= target) lo = mid;
+      else hi = mid;
+    }
+    theta = lo;
+  }
+  // Inverse CDF over the kept tokens in index order: contiguous segment per thread.
+  const int seg = (n + blockDim.x - 1) / blockDim.x;
+  const int b0 = min(n, tid * seg), b1 = min(n, b0 + seg);
+  float part = 0;
+  for (int i = b0; i < b1; ++i) part += l[i] >= theta ? l[i] : 0.0f;
+  fsum[tid] = part;
+  if (tid == 0) found = -1;
+  __syncthreads();
+  // inclusive scan (Hillis-Steele) over 1024 segment sums
+  for (int o = 1; o < blockDim.x; o <<= 1) {
+    const float v = tid >= o ? fsum[tid - o] : 0.0f;
+    __syncthreads();
+    fsum[tid] += v;
+    __syncthreads();
+  }
+  const float total = fsum[blockDim.x - 1];
+  const float u = float(sample_uniform(seed, step, uint64_t(r))) * total;
+  const float before = tid > 0 ? fsum[tid - 1] : 0.0f;
+  if (u >= before && u < fsum[tid]) {
+    float acc = before;
+    int pick = -1;
+    for (int i = b0; i < b1; ++i) {
+      if (l[i] < theta) continue;
+      pick = i;
+      acc += l[i];
+      if (u < acc) break;
+    }
+    if (pick >= 0) found = pick;
+  }
+  __syncthreads();
+  if (tid == 0) out[r] = found >= 0 ? found : amax;
+}
+
+__device__ inline float hash_uniform(uint64_t seed, size_t i) {
+  uint64_t z = (seed + 1) * 0x9E3779B97F4A7C15ull + uint64_t(i) * 0xD1B54A32D192ED03ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return float(z >> 40) * (2.0f / 16777216.0f) - 1.0f;  // [-1, 1)
+}
+
+__global__ void fill_bf16_kernel(bf16* p, size_t n, uint64_t seed, float scale, float offset) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = __float2bfloat16(offset + scale * hash_uniform(seed, i));
+}
+__global__ void fill_f32_kernel(float* p, size_t n, uint64_t seed, float scale, float offset) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = offset + scale * hash_uniform(seed, i);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x, cudaStream_t s) {
+  if (T == 0) return;
+  embed_kernel<<<T, 256, 0, s>>>(embed, tokens, H, x);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, const float* w, float eps, bf16* y,
+                 float* yf, cudaStream_t s) {
+  if (R == 0) return;
+  add_rmsnorm_kernel<<<R, H >= 4096 ? 512 : 256, 0, s>>>(x, add, rows, H, w, eps, y, yf);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void rmsnorm_bf16(const bf16* x, int ldx, int T, int n, const float* w, float eps, bf16* y, int ldy, cudaStream_t s) {
+  if (T == 0) return;
+  rmsnorm_bf16_kernel<<<T, 256, 0, s>>>(x, ldx, n, w, eps, y, ldy);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s) {
+  if (R == 0) return;
+  silu_mul_kernel<<<blocks_for(size_t(R) * I, 256), 256, 0, s>>>(gu, R, I, a);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
+  if (p.T == 0) return;
+  rope_cache_kernel<<<p.T, 256, size_t(p.rope) * sizeof(float), s>>>(p);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void moe_route(const RouterParams& p, cudaStream_t s) {
+  if (p.T == 0) return;
+  DSV2_CHECK(p.K <= 64 && p.n_group <= 256, "router: top_k {} or n_group {} too large", p.K, p.n_group);
+  route_kernel<<<p.T, 256, size_t(p.E + p.n_group) * sizeof(float), s>>>(p);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
+                  cudaStream_t s) {
+  if (T == 0) return;
+  DSV2_CUDA_CHECK(cudaMemsetAsync(d.counts, 0, size_t(E) * sizeof(int32_t), s));
+  moe_count_kernel<<<blocks_for(size_t(T) * K, 256), 256, 0, s>>>(ids, T * K, d.counts);
+  DSV2_CUDA_LAUNCHED();
+  moe_scan_kernel<<<1, 32, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles);
+  DSV2_CUDA_LAUNCHED();
+  moe_permute_kernel<<<T * K, 128, 0, s>>>(ids, K, d.offsets, d.counts, d.slot_of, x, H, xp);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, int T, int K, int H, float* y,
+                 cudaStream_t s) {
+  if (T == 0) return;
+  moe_combine_kernel<<<T, 256, 0, s>>>(yp, slot_of, weights, K, H, y);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
+                 uint64_t step, int32_t* out, cudaStream_t s) {
+  if (R == 0) return;
+  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
+  sample_kernel<<<R, kSampleThreads, 0, s>>>(const_cast<float*>(logits), V, n, temperature, top_p, seed, step, out);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void fill_random_bf16(bf16* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s) {
+  if (n == 0) return;
+  fill_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(p, n, seed, scale, offset);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void fill_random_f32(float* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s) {
+  if (n == 0) return;
+  fill_f32_kernel<<<blocks_for(n, 256), 256, 0, s>>>(p, n, seed, scale, offset);
+  DSV2_CUDA_LAUNCHED();
+}
+
+}  // namespace dsv2::cuda

@@ -1,0 +1,168 @@
+// Grouped expert GEMM for MoE: rows arrive permuted expert-major (moe_dispatch), and a device-side
+// tile list names, for each 64-row tile, its expert, first row and row count. The grid is sized for
+// the worst case (rows/64 + experts tiles) so that the launch needs no host synchronization and can
+// be captured in a CUDA graph; blocks past the real tile count return at once.
+// bf16 tensor-core products (WMMA 16x16x16), fp32 accumulation, 4-stage cp.async pipeline.
+#include <mma.h>
+
+#include "backend/cuda/ops.h"
+#include "common/error.h"
+
+namespace dsv2::cuda {
+
+namespace {
+
+using namespace nvcuda;
+
+constexpr int BM = kMoeTileM, BN = 128, BK = 32, LDT = BK + 8, STAGES = 4, THREADS = 256;
+constexpr int LDC = BN + 4;
+constexpr size_t kStageElems = size_t(BM + BN) * LDT;
+constexpr size_t kSmemBytes = STAGES * kStageElems * 2 > size_t(BM) * LDC * 4 ? STAGES * kStageElems * 2
+                                                                               : size_t(BM) * LDC * 4;
+
+__device__ inline void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned sa = unsigned(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <bool kF32Out>
+__global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                           const int32_t* __restrict__ tiles, int max_tiles, int N,
+                                                           int K, void* y) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tile = blockIdx.y;
+  if (tile >= tiles[max_tiles * 3]) return;
+  const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
+  const int n0 = blockIdx.x * BN;
+  const bf16* we = w + size_t(e) * N * K;
+  bf16* st = reinterpret_cast<bf16*>(smem);
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;  // warp tile 32 x 32
+  const int nk = (K + BK - 1) / BK;
+
+  auto load = [&](int kt, int stage) {
+    bf16* sA = st + stage * kStageElems;
+    bf16* sB = sA + BM * LDT;
+    const int k0 = kt * BK;
+    {  // A: 64 rows x 4 pieces
+      const int r = tid >> 2, c = (tid & 3) * 8;
+      const bool ok = r < rows && k0 + c < K;
+      cp_async16(sA + r * LDT + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {  // B: 128 rows x 4 pieces
+      const int idx = tid + i * THREADS;
+      const int r = idx >> 2, c = (idx & 3) * 8;
+      const bool ok = n0 + r < N && k0 + c < K;
+      cp_async16(sB + r * LDT + c, ok ? we + size_t(n0 + r) * K + k0 + c : we, ok);
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nk) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int nxt = kt + STAGES - 1;
+      if (nxt < nk) load(nxt, nxt % STAGES);
+      cp_async_commit();
+    }
+    const bf16* sA = st + (kt % STAGES) * kStageElems;
+    const bf16* sB = sA + BM * LDT;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wm * 32 + i * 16) * LDT + kk, LDT);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wn * 32 + j * 16) * LDT + kk, LDT);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* sC = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(sC + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  __syncthreads();
+  for (int i = tid; i < rows * BN; i += THREADS) {
+    const int r = i / BN, c = i % BN;
+    if (n0 + c >= N) continue;
+    const float v = sC[r * LDC + c];
+    if constexpr (kF32Out)
+      static_cast<float*>(y)[size_t(r0 + r) * N + n0 + c] = v;
+    else
+      static_cast<bf16*>(y)[size_t(r0 + r) * N + n0 + c] = __float2bfloat16(v);
+  }
+}
+
+// Any K: one thread per output element (small test shapes only).
+__global__ void moe_gemm_naive_kernel(const bf16* x, const bf16* w, const int32_t* tiles, int max_tiles, int N, int K,
+                                      void* y, bool f32) {
+  const int tile = blockIdx.y;
+  if (tile >= tiles[max_tiles * 3]) return;
+  const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * N; i += gridDim.x * blockDim.x) {
+    const int r = i / N, n = i % N;
+    float acc = 0;
+    for (int k = 0; k < K; ++k)
+      acc += __bfloat162float(x[size_t(r0 + r) * K + k]) * __bfloat162float(w[(size_t(e) * N + n) * K + k]);
+    if (f32)
+      static_cast<float*>(y)[size_t(r0 + r) * N + n] = acc;
+    else
+      static_cast<bf16*>(y)[size_t(r0 + r) * N + n] = __float2bfloat16(acc);
+  }
+}
+
+}  // namespace
+
+void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
+              bool out_f32, cudaStream_t s) {
+  if (max_tiles == 0) return;
+  if (K % 8 != 0) {
+    moe_gemm_naive_kernel<<<dim3(std::min(64, (BM * N + 255) / 256), max_tiles), 256, 0, s>>>(x, w, tile_info,
+                                                                                             max_tiles, N, K, y,
+                                                                                             out_f32);
+    DSV2_CUDA_LAUNCHED();
+    return;
+  }
+  static bool configured = false;
+  if (!configured) {
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(kSmemBytes)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(kSmemBytes)));
+    configured = true;
+  }
+  const dim3 grid((N + BN - 1) / BN, max_tiles);
+  if (out_f32)
+    moe_gemm_kernel<true><<<grid, THREADS, kSmemBytes, s>>>(x, w, tile_info, max_tiles, N, K, y);
+  else
+    moe_gemm_kernel<false><<<grid, THREADS, kSmemBytes, s>>>(x, w, tile_info, max_tiles, N, K, y);
+  DSV2_CUDA_LAUNCHED();
+}
+
+}  // namespace dsv2::cuda

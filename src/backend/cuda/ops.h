@@ -1,0 +1,131 @@
+#pragma once
+// The CUDA backend's kernel boundary: plain parameters and one launch function per op family.
+// Validation lives in the callers (cuda_model.cpp, the tests); kernels trust their arguments.
+// Layouts: activations row-major [tokens, width]; matrices nn.Linear [out, in] bf16.
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace dsv2::cuda {
+
+using bf16 = __nv_bfloat16;
+
+[[noreturn]] void cuda_fail(cudaError_t e, const char* what, const char* file, int line);
+#define DSV2_CUDA_CHECK(x)                                                              \
+  do {                                                                                  \
+    cudaError_t dsv2_err_ = (x);                                                        \
+    if (dsv2_err_ != cudaSuccess) ::dsv2::cuda::cuda_fail(dsv2_err_, #x, __FILE__, __LINE__); \
+  } while (0)
+#define DSV2_CUDA_LAUNCHED() DSV2_CUDA_CHECK(cudaGetLastError())
+
+// ---- elementwise / normalization (kernels.cu) ----
+
+// x[t] (f32 residual) = float(embed[tokens[t]]); tokens out of range give zeros (callers validate).
+void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x, cudaStream_t s);
+
+// For output row r (source row i = rows ? rows[r] : r): if add, x[i] += add[i]; then
+// y[r] = bf16(w * x[i] / sqrt(mean(x[i]^2) + eps)); yf[r] (optional) gets the same in f32.
+void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, const float* w, float eps, bf16* y,
+                 float* yf, cudaStream_t s);
+
+// RMSNorm of bf16 rows: y[t, 0:n] = bf16(w * x / rms(x)), x with row stride ldx, y with ldy.
+void rmsnorm_bf16(const bf16* x, int ldx, int T, int n, const float* w, float eps, bf16* y, int ldy, cudaStream_t s);
+
+// a[r, i] = bf16(silu(gu[r, i]) * gu[r, I + i]) for gu rows [gate | up] of width 2I.
+void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s);
+
+// ---- MLA pieces (kernels.cu) ----
+
+struct RopeCacheParams {
+  const bf16* q;          // [T, q_stride]: per head [nope | rope] at h*(nope+rope)
+  int q_stride;
+  const bf16* kv;         // [T, kv_stride]: [c (kv_lora) | k_pe (rope)]
+  int kv_stride;
+  const float* kv_norm;   // [kv_lora] kv_a_layernorm weight
+  const int32_t* pos;     // [T] absolute positions
+  const int32_t* slot;    // [T] cache row (block * 64 + pos % 64)
+  const double* inv_freq; // [rope/2]
+  float attn_factor;      // YaRN cos/sin scale
+  int T, heads, nope, rope, kv_lora;
+  bf16* qfull;            // [T, heads, kv_lora + rope]: writes the roped q_pe at kv_lora
+  bf16* cache;            // this layer's cache [rows, kv_lora + rope]
+};
+// Normalizes c and ropes k_pe into the cache rows of the new tokens; ropes q_pe into qfull.
+void rope_and_cache(const RopeCacheParams& p, cudaStream_t s);
+
+struct AttnParams {
+  const bf16* q;            // [T, heads, D] absorbed queries (D = kv_lora + rope)
+  const bf16* cache;        // this layer's cache [rows, D]
+  const int32_t* items;     // [n_items, 4]: chunk, first row of the tile, -, -
+  const int32_t* chunks;    // [n_chunks, 4]: first token, n tokens, kv length after, block-table offset
+  const int32_t* blocks;    // flat block tables
+  int n_items, n_splits, heads;
+  float scale;
+  bf16* out;                // [T, heads, kv_lora] latent outputs (before W_UV)
+  float* part_o;            // [n_items, n_splits, kAttnRows, kv_lora] split partials (n_splits > 1)
+  float* part_ml;           // [n_items, n_splits, kAttnRows, 2] max and sum
+};
+constexpr int kAttnRows = 32;   // (token, head) rows per block
+constexpr int kAttnTile = 64;   // cache positions per step (= one cache block)
+// MQA flash attention over the paged latent cache with QK width 576 and V width 512 (V = the first
+// 512 columns of the same rows), causal per row, split over the cache length when n_splits > 1.
+void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s);
+
+// ---- MoE (kernels.cu, moe_gemm.cu) ----
+
+struct RouterParams {
+  const float* x;         // [T, H] normalized hidden, f32
+  const bf16* w;          // [E, H]
+  int T, H, E, K, n_group, topk_group;
+  bool group_limited, norm_topk;
+  float scaling;
+  int32_t* ids;           // [T, K]
+  float* weights;         // [T, K]
+};
+// Router logits, softmax, (group-limited) top-k and scaling in one kernel, one block per token.
+void moe_route(const RouterParams& p, cudaStream_t s);
+
+constexpr int kMoeTileM = 64;  // rows of one expert per GEMM tile
+struct MoeDispatch {
+  int32_t* counts;      // [E]  (zeroed by moe_dispatch itself)
+  int32_t* offsets;     // [E + 1]
+  int32_t* tile_info;   // [max_tiles, 3]: expert, first row, rows; plus one int: number of tiles at [max_tiles*3]
+  int32_t* slot_of;     // [T*K] permuted row of each (token, k)
+  int max_tiles;
+};
+inline int moe_max_tiles(int R, int E) { return (R + kMoeTileM - 1) / kMoeTileM + E; }
+// Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major).
+void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
+                  cudaStream_t s);
+// y[t] += sum_k weights[t, k] * yp[slot_of[t, k]]
+void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, int T, int K, int H, float* y,
+                 cudaStream_t s);
+
+// Grouped GEMM over the tile list: y[r, n] = sum_k x[r, k] * w[expert(r), n, k] for rows r of each tile.
+// w is [E, N, K]. y is bf16 (out_f32 false) or f32.
+void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
+              bool out_f32, cudaStream_t s);
+
+// ---- sampling and utilities (kernels.cu) ----
+
+// One token per row of logits [R, V] (only the first v_limit columns are candidates): argmax when
+// temperature <= 0, else softmax(logits / temperature) restricted to the top-p nucleus, drawn with a
+// counter-based generator from (seed, step, row).
+void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
+                 uint64_t step, int32_t* out, cudaStream_t s);
+// The uniform draw sample_rows uses for (seed, step, row), exposed for tests.
+__host__ __device__ inline double sample_uniform(uint64_t seed, uint64_t step, uint64_t row) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull ^ (step + 0x632BE59BD9B4E019ull) * 0xBF58476D1CE4E5B9ull ^
+               (row + 1) * 0x94D049BB133111EBull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// Fills n bf16 values with uniform(-scale, scale) (offset added) from a counter-based hash of (seed, i).
+void fill_random_bf16(bf16* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s);
+void fill_random_f32(float* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s);
+
+}  // namespace dsv2::cuda

@@ -1,0 +1,89 @@
+#pragma once
+// Helpers for the CUDA tests: skip without a GPU, device buffers from host vectors, bf16 rounding,
+// and the error metrics the tests assert on.
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "backend/cuda/cuda_model.h"
+#include "backend/cuda/ops.h"
+#include "common/bf16.h"
+
+#define DSV2_REQUIRE_GPU()                                              \
+  do {                                                                  \
+    if (!::dsv2::cuda::available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+namespace dsv2::test {
+
+using cuda::bf16;
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) { DSV2_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T))); }
+  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { put(h); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void put(const std::vector<T>& h) {
+    DSV2_CUDA_CHECK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    DSV2_CUDA_CHECK(cudaDeviceSynchronize());
+    DSV2_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  // NaN-poisons the buffer (0xFFFF bf16 / 0xFFFFFFFF f32 and int -1) so unwritten outputs show.
+  void poison() { DSV2_CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(T))); }
+};
+
+// bf16 values as raw bits in device-compatible storage.
+inline std::vector<bf16> to_bf16(const std::vector<float>& f) {
+  std::vector<bf16> out(f.size());
+  for (size_t i = 0; i < f.size(); ++i) {
+    __nv_bfloat16_raw r;
+    r.x = f32_to_bf16(f[i]);
+    out[i] = r;
+  }
+  return out;
+}
+inline float bf(const bf16& v) {
+  return bf16_to_f32(static_cast<__nv_bfloat16_raw>(v).x);
+}
+inline std::vector<float> from_bf16(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = bf(v[i]);
+  return out;
+}
+// Rounds through bf16 (what the device sees after upload).
+inline std::vector<float> round_bf16(std::vector<float> f) {
+  for (auto& x : f) x = bf16_to_f32(f32_to_bf16(x));
+  return f;
+}
+
+inline std::vector<float> randn(size_t n, std::mt19937_64& g, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// ||a - b|| / ||b||; infinite when any value of a is not finite.
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+}  // namespace dsv2::test

@@ -1,0 +1,465 @@
+// Each CUDA kernel against a CPU reference over a sweep of shapes. Outputs are NaN-poisoned before
+// every launch, so an element the kernel forgot to write fails the comparison. Skipped without a GPU.
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "cuda_test_util.h"
+#include "model/config.h"
+#include "model/rope.h"
+#include "model/router.h"
+
+namespace dsv2::test {
+namespace {
+
+using namespace dsv2::cuda;
+
+ModelConfig mla_config(int heads, int kv_lora, int rope, int nope, bool yarn) {
+  ModelConfig c;
+  c.model_type = "deepseek_v2";
+  c.hidden_size = 64;
+  c.num_attention_heads = heads;
+  c.kv_lora_rank = kv_lora;
+  c.qk_rope_head_dim = rope;
+  c.qk_nope_head_dim = nope;
+  c.v_head_dim = nope;
+  c.rope_theta = 10000;
+  c.max_position_embeddings = 163840;
+  if (yarn) {
+    c.rope_scaling.yarn = true;
+    c.rope_scaling.factor = 40;
+    c.rope_scaling.original_max_position = 4096;
+    c.rope_scaling.mscale = 1.0;  // attention factor != 1 exercised
+    c.rope_scaling.mscale_all_dim = 0.707;
+  }
+  return c;
+}
+
+TEST(CudaKernels, AddRmsNorm) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(1);
+  for (int H : {64, 2048, 5120})
+    for (int T : {1, 7, 33})
+      for (int mode = 0; mode < 3; ++mode) {  // 0: no add, 1: add, 2: add + row selection
+        auto x = randn(size_t(T) * H, g, 2.0f), add = randn(size_t(T) * H, g), w = randn(size_t(H), g);
+        std::vector<int32_t> rows;
+        for (int t = T - 1; t >= 0; t -= 2) rows.push_back(t);
+        const int R = mode == 2 ? int(rows.size()) : T;
+        Dev<float> dx(x), dadd(add), dw(w), dyf(size_t(R) * H);
+        Dev<int32_t> drows(rows);
+        Dev<bf16> dy(size_t(R) * H);
+        dy.poison();
+        dyf.poison();
+        add_rmsnorm(dx.p, mode ? dadd.p : nullptr, mode == 2 ? drows.p : nullptr, R, H, dw.p, 1e-6f, dy.p, dyf.p, 0);
+        std::vector<float> ref(size_t(R) * H), xref = x;
+        for (int r = 0; r < R; ++r) {
+          const int i = mode == 2 ? rows[size_t(r)] : r;
+          double ss = 0;
+          for (int k = 0; k < H; ++k) {
+            if (mode) xref[size_t(i) * H + k] += add[size_t(i) * H + k];
+            ss += double(xref[size_t(i) * H + k]) * xref[size_t(i) * H + k];
+          }
+          const double inv = 1.0 / std::sqrt(ss / H + 1e-6);
+          for (int k = 0; k < H; ++k) ref[size_t(r) * H + k] = float(w[size_t(k)] * xref[size_t(i) * H + k] * inv);
+        }
+        EXPECT_LT(rel_err(dyf.get(), ref), 1e-5) << "H=" << H << " T=" << T << " mode=" << mode;
+        EXPECT_LT(rel_err(from_bf16(dy.get()), ref), 4e-3) << "H=" << H << " T=" << T << " mode=" << mode;
+        EXPECT_LT(rel_err(dx.get(), xref), 1e-6);
+      }
+}
+
+TEST(CudaKernels, SiluMul) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(2);
+  for (int R : {1, 5, 300})
+    for (int I : {16, 1408, 1536}) {
+      auto gu = round_bf16(randn(size_t(R) * 2 * I, g, 2.0f));
+      Dev<bf16> dgu(to_bf16(gu)), da(size_t(R) * I);
+      da.poison();
+      silu_mul(dgu.p, R, I, da.p, 0);
+      std::vector<float> ref(size_t(R) * I);
+      for (int r = 0; r < R; ++r)
+        for (int i = 0; i < I; ++i) {
+          const double gg = gu[size_t(r) * 2 * I + i], u = gu[size_t(r) * 2 * I + I + i];
+          ref[size_t(r) * I + i] = float(gg / (1.0 + std::exp(-gg)) * u);
+        }
+      EXPECT_LT(rel_err(from_bf16(da.get()), ref), 4e-3) << "R=" << R << " I=" << I;
+    }
+}
+
+TEST(CudaKernels, RopeAndCacheYarn) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(3);
+  struct Shape {
+    int heads, kv_lora, rope, nope;
+    bool yarn;
+  };
+  for (Shape s : {Shape{16, 512, 64, 128, true}, Shape{4, 32, 8, 16, true}, Shape{128, 512, 64, 128, true},
+                  Shape{4, 32, 8, 16, false}}) {
+    const ModelConfig c = mla_config(s.heads, s.kv_lora, s.rope, s.nope, s.yarn);
+    const std::vector<int32_t> pos = {0, 1, 17, 4095, 4096, 5000, 32767, 131071};
+    const int T = int(pos.size()), qd = s.nope + s.rope, D = s.kv_lora + s.rope;
+    const int q_stride = s.heads * qd + 3, kv_stride = D + 5;  // padded strides on purpose
+    auto q = round_bf16(randn(size_t(T) * q_stride, g));
+    auto kv = round_bf16(randn(size_t(T) * kv_stride, g));
+    auto norm = randn(size_t(s.kv_lora), g);
+    std::vector<int32_t> slot(static_cast<size_t>(T));
+    for (int t = 0; t < T; ++t) slot[size_t(t)] = 3 * t + 1;  // scattered cache rows
+    const int rows = 3 * T + 2;
+    auto inv = rope_inv_freq(c);
+    Dev<bf16> dq(to_bf16(q)), dkv(to_bf16(kv)), dqfull(size_t(T) * s.heads * D), dcache(size_t(rows) * D);
+    Dev<float> dnorm(norm);
+    Dev<int32_t> dpos(pos), dslot(slot);
+    Dev<double> dinv(inv);
+    dqfull.poison();
+    dcache.poison();
+    RopeCacheParams p{};
+    p.q = dq.p;
+    p.q_stride = q_stride;
+    p.kv = dkv.p;
+    p.kv_stride = kv_stride;
+    p.kv_norm = dnorm.p;
+    p.pos = dpos.p;
+    p.slot = dslot.p;
+    p.inv_freq = dinv.p;
+    p.attn_factor = float(c.rope_attention_factor());
+    p.T = T;
+    p.heads = s.heads;
+    p.nope = s.nope;
+    p.rope = s.rope;
+    p.kv_lora = s.kv_lora;
+    p.qfull = dqfull.p;
+    p.cache = dcache.p;
+    rope_and_cache(p, 0);
+    const auto qfull = from_bf16(dqfull.get()), cache = from_bf16(dcache.get());
+    RopeTable table(c);
+    std::vector<float> got_c, ref_c, got_pe, ref_pe;
+    for (int t = 0; t < T; ++t) {
+      const float* kvr = &kv[size_t(t) * kv_stride];
+      double ss = 0;
+      for (int k = 0; k < s.kv_lora; ++k) ss += double(kvr[k]) * kvr[k];
+      const double invn = 1.0 / std::sqrt(ss / s.kv_lora + 1e-6);
+      const float* crow = &cache[size_t(slot[size_t(t)]) * D];
+      for (int k = 0; k < s.kv_lora; ++k) {
+        ref_c.push_back(float(norm[size_t(k)] * kvr[k] * invn));
+        got_c.push_back(crow[k]);
+      }
+      std::vector<float> kpe(kvr + s.kv_lora, kvr + D);
+      table.apply(kpe.data(), pos[size_t(t)]);
+      for (int i = 0; i < s.rope; ++i) {
+        ref_pe.push_back(kpe[size_t(i)]);
+        got_pe.push_back(crow[s.kv_lora + i]);
+      }
+      for (int h = 0; h < s.heads; ++h) {
+        std::vector<float> qpe(&q[size_t(t) * q_stride + size_t(h) * qd + s.nope],
+                               &q[size_t(t) * q_stride + size_t(h) * qd + qd]);
+        table.apply(qpe.data(), pos[size_t(t)]);
+        for (int i = 0; i < s.rope; ++i) {
+          ref_pe.push_back(qpe[size_t(i)]);
+          got_pe.push_back(qfull[(size_t(t) * s.heads + h) * D + s.kv_lora + i]);
+        }
+      }
+    }
+    EXPECT_LT(rel_err(got_c, ref_c), 4e-3) << "heads=" << s.heads;
+    EXPECT_LT(rel_err(got_pe, ref_pe), 4e-3) << "heads=" << s.heads << " yarn=" << s.yarn;
+  }
+}
+
+TEST(CudaKernels, MoeRouter) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(4);
+  struct Case {
+    int E, K, H, n_group, topk_group;
+    bool group, norm;
+    double scaling;
+  };
+  for (Case cs : {Case{64, 6, 2048, 1, 1, false, false, 1.0}, Case{160, 6, 512, 8, 3, true, false, 16.0},
+                  Case{8, 3, 64, 1, 1, false, true, 1.0}, Case{16, 3, 64, 4, 2, true, false, 2.5}}) {
+    ModelConfig c;
+    c.n_routed_experts = cs.E;
+    c.num_experts_per_tok = cs.K;
+    c.topk_method = cs.group ? TopkMethod::group_limited_greedy : TopkMethod::greedy;
+    c.n_group = cs.n_group;
+    c.topk_group = cs.topk_group;
+    c.norm_topk_prob = cs.norm;
+    c.routed_scaling_factor = cs.scaling;
+    const int T = 97;
+    auto x = randn(size_t(T) * cs.H, g);
+    auto w = round_bf16(randn(size_t(cs.E) * cs.H, g, 0.05f));
+    Dev<float> dx(x), dwts(size_t(T) * cs.K);
+    Dev<bf16> dw(to_bf16(w));
+    Dev<int32_t> dids(size_t(T) * cs.K);
+    dwts.poison();
+    dids.poison();
+    RouterParams p{dx.p, dw.p, T, cs.H, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling),
+                   dids.p, dwts.p};
+    moe_route(p, 0);
+    const auto ids = dids.get();
+    const auto wts = dwts.get();
+    int mismatched = 0;
+    for (int t = 0; t < T; ++t) {
+      std::vector<float> logits(size_t(cs.E)), scratch(size_t(2 * cs.E + 8)), rw(size_t(cs.K));
+      std::vector<int32_t> rid(size_t(cs.K));
+      for (int e = 0; e < cs.E; ++e) {
+        double acc = 0;
+        for (int k = 0; k < cs.H; ++k) acc += double(x[size_t(t) * cs.H + k]) * w[size_t(e) * cs.H + k];
+        logits[size_t(e)] = float(acc);
+      }
+      route_token(c, logits.data(), rid.data(), rw.data(), scratch.data());
+      bool same = true;
+      for (int k = 0; k < cs.K; ++k) same &= ids[size_t(t) * cs.K + k] == rid[size_t(k)];
+      if (!same) {
+        ++mismatched;
+        continue;
+      }
+      for (int k = 0; k < cs.K; ++k) EXPECT_NEAR(wts[size_t(t) * cs.K + k], rw[size_t(k)], 1e-4 * (1 + rw[size_t(k)]));
+    }
+    // fp32 accumulation order may flip a near-tie now and then, never more than that
+    EXPECT_LE(mismatched, 2) << "E=" << cs.E << " K=" << cs.K;
+  }
+}
+
+TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(5);
+  struct Case {
+    int T, E, K, H, N;
+  };
+  // N x H = expert matrix; the second product maps N back to H for the combine.
+  for (Case cs : {Case{1, 64, 6, 2048, 2816}, Case{7, 8, 3, 64, 32}, Case{300, 64, 6, 256, 384},
+                  Case{33, 16, 2, 36, 24}, Case{130, 4, 2, 128, 200}}) {
+    std::vector<int32_t> ids(size_t(cs.T) * cs.K);
+    std::vector<float> wts(size_t(cs.T) * cs.K);
+    for (int t = 0; t < cs.T; ++t) {
+      std::vector<int32_t> perm(size_t(cs.E));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), g);
+      // skew towards low experts so that some get more than one 64-row tile
+      if (t % 3 == 0) std::sort(perm.begin(), perm.begin() + cs.K);
+      for (int k = 0; k < cs.K; ++k) {
+        ids[size_t(t) * cs.K + k] = perm[size_t(k)];
+        wts[size_t(t) * cs.K + k] = std::uniform_real_distribution<float>(0.1f, 1.0f)(g);
+      }
+    }
+    auto x = round_bf16(randn(size_t(cs.T) * cs.H, g));
+    auto w1 = round_bf16(randn(size_t(cs.E) * cs.N * cs.H, g, 0.05f));  // [E, N, H]
+    auto w2 = round_bf16(randn(size_t(cs.E) * cs.H * cs.N, g, 0.05f));  // [E, H, N]
+    auto y0 = randn(size_t(cs.T) * cs.H, g);
+    const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E);
+    Dev<int32_t> dids(ids), counts(size_t(cs.E)), offsets(size_t(cs.E) + 1), tiles(size_t(max_tiles) * 3 + 1),
+        slot(static_cast<size_t>(R));
+    Dev<float> dwts(wts), dy(y0), dyp(size_t(R) * cs.H);
+    Dev<bf16> dx(to_bf16(x)), dxp(size_t(R) * cs.H), dw1(to_bf16(w1)), dw2(to_bf16(w2)), dh(size_t(R) * cs.N);
+    dxp.poison();
+    dh.poison();
+    dyp.poison();
+    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, max_tiles};
+    moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
+    moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.N, cs.H, dh.p, false, 0);
+    moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.H, cs.N, dyp.p, true, 0);
+    moe_combine(dyp.p, slot.p, dwts.p, cs.T, cs.K, cs.H, dy.p, 0);
+    const auto slots = slot.get();
+    const auto h = from_bf16(dh.get());
+    // slots form a permutation grouped by expert
+    std::set<int32_t> seen(slots.begin(), slots.end());
+    ASSERT_EQ(int(seen.size()), R);
+    ASSERT_EQ(*seen.begin(), 0);
+    ASSERT_EQ(*seen.rbegin(), R - 1);
+    std::vector<float> href, hgot, yref = y0;
+    for (int t = 0; t < cs.T; ++t)
+      for (int k = 0; k < cs.K; ++k) {
+        const int e = ids[size_t(t) * cs.K + k], s = slots[size_t(t) * cs.K + k];
+        std::vector<float> hh(size_t(cs.N));
+        for (int n = 0; n < cs.N; ++n) {
+          double acc = 0;
+          for (int j = 0; j < cs.H; ++j)
+            acc += double(x[size_t(t) * cs.H + j]) * w1[(size_t(e) * cs.N + n) * cs.H + j];
+          href.push_back(float(acc));
+          hgot.push_back(h[size_t(s) * cs.N + n]);
+          hh[size_t(n)] = bf16_to_f32(f32_to_bf16(float(acc)));
+        }
+        for (int j = 0; j < cs.H; ++j) {
+          double acc = 0;
+          for (int n = 0; n < cs.N; ++n) acc += double(hh[size_t(n)]) * w2[(size_t(e) * cs.H + j) * cs.N + n];
+          yref[size_t(t) * cs.H + j] += float(wts[size_t(t) * cs.K + k] * acc);
+        }
+      }
+    EXPECT_LT(rel_err(hgot, href), 4e-3) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
+    EXPECT_LT(rel_err(dy.get(), yref), 1e-2) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
+  }
+}
+
+// Attention over a paged cache: sequences with scattered block tables, mixing a long prefill
+// chunk, decode steps and a chunk appended to an existing context.
+struct AttnCase {
+  int heads, kv_lora, rope;
+  std::vector<std::pair<int, int>> chunks;  // (tokens already cached, new tokens)
+};
+
+void run_attention_case(const AttnCase& ac, int n_splits, std::mt19937_64& g) {
+  const int D = ac.kv_lora + ac.rope, heads = ac.heads;
+  int n_blocks = 0, T = 0;
+  for (auto [len, n] : ac.chunks) {
+    n_blocks += (len + n + 63) / 64;
+    T += n;
+  }
+  n_blocks += 3;
+  std::vector<int32_t> perm(static_cast<size_t>(n_blocks));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), g);
+  auto cache = round_bf16(randn(size_t(n_blocks) * 64 * D, g));
+  auto q = round_bf16(randn(size_t(T) * heads * D, g, 0.2f));
+  std::vector<int32_t> chunks, items, blocks;
+  int tok = 0, used = 0;
+  for (size_t ci = 0; ci < ac.chunks.size(); ++ci) {
+    auto [len, n] = ac.chunks[ci];
+    const int nb = (len + n + 63) / 64;
+    chunks.insert(chunks.end(), {tok, n, len + n, int32_t(blocks.size())});
+    for (int b = 0; b < nb; ++b) blocks.push_back(perm[size_t(used++)]);
+    for (int row = 0; row < n * heads; row += kAttnRows) items.insert(items.end(), {int32_t(ci), row, 0, 0});
+    tok += n;
+  }
+  const int n_items = int(items.size() / 4);
+  Dev<bf16> dq(to_bf16(q)), dcache(to_bf16(cache)), dout(size_t(T) * heads * ac.kv_lora);
+  Dev<int32_t> dchunks(chunks), ditems(items), dblocks(blocks);
+  Dev<float> part_o(size_t(n_items) * n_splits * kAttnRows * ac.kv_lora), part_ml(size_t(n_items) * n_splits * kAttnRows * 2);
+  dout.poison();
+  const float scale = 0.1147f;
+  AttnParams p{dq.p, dcache.p, ditems.p, dchunks.p, dblocks.p, n_items, n_splits, heads, scale, dout.p, part_o.p,
+               part_ml.p};
+  mla_attention(p, ac.kv_lora, ac.rope, 0);
+  const auto out = from_bf16(dout.get());
+  std::vector<float> ref(out.size());
+  tok = 0;
+  for (size_t ci = 0; ci < ac.chunks.size(); ++ci) {
+    auto [len, n] = ac.chunks[ci];
+    const int32_t* bt = &blocks[size_t(chunks[ci * 4 + 3])];
+    for (int i = 0; i < n; ++i) {
+      const int pos = len + i;
+      for (int h = 0; h < heads; ++h) {
+        const float* qr = &q[(size_t(tok + i) * heads + h) * D];
+        std::vector<double> s(size_t(pos + 1));
+        double mx = -1e300;
+        for (int j = 0; j <= pos; ++j) {
+          const float* kr = &cache[(size_t(bt[j / 64]) * 64 + j % 64) * D];
+          double acc = 0;
+          for (int d = 0; d < D; ++d) acc += double(qr[d]) * kr[d];
+          s[size_t(j)] = acc * scale;
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        double sum = 0;
+        for (auto& v : s) sum += (v = std::exp(v - mx));
+        float* o = &ref[(size_t(tok + i) * heads + h) * ac.kv_lora];
+        for (int d = 0; d < ac.kv_lora; ++d) {
+          double acc = 0;
+          for (int j = 0; j <= pos; ++j) acc += s[size_t(j)] * cache[(size_t(bt[j / 64]) * 64 + j % 64) * D + d];
+          o[d] = float(acc / sum);
+        }
+      }
+    }
+    tok += n;
+  }
+  EXPECT_LT(rel_err(out, ref), 1e-2) << "heads=" << heads << " D=" << D << " splits=" << n_splits;
+}
+
+TEST(CudaKernels, MlaAttentionPagedCausal) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(6);
+  const std::vector<AttnCase> cases = {
+      {16, 512, 64, {{0, 70}, {300, 1}, {1000, 5}, {0, 1}, {63, 2}}},
+      {4, 32, 8, {{0, 37}, {5, 1}, {129, 9}}},
+      {128, 512, 64, {{0, 3}, {200, 1}}},
+      {16, 512, 64, {{2500, 1}}},
+      {5, 20, 6, {{0, 10}, {70, 3}}},  // D = 26: unaligned rows, scalar loads
+  };
+  for (const auto& ac : cases)
+    for (int splits : {1, 3, 16}) run_attention_case(ac, splits, g);
+}
+
+TEST(CudaKernels, SamplingGreedyAndTopP) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(7);
+  const int R = 64, V = 5003, limit = 4999;
+  auto logits = randn(size_t(R) * V, g, 3.0f);
+  // greedy
+  {
+    Dev<float> dl(logits);
+    Dev<int32_t> out(static_cast<size_t>(R));
+    out.poison();
+    sample_rows(dl.p, R, V, limit, 0.0f, 1.0f, 1, 0, out.p, 0);
+    const auto got = out.get();
+    for (int r = 0; r < R; ++r) {
+      const float* l = &logits[size_t(r) * V];
+      EXPECT_EQ(got[size_t(r)], int(std::max_element(l, l + limit) - l)) << "row " << r;
+    }
+  }
+  // temperature + top-p: the draw must be the reference inverse-CDF pick over the nucleus
+  for (float top_p : {0.9f, 1.0f}) {
+    const float temp = 0.7f;
+    Dev<float> dl(logits);
+    Dev<int32_t> out(static_cast<size_t>(R));
+    out.poison();
+    sample_rows(dl.p, R, V, limit, temp, top_p, 42, 9, out.p, 0);
+    const auto got = out.get();
+    int exact = 0;
+    for (int r = 0; r < R; ++r) {
+      const float* l = &logits[size_t(r) * V];
+      const float mx = *std::max_element(l, l + limit);
+      std::vector<double> e(static_cast<size_t>(limit));
+      double z = 0;
+      for (int i = 0; i < limit; ++i) z += (e[size_t(i)] = std::exp((l[i] - mx) / temp));
+      std::vector<int> order(static_cast<size_t>(limit));
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int a, int b) { return e[size_t(a)] > e[size_t(b)]; });
+      double acc = 0, theta = 0;
+      for (int i : order) {
+        acc += e[size_t(i)];
+        theta = e[size_t(i)];
+        if (acc >= top_p * z) break;
+      }
+      if (top_p >= 1.0f) theta = 0;
+      const int tok = got[size_t(r)];
+      ASSERT_GE(tok, 0);
+      ASSERT_LT(tok, limit);
+      EXPECT_GE(e[size_t(tok)], theta * (1 - 1e-5)) << "row " << r << " drew outside the nucleus";
+      double kept = 0;
+      for (int i = 0; i < limit; ++i) kept += e[size_t(i)] >= theta ? e[size_t(i)] : 0;
+      const double u = sample_uniform(42, 9, uint64_t(r)) * kept;
+      double c = 0;
+      int pick = -1;
+      for (int i = 0; i < limit; ++i) {
+        if (e[size_t(i)] < theta) continue;
+        c += e[size_t(i)];
+        pick = i;
+        if (u < c) break;
+      }
+      exact += pick == tok;
+    }
+    EXPECT_GE(exact, R - 2) << "top_p=" << top_p;  // float sums may move a boundary draw by one token
+  }
+  // frequencies: one 5-token distribution, many rows (each row is an independent draw)
+  {
+    const int rows = 8000, v = 5;
+    const std::vector<float> base = {2.0f, 1.0f, 0.5f, 0.0f, -3.0f};
+    std::vector<float> l;
+    for (int r = 0; r < rows; ++r) l.insert(l.end(), base.begin(), base.end());
+    Dev<float> dl(l);
+    Dev<int32_t> out(static_cast<size_t>(rows));
+    sample_rows(dl.p, rows, v, 0, 1.0f, 0.8f, 3, 0, out.p, 0);
+    const auto got = out.get();
+    std::vector<double> p(static_cast<size_t>(v));
+    double z = 0;
+    for (int i = 0; i < v; ++i) z += (p[size_t(i)] = std::exp(base[size_t(i)]));
+    // nucleus at 0.8: tokens 0, 1 (0.61 + 0.22 = 0.83)
+    const double kept = p[0] + p[1];
+    std::vector<int> count(size_t(v), 0);
+    for (int t : got) ++count[size_t(t)];
+    EXPECT_EQ(count[2] + count[3] + count[4], 0);
+    EXPECT_NEAR(double(count[0]) / rows, p[0] / kept, 0.02);
+    EXPECT_NEAR(double(count[1]) / rows, p[1] / kept, 0.02);
+  }
+}
+
+}  // namespace
+}  // namespace dsv2::test
