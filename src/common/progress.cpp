@@ -34,9 +34,19 @@ void ProgressBar::draw(bool final) {
   std::string bar(size_t(fill), '#');
   bar.append(size_t(width - fill), '.');
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double scale = unit_ == "GB" ? 1e9 : 1.0;
+  // Byte counts are shown in GB or MB, whichever reads better; other units as plain counts.
+  std::string unit = unit_;
+  double scale = 1.0;
+  if (unit_ == "GB") {
+    if (total_ >= 1000000000ull) {
+      scale = 1e9;
+    } else {
+      scale = 1e6;
+      unit = "MB";
+    }
+  }
   std::fprintf(stderr, "%s[dsv2 load] %s [%s] %3d%% %.2f/%.2f %s %.1fs%s", tty_ ? "\r" : "", label_.c_str(),
-               bar.c_str(), pct, double(done_) / scale, double(total_) / scale, unit_.c_str(), secs,
+               bar.c_str(), pct, double(done_) / scale, double(total_) / scale, unit.c_str(), secs,
                final ? "\n" : "");
   std::fflush(stderr);
 }
