@@ -26,6 +26,10 @@ struct SeqChunk {
 struct CacheOptions {
   int64_t max_tokens = 0;        // cache capacity in tokens over all sequences; 0 = backend default
   double memory_fraction = 0.9;  // CUDA: share of free device memory after the weights
+  // CPU: a chunk of at least this many new tokens attends decompressed (k_nope and v materialized
+  // per head from the latents, cheaper for long prompts); shorter chunks and decode use the
+  // absorbed form. 0 = always absorbed.
+  int64_t decompress_min_tokens = 256;
 };
 
 class Model {

@@ -49,6 +49,35 @@ TEST_P(Golden, GreedyContinuationMatchesOracle) {
   EXPECT_EQ(m->blocks().used_count(), 0);
 }
 
+// The decompressed attention (used for long prefill chunks) against the oracle: force it for
+// every chunk, and also split the prompt so that a decompressed chunk follows cached tokens.
+TEST_P(Golden, DecompressedPrefillMatchesOracle) {
+  const std::string c = GetParam();
+  auto j = golden_json(c);
+  auto w = ModelWeights::load(golden_dir(c) / "model", false);
+  CacheOptions co;
+  co.max_tokens = 256;
+  co.decompress_min_tokens = 1;
+  auto m = make_cpu_model(w, co);
+  std::vector<int32_t> ids = j["prompt_ids"].get<std::vector<int32_t>>();
+  NpyArray ref = read_npy_f32(golden_dir(c) / j["logits_npy"].get<std::string>());
+  std::vector<float> got = full_logits(*m, ids);
+  EXPECT_LE(rel_l2(got.data(), ref.data.data(), got.size()), 1e-4) << c;
+
+  co.decompress_min_tokens = 8;  // first chunk of 5 absorbed, the rest decompressed over the cache
+  auto m2 = make_cpu_model(w, co);
+  SequenceCache seq;
+  ASSERT_TRUE(reserve(m2->blocks(), seq, int64_t(ids.size())));
+  const int64_t V = w->config.vocab_size;
+  std::vector<float> a(size_t(5 * V)), b((ids.size() - 5) * size_t(V));
+  SeqChunk c1{&seq, std::span<const int32_t>(ids.data(), 5), true};
+  m2->forward({&c1, 1}, a.data());
+  SeqChunk c2{&seq, std::span<const int32_t>(ids.data() + 5, ids.size() - 5), true};
+  m2->forward({&c2, 1}, b.data());
+  a.insert(a.end(), b.begin(), b.end());
+  EXPECT_LE(rel_l2(a.data(), ref.data.data(), a.size()), 1e-4) << c;
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("lite", "v2", "norope", "f16"));
 
 // Decoding one token at a time over the latent cache must equal recomputing the whole sequence,

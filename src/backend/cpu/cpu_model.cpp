@@ -29,7 +29,8 @@ using cpu::MatmulJob;
 class CpuModel final : public Model {
  public:
   CpuModel(std::shared_ptr<const ModelWeights> w, const CacheOptions& opts)
-      : w_(std::move(w)), c_(w_->config), rope_(c_), D_(c_.kv_cache_dim()), L_(c_.num_hidden_layers) {
+      : w_(std::move(w)), c_(w_->config), rope_(c_), D_(c_.kv_cache_dim()), L_(c_.num_hidden_layers),
+        decompress_min_(opts.decompress_min_tokens) {
     int64_t max_tokens = opts.max_tokens > 0 ? opts.max_tokens : std::min<int64_t>(c_.max_position_embeddings, 8192);
     int64_t n_blocks = (max_tokens + kCacheBlockSize - 1) / kCacheBlockSize;
     cache_.assign(size_t(n_blocks * L_ * kCacheBlockSize * D_), 0.0f);
@@ -51,12 +52,16 @@ class CpuModel final : public Model {
     return cache_.data() + ((size_t(block) * L_ + layer) * kCacheBlockSize + pos % kCacheBlockSize) * D_;
   }
   void attention(int64_t layer, const float* xn, float* out);
+  // Attention outputs o [rows, heads*v] for the rows of one chunk (roped q given).
+  void attend_absorbed(int64_t layer, const std::vector<int64_t>& rows, const float* q, float* o);
+  void attend_decompressed(int64_t layer, int64_t r0, int64_t n, const float* q, float* o);
   void ffn(int64_t layer, const float* xn, float* out);
 
   std::shared_ptr<const ModelWeights> w_;
   const ModelConfig& c_;
   RopeTable rope_;
   const int64_t D_, L_;
+  const int64_t decompress_min_;
   std::vector<float> cache_;  // [block][layer][64][kv_lora + rope]
   BlockAllocator alloc_;
 
@@ -64,6 +69,7 @@ class CpuModel final : public Model {
   int64_t T_ = 0;
   std::vector<int64_t> pos_;                  // absolute position of each row
   std::vector<const SequenceCache*> seq_of_;  // sequence of each row
+  std::vector<std::pair<int64_t, int64_t>> chunks_;  // (first row, rows) of each chunk
 };
 
 void CpuModel::forward(std::span<const SeqChunk> batch, float* logits) {
@@ -71,6 +77,7 @@ void CpuModel::forward(std::span<const SeqChunk> batch, float* logits) {
   T_ = 0;
   pos_.clear();
   seq_of_.clear();
+  chunks_.clear();
   std::vector<int32_t> tokens;
   std::vector<int64_t> out_rows;
   for (auto& ch : batch) {
@@ -85,6 +92,7 @@ void CpuModel::forward(std::span<const SeqChunk> batch, float* logits) {
       seq_of_.push_back(ch.seq);
       if (ch.all_logits || i == n - 1) out_rows.push_back(T_ + i);
     }
+    if (n > 0) chunks_.push_back({T_, n});
     T_ += n;
   }
   if (T_ == 0) return;
@@ -147,18 +155,39 @@ void CpuModel::attention(int64_t layer, const float* xn, float* out) {
     rope_.apply(row + kvl, pos_[size_t(t)]);
   }
 
-  // Absorbed attention per (token, head): score_j = scale * ([W_UK^T q_nope | q_pe] . [c_j | k_pe_j]),
-  // o = W_UV (sum_j p_j c_j).
-  const float scale = float(c_.softmax_scale());
   std::vector<float> o(static_cast<size_t>(T * nh * vd));
   ThreadPool::global().parallel_for(T * nh, [&](int64_t b, int64_t e, int) {
-    std::vector<float> qfull(static_cast<size_t>(D_)), ctx(static_cast<size_t>(kvl)), scores;
     for (int64_t item = b; item < e; ++item) {
       const int64_t t = item / nh, h = item % nh;
+      rope_.apply(&q[size_t((t * nh + h) * qd + nope)], pos_[size_t(t)]);
+    }
+  });
+  std::vector<int64_t> absorbed_rows;
+  for (auto [r0, n] : chunks_) {
+    if (decompress_min_ > 0 && n >= decompress_min_) {
+      attend_decompressed(layer, r0, n, q.data(), o.data());
+    } else {
+      for (int64_t t = r0; t < r0 + n; ++t) absorbed_rows.push_back(t);
+    }
+  }
+  attend_absorbed(layer, absorbed_rows, q.data(), o.data());
+  cpu::matmul(lw.o_proj, o.data(), T, out);
+}
+
+// score_j = scale * ([W_UK^T q_nope | q_pe] . [c_j | k_pe_j]) over the cached positions j <= pos,
+// o = W_UV (sum_j p_j c_j): multi-query attention over the 576-wide latent, one KV head for all.
+void CpuModel::attend_absorbed(int64_t layer, const std::vector<int64_t>& rows, const float* q, float* o) {
+  const LayerWeights& lw = w_->layers[size_t(layer)];
+  const int64_t nh = c_.num_attention_heads, nope = c_.qk_nope_head_dim, vd = c_.v_head_dim, kvl = c_.kv_lora_rank,
+                qd = c_.qk_head_dim();
+  const float scale = float(c_.softmax_scale());
+  ThreadPool::global().parallel_for(int64_t(rows.size()) * nh, [&](int64_t b, int64_t e, int) {
+    std::vector<float> qfull(static_cast<size_t>(D_)), ctx(static_cast<size_t>(kvl)), scores;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = rows[size_t(item / nh)], h = item % nh;
       const SequenceCache& s = *seq_of_[size_t(t)];
       const int64_t p = pos_[size_t(t)];
-      float* qh = &q[size_t((t * nh + h) * qd)];
-      rope_.apply(qh + nope, p);
+      const float* qh = &q[size_t((t * nh + h) * qd)];
       std::fill(qfull.begin(), qfull.end(), 0.0f);
       const int64_t base = h * (nope + vd);
       for (int64_t i = 0; i < nope; ++i) cpu::axpy_row(lw.kv_b_proj, base + i, qh[i], qfull.data());
@@ -181,7 +210,52 @@ void CpuModel::attention(int64_t layer, const float* xn, float* out) {
       for (int64_t d = 0; d < vd; ++d) oh[d] = cpu::dot_row(lw.kv_b_proj, base + nope + d, ctx.data());
     }
   });
-  cpu::matmul(lw.o_proj, o.data(), T, out);
+}
+
+// The same attention with keys and values materialized: [k_nope | v] per head for every cached
+// position (one product of kv_b_proj with the latents), then ordinary causal attention with
+// K_h = [k_nope_h | k_pe] (192 wide) and V_h (128 wide). Cheaper than absorbed for long chunks.
+void CpuModel::attend_decompressed(int64_t layer, int64_t r0, int64_t n, const float* q, float* o) {
+  const LayerWeights& lw = w_->layers[size_t(layer)];
+  const int64_t nh = c_.num_attention_heads, nope = c_.qk_nope_head_dim, rope = c_.qk_rope_head_dim,
+                vd = c_.v_head_dim, kvl = c_.kv_lora_rank, qd = c_.qk_head_dim(), kvw = nh * (nope + vd);
+  const SequenceCache& s = *seq_of_[size_t(r0)];
+  const int64_t P = pos_[size_t(r0 + n - 1)] + 1;  // positions the chunk's last token sees
+  std::vector<float> lat(static_cast<size_t>(P * kvl)), kpe(static_cast<size_t>(P * rope));
+  for (int64_t j = 0; j < P; ++j) {
+    const float* row = cache_row(s, layer, j);
+    std::copy(row, row + kvl, &lat[size_t(j * kvl)]);
+    std::copy(row + kvl, row + D_, &kpe[size_t(j * rope)]);
+  }
+  std::vector<float> kv(static_cast<size_t>(P * kvw));  // [P, heads, nope | v]
+  cpu::matmul(lw.kv_b_proj, lat.data(), P, kv.data());
+  const float scale = float(c_.softmax_scale());
+  ThreadPool::global().parallel_for(n * nh, [&](int64_t b, int64_t e, int) {
+    std::vector<float> scores;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = r0 + item / nh, h = item % nh;
+      const int64_t p = pos_[size_t(t)];
+      const float* qh = &q[size_t((t * nh + h) * qd)];
+      scores.resize(size_t(p + 1));
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= p; ++j) {
+        const float* k = &kv[size_t(j * kvw + h * (nope + vd))];
+        float sc = cpu::dot(qh, k, nope) + cpu::dot(qh + nope, &kpe[size_t(j * rope)], rope);
+        scores[size_t(j)] = scale * sc;
+        mx = std::max(mx, scores[size_t(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j <= p; ++j) {
+        scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
+        sum += scores[size_t(j)];
+      }
+      const float inv = float(1.0 / sum);
+      float* oh = &o[size_t((t * nh + h) * vd)];
+      std::fill(oh, oh + vd, 0.0f);
+      for (int64_t j = 0; j <= p; ++j)
+        cpu::axpy(scores[size_t(j)] * inv, &kv[size_t(j * kvw + h * (nope + vd) + nope)], oh, vd);
+    }
+  });
 }
 
 void CpuModel::ffn(int64_t layer, const float* xn, float* out) {
