@@ -1,0 +1,255 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace dsv2 {
+
+void ResultChannel::push(EngineEvent e) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    q_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+bool ResultChannel::pop_all(std::vector<EngineEvent>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (q_.empty()) cv_.wait_for(lk, timeout, [&] { return !q_.empty(); });
+  if (q_.empty()) return false;
+  for (auto& e : q_) out.push_back(std::move(e));
+  q_.clear();
+  return true;
+}
+
+Engine::Engine(Model& model, EngineOptions opts)
+    : model_(model),
+      o_(opts),
+      max_context_(opts.max_context > 0 ? std::min(opts.max_context, model.config().max_position_embeddings)
+                                        : model.config().max_position_embeddings),
+      n_valid_(opts.n_valid_vocab > 0 ? std::min<int32_t>(opts.n_valid_vocab, int32_t(model.config().vocab_size))
+                                      : int32_t(model.config().vocab_size)),
+      sched_(model.blocks(), opts.scheduler) {
+  publish_stats();
+}
+
+Engine::~Engine() {
+  stop();
+  for (auto& [id, l] : live_) {
+    EngineEvent ev;
+    ev.kind = EngineEvent::Kind::error;
+    ev.choice = l->req.choice;
+    ev.error = "the server is shutting down";
+    l->channel->push(std::move(ev));
+    sched_.finish(&l->seq);
+  }
+  live_.clear();
+}
+
+void Engine::start() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (thread_.joinable()) return;
+  stop_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::submit(std::vector<EngineRequest> reqs, std::shared_ptr<ResultChannel> channel) {
+  DSV2_CHECK(channel != nullptr);
+  const int64_t V = model_.config().vocab_size;
+  const int64_t cap = cache_capacity_tokens();
+  for (const EngineRequest& r : reqs) {
+    if (r.prompt.empty()) throw Error("the prompt is empty: at least one token is needed", "invalid_request");
+    if (r.max_tokens < 1) throw Error(fmt::format("max_tokens must be at least 1, got {}", r.max_tokens), "invalid_request");
+    for (int32_t id : r.prompt)
+      if (id < 0 || id >= V)
+        throw Error(fmt::format("token id {} is outside the vocabulary [0, {})", id, V), "invalid_request");
+    const int64_t need = int64_t(r.prompt.size()) + r.max_tokens;
+    if (need > max_context_)
+      throw Error(fmt::format("this model's maximum context length is {} tokens, but {} were requested ({} in the "
+                              "prompt, {} to generate)",
+                              max_context_, need, r.prompt.size(), r.max_tokens),
+                  "context_length_exceeded");
+    if (need > cap)
+      throw Error(fmt::format("the request needs {} tokens of cache but the whole cache holds {}", need, cap),
+                  "context_length_exceeded");
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stop_ && thread_.joinable()) throw Error("the server is shutting down", "overloaded");
+    if (stats_.waiting + incoming_count_ + int64_t(reqs.size()) > o_.max_queue)
+      throw Error(fmt::format("the request queue is full ({} waiting)", stats_.waiting + incoming_count_), "overloaded");
+    incoming_count_ += int64_t(reqs.size());
+    incoming_.emplace_back(std::move(reqs), std::move(channel));
+  }
+  cv_.notify_all();
+}
+
+void Engine::cancel(ResultChannel& channel) {
+  channel.cancelled_.store(true);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    cancel_pending_ = true;
+  }
+  cv_.notify_all();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void Engine::take_incoming() {
+  decltype(incoming_) batch;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    batch.swap(incoming_);
+    incoming_count_ = 0;
+    cancel_pending_ = false;
+  }
+  for (auto& [reqs, channel] : batch) {
+    for (EngineRequest& r : reqs) {
+      const uint64_t id = next_id_++;
+      auto l = std::make_unique<Live>(Live{Sequence{}, TokenSampler(r.sampling, n_valid_), std::move(r), channel});
+      l->seq.id = id;
+      l->seq.tokens = l->req.prompt;
+      l->seq.prompt_len = int64_t(l->req.prompt.size());
+      sched_.add(&l->seq);
+      live_.emplace(id, std::move(l));
+    }
+  }
+}
+
+void Engine::finish(Live& l, EngineEvent ev) {
+  ev.choice = l.req.choice;
+  ev.time = Clock::now();
+  l.channel->push(std::move(ev));
+  sched_.finish(&l.seq);
+  live_.erase(l.seq.id);  // destroys l
+}
+
+bool Engine::step() {
+  take_incoming();
+  // Cancelled requests give their blocks back before anything is scheduled.
+  for (auto it = live_.begin(); it != live_.end();) {
+    Live& l = *it->second;
+    ++it;
+    if (l.channel->cancelled()) {
+      sched_.finish(&l.seq);
+      live_.erase(l.seq.id);
+    }
+  }
+  std::vector<ScheduledChunk> chunks = sched_.schedule();
+  if (chunks.empty()) {
+    publish_stats();
+    return false;
+  }
+  std::vector<SeqChunk> batch;
+  batch.reserve(chunks.size());
+  for (const ScheduledChunk& ch : chunks)
+    batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
+  const int64_t V = model_.config().vocab_size;
+  logits_.resize(size_t(Model::logits_rows(batch) * V));
+  try {
+    model_.forward(batch, logits_.data());
+  } catch (const std::exception& e) {
+    log::error("engine", "forward failed for a batch of {} sequences: {}", chunks.size(), e.what());
+    for (const ScheduledChunk& ch : chunks) {
+      EngineEvent ev;
+      ev.kind = EngineEvent::Kind::error;
+      ev.error = e.what();
+      finish(*live_.at(ch.seq->id), std::move(ev));
+    }
+    publish_stats();
+    return true;
+  }
+  ++steps_;
+  for (const ScheduledChunk& ch : chunks) forward_tokens_ += ch.count;
+  sched_.after_forward(chunks);
+  const Clock::time_point now = Clock::now();
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!chunks[i].sample) continue;
+    Live& l = *live_.at(chunks[i].seq->id);
+    EngineEvent ev;
+    ev.kind = EngineEvent::Kind::token;
+    ev.choice = l.req.choice;
+    ev.time = now;
+    ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)));
+    const int32_t id = ev.token.id;
+    l.seq.tokens.push_back(id);
+    ++generated_;
+    l.channel->push(std::move(ev));
+    const char* reason = nullptr;
+    if (std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end())
+      reason = "stop";
+    else if (l.seq.generated() >= l.req.max_tokens || int64_t(l.seq.tokens.size()) >= max_context_)
+      reason = "length";
+    if (reason) {
+      EngineEvent fin;
+      fin.kind = EngineEvent::Kind::finish;
+      fin.finish_reason = reason;
+      finish(l, std::move(fin));
+    }
+  }
+  publish_stats();
+  return true;
+}
+
+void Engine::publish_stats() {
+  EngineStats s;
+  s.waiting = int64_t(sched_.waiting());
+  s.running = int64_t(sched_.running());
+  BlockAllocator& a = model_.blocks();
+  s.blocks_total = a.total();
+  s.blocks_free = a.free_count();
+  s.blocks_cached = sched_.prefix_cache().evictable();
+  s.blocks_used = s.blocks_total - s.blocks_free - s.blocks_cached;
+  const SchedulerCounters& c = sched_.counters();
+  s.prompt_tokens = c.prompt_tokens;
+  s.prefix_hit_tokens = c.prefix_hit_tokens;
+  s.preemptions = c.preemptions;
+  s.steps = steps_;
+  s.generated_tokens = generated_;
+  s.forward_tokens = forward_tokens_;
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_ = s;
+}
+
+void Engine::loop() {
+  log::info("engine", "scheduler thread started (batch up to {} sequences, {} tokens per step, {} cache blocks)",
+            o_.scheduler.max_running, o_.scheduler.max_batch_tokens, model_.blocks().total());
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !incoming_.empty() || cancel_pending_ || !sched_.idle(); });
+      if (stop_) break;
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // An engine invariant broke: fail every request rather than leave clients hanging.
+      log::error("engine", "step failed: {}", e.what());
+      std::vector<uint64_t> ids;
+      for (auto& [id, l] : live_) ids.push_back(id);
+      for (uint64_t id : ids) {
+        EngineEvent ev;
+        ev.kind = EngineEvent::Kind::error;
+        ev.error = e.what();
+        finish(*live_.at(id), std::move(ev));
+      }
+      publish_stats();
+    }
+  }
+}
+
+}  // namespace dsv2

@@ -1,0 +1,135 @@
+#pragma once
+// The serving engine: one thread that repeatedly schedules (continuous batching over the paged
+// latent cache), runs Model::forward on the batch and samples each sequence's next token.
+//
+// Only native types cross threads, through two kinds of queues: requests go in through submit()
+// (the incoming queue), and each client request has a ResultChannel that the engine fills with
+// token / finish / error events for all of its choices. Cancelling a channel (a client that went
+// away, or a stop string found by the HTTP side) frees its sequences at the start of the next step.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/engine_sampler.h"
+#include "runtime/scheduler.h"
+
+namespace dsv2 {
+
+using Clock = std::chrono::steady_clock;
+
+struct EngineEvent {
+  enum class Kind { token, finish, error };
+  Kind kind = Kind::token;
+  int32_t choice = 0;
+  SampledToken token;         // kind == token
+  Clock::time_point time;     // when the engine produced it
+  std::string finish_reason;  // kind == finish: "stop" (a stop id) or "length"
+  std::string error;          // kind == error
+};
+
+// Events of one client request (all of its choices), engine -> HTTP thread.
+class ResultChannel {
+ public:
+  void push(EngineEvent e);
+  // Moves every queued event into `out` (appending); waits up to `timeout` while there is none.
+  // Returns false when it timed out with nothing.
+  bool pop_all(std::vector<EngineEvent>& out, std::chrono::milliseconds timeout);
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class Engine;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<EngineEvent> q_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct EngineRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;         // generated tokens allowed (>= 1)
+  SamplingOptions sampling;
+  std::vector<int32_t> stop_ids;   // finish ("stop") after sampling one of these
+  int32_t choice = 0;
+};
+
+struct EngineOptions {
+  SchedulerOptions scheduler;
+  int64_t max_queue = 1024;   // waiting sequences; submit() refuses beyond this
+  int64_t max_context = 0;    // positions per sequence; 0 = the model's max_position_embeddings
+  int32_t n_valid_vocab = 0;  // ids >= this are never sampled; 0 = the model's vocab_size
+};
+
+struct EngineStats {
+  int64_t waiting = 0, running = 0;
+  int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0, blocks_free = 0;
+  int64_t prompt_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
+  int64_t steps = 0, generated_tokens = 0, forward_tokens = 0;
+};
+
+class Engine {
+ public:
+  Engine(Model& model, EngineOptions opts);
+  ~Engine();  // stops the thread; pending requests get an error event
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  void start();
+  void stop();
+
+  // Queues all choices of one client request, whose events go to `channel`. Throws dsv2::Error
+  // (kind "invalid_request") for a prompt that cannot run, or (kind "overloaded") when the queue is full.
+  void submit(std::vector<EngineRequest> reqs, std::shared_ptr<ResultChannel> channel);
+  void cancel(ResultChannel& channel);
+
+  EngineStats stats() const;
+  const EngineOptions& options() const { return o_; }
+  int64_t max_context() const { return max_context_; }
+  int64_t cache_capacity_tokens() const { return int64_t(model_.blocks().total()) * kCacheBlockSize; }
+
+  // One scheduling step on the calling thread (tests drive the engine this way without start()).
+  // Returns false when there was nothing to run.
+  bool step();
+
+ private:
+  struct Live {
+    Sequence seq;
+    TokenSampler sampler;
+    EngineRequest req;
+    std::shared_ptr<ResultChannel> channel;
+  };
+  void loop();
+  void take_incoming();
+  void finish(Live& l, EngineEvent ev);
+  void publish_stats();
+
+  Model& model_;
+  EngineOptions o_;
+  int64_t max_context_;
+  int32_t n_valid_;
+  Scheduler sched_;
+
+  mutable std::mutex mu_;  // guards incoming_, stats_, wake-ups
+  std::condition_variable cv_;
+  std::vector<std::pair<std::vector<EngineRequest>, std::shared_ptr<ResultChannel>>> incoming_;
+  int64_t incoming_count_ = 0;
+  bool stop_ = false, cancel_pending_ = false;
+  EngineStats stats_;
+  std::thread thread_;
+
+  // Engine thread only.
+  std::unordered_map<uint64_t, std::unique_ptr<Live>> live_;
+  uint64_t next_id_ = 1;
+  int64_t steps_ = 0, generated_ = 0, forward_tokens_ = 0;
+  std::vector<float> logits_;
+};
+
+}  // namespace dsv2
