@@ -9,6 +9,17 @@
 namespace dsv2::test {
 namespace {
 
+// The golden folder; DSV2_TEST_DATA in the environment overrides the build's path (binaries run
+// from another checkout on the GPU machine).
+std::filesystem::path gdir(const std::string& c) {
+  if (const char* env = std::getenv("DSV2_TEST_DATA")) return std::filesystem::path(env) / "golden" / c;
+  return golden_dir(c);
+}
+nlohmann::json gjson(const std::string& c) {
+  std::ifstream in(gdir(c) / "golden.json");
+  return nlohmann::json::parse(in);
+}
+
 int32_t argmax_row(const float* l, int64_t V) { return int32_t(std::max_element(l, l + V) - l); }
 
 std::vector<int32_t> ids_of(const nlohmann::json& j) { return j.get<std::vector<int32_t>>(); }
@@ -44,11 +55,11 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(GoldenParity, LogitsAndGreedy) {
   DSV2_REQUIRE_GPU();
   const std::string c = GetParam();
-  if (!std::filesystem::exists(golden_dir(c) / "golden.json")) GTEST_SKIP() << "no golden case " << c;
-  auto w = ModelWeights::load(golden_dir(c) / "model", false);
+  if (!std::filesystem::exists(gdir(c) / "golden.json")) GTEST_SKIP() << "no golden case " << c;
+  auto w = ModelWeights::load(gdir(c) / "model", false);
   auto cpu = make_cpu_model(w, CacheOptions{});
   auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
-  const auto gj = golden_json(c);
+  const auto gj = gjson(c);
   const int64_t V = w->config.vocab_size;
 
   // 1. Prompt logits: CUDA vs CPU and vs the float64 oracle.
@@ -57,7 +68,7 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
   const auto lc = full_logits(*cpu, prompt);
   const double e_cpu = rel_l2(lg.data(), lc.data(), lg.size());
   EXPECT_LT(e_cpu, 1e-2) << c << ": CUDA vs CPU logits";
-  const auto ref = read_npy_f32(golden_dir(c) / gj["logits_npy"].get<std::string>());
+  const auto ref = read_npy_f32(gdir(c) / gj["logits_npy"].get<std::string>());
   ASSERT_EQ(ref.data.size(), lg.size());
   const double e_ref = rel_l2(lg.data(), ref.data.data(), lg.size());
   EXPECT_LT(e_ref, 1e-2) << c << ": CUDA vs oracle logits";
@@ -112,11 +123,11 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenParity, ::testing::Values("lite", "v2", "
 TEST(CudaParity, LongGenerationTop1Agreement) {
   DSV2_REQUIRE_GPU();
   const std::string c = "lite";
-  if (!std::filesystem::exists(golden_dir(c) / "golden.json")) GTEST_SKIP() << "no golden case";
-  auto w = ModelWeights::load(golden_dir(c) / "model", false);
+  if (!std::filesystem::exists(gdir(c) / "golden.json")) GTEST_SKIP() << "no golden case";
+  auto w = ModelWeights::load(gdir(c) / "model", false);
   auto cpu = make_cpu_model(w, CacheOptions{});
   auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
-  const auto gj = golden_json(c);
+  const auto gj = gjson(c);
   auto prompt = ids_of(gj["greedy"]["prompt_ids"]);
   const int n = int(std::min<int64_t>(w->config.max_position_embeddings, 600) - int64_t(prompt.size()));
   const auto gen = greedy(*cpu, prompt, n, false);

@@ -1,0 +1,392 @@
+// dsv2 bench: throughput of prefill and decode on a real checkpoint (--model) or on random weights
+// of a real shape (--synthetic lite|v2|CONFIG.json; generated on the GPU for --device cuda, in RAM
+// for --device cpu). Prints one JSON line per measurement on stdout: tokens/s, ms per step, the
+// bytes a decode step must read (weights it touches + latent cache), the bandwidth that implies and
+// its share of the copy bandwidth measured in the same run (the roofline).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/model_args.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/thread_pool.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/weights.h"
+#if defined(DSV2_HAVE_CUDA)
+#include "backend/cuda/cuda_model.h"
+#endif
+
+namespace dsv2::cli {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+struct BenchArgs {
+  ModelArgs model;
+  std::string synthetic;            // lite | v2 | CONFIG.json
+  std::string batches = "1,8,32,128";
+  int prompt = 128;
+  int gen = 64;
+  int prefill = 0;                  // > 0: also one sequence prefill of this many tokens
+  std::string contexts;             // decode at these context lengths (batch 1)
+  int layers = 0;                   // > 0: override num_hidden_layers (a scaled V2 on one GPU)
+  uint64_t seed = 1;
+  int64_t cache_tokens = 0;
+  bool no_graphs = false;
+  int warmup = 2;
+};
+
+std::vector<int64_t> parse_list(const std::string& s, const char* opt) {
+  std::vector<int64_t> out;
+  if (s.empty()) return out;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    const std::string tok = s.substr(i, j - i);
+    char* end = nullptr;
+    const long long v = std::strtoll(tok.c_str(), &end, 10);
+    if (tok.empty() || *end != '\0' || v <= 0) fail("{}: '{}' is not a positive integer", opt, tok);
+    out.push_back(v);
+    i = j + 1;
+  }
+  return out;
+}
+
+// Published shapes (reference section 1).
+json shape_json(const std::string& name) {
+  json j = {{"model_type", "deepseek_v2"},
+            {"vocab_size", 102400},
+            {"max_position_embeddings", 163840},
+            {"rms_norm_eps", 1e-6},
+            {"rope_theta", 10000},
+            {"rope_scaling",
+             {{"type", "yarn"},
+              {"factor", 40},
+              {"original_max_position_embeddings", 4096},
+              {"beta_fast", 32},
+              {"beta_slow", 1},
+              {"mscale", 0.707},
+              {"mscale_all_dim", 0.707}}},
+            {"kv_lora_rank", 512},
+            {"qk_nope_head_dim", 128},
+            {"qk_rope_head_dim", 64},
+            {"v_head_dim", 128},
+            {"norm_topk_prob", false},
+            {"scoring_func", "softmax"},
+            {"first_k_dense_replace", 1},
+            {"moe_layer_freq", 1},
+            {"tie_word_embeddings", false},
+            {"bos_token_id", 100000},
+            {"eos_token_id", 100001},
+            {"torch_dtype", "bfloat16"}};
+  if (name == "lite") {
+    j.update({{"hidden_size", 2048}, {"num_hidden_layers", 27}, {"num_attention_heads", 16},
+              {"num_key_value_heads", 16}, {"q_lora_rank", nullptr}, {"intermediate_size", 10944},
+              {"moe_intermediate_size", 1408}, {"n_routed_experts", 64}, {"n_shared_experts", 2},
+              {"num_experts_per_tok", 6}, {"topk_method", "greedy"}, {"n_group", 1}, {"topk_group", 1},
+              {"routed_scaling_factor", 1.0}});
+  } else if (name == "v2") {
+    j.update({{"hidden_size", 5120}, {"num_hidden_layers", 60}, {"num_attention_heads", 128},
+              {"num_key_value_heads", 128}, {"q_lora_rank", 1536}, {"intermediate_size", 12288},
+              {"moe_intermediate_size", 1536}, {"n_routed_experts", 160}, {"n_shared_experts", 2},
+              {"num_experts_per_tok", 6}, {"topk_method", "group_limited_greedy"}, {"n_group", 8},
+              {"topk_group", 3}, {"routed_scaling_factor", 16.0}});
+  } else {
+    std::ifstream in(name);
+    if (!in) fail("--synthetic: '{}' is neither lite, v2 nor a readable config.json", name);
+    try {
+      j = json::parse(in);
+    } catch (const std::exception& e) {
+      fail("--synthetic {}: not valid JSON: {}", name, e.what());
+    }
+  }
+  return j;
+}
+
+int parse_device(const std::string& d) {
+  if (d == "cpu") return -1;
+  if (d == "cuda") return 0;
+  if (d.rfind("cuda:", 0) == 0) {
+    char* end = nullptr;
+    const long v = std::strtol(d.c_str() + 5, &end, 10);
+    if (*end == '\0' && v >= 0 && d.size() > 5) return int(v);
+  }
+  fail("--device must be cpu, cuda or cuda:N, got '{}'", d);
+}
+
+// Host memcpy bandwidth over all threads, (bytes read + written) / s.
+double host_copy_bandwidth() {
+  const size_t bytes = size_t(1) << 30;
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  auto& pool = ThreadPool::global();
+  const int64_t pieces = pool.size() * 4;
+  auto once = [&] {
+    pool.parallel_for(pieces, [&](int64_t s, int64_t e, int) {
+      const size_t lo = bytes * size_t(s) / size_t(pieces), hi = bytes * size_t(e) / size_t(pieces);
+      std::memcpy(b.data() + lo, a.data() + lo, hi - lo);
+    });
+  };
+  once();
+  const int reps = 5;
+  auto t0 = clock_type::now();
+  for (int i = 0; i < reps; ++i) once();
+  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+  return 2.0 * double(bytes) * reps / s;
+}
+
+// Bytes of bf16 weights one decode step over `batch` sequences reads: everything but the routed
+// experts, plus the experts the batch is expected to touch under uniform routing.
+double decode_weight_bytes(const ModelConfig& c, int64_t batch) {
+  const double H = double(c.hidden_size), heads = double(c.num_attention_heads);
+  const double qd = double(c.qk_head_dim()), D = double(c.kv_cache_dim());
+  double p = double(c.vocab_size) * H + batch * H;  // lm_head + embedding rows
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.q_lora_rank > 0) p += double(c.q_lora_rank) * (H + heads * qd);
+    else p += heads * qd * H;
+    p += D * H + heads * double(c.qk_nope_head_dim + c.v_head_dim) * double(c.kv_lora_rank) +
+         H * heads * double(c.v_head_dim);
+    if (!c.is_moe_layer(l)) {
+      p += 3.0 * double(c.intermediate_size) * H;
+    } else {
+      const double E = double(c.n_routed_experts), K = double(c.num_experts_per_tok);
+      const double touched = E * (1.0 - std::pow(1.0 - K / E, double(batch)));
+      p += E * H + 3.0 * double(c.n_shared_experts * c.moe_intermediate_size) * H +
+           touched * 3.0 * double(c.moe_intermediate_size) * H;
+    }
+  }
+  return p * 2.0;
+}
+
+class Runner {
+ public:
+  Runner(Model& m, int device) : m_(m) {
+#if defined(DSV2_HAVE_CUDA)
+    if (device >= 0) cm_ = cuda::as_cuda(&m);
+#endif
+    (void)device;
+  }
+  // One forward; next tokens (greedy) written to `next`, one per sequence.
+  void step(std::vector<SeqChunk>& batch, std::vector<int32_t>& next) {
+    next.resize(batch.size());
+#if defined(DSV2_HAVE_CUDA)
+    if (cm_) {
+      cm_->forward_sample(batch, cuda::SampleOptions{}, step_++, next.data());
+      return;
+    }
+#endif
+    const int64_t V = m_.config().vocab_size;
+    logits_.resize(size_t(Model::logits_rows(batch)) * size_t(V));
+    m_.forward(batch, logits_.data());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const float* l = logits_.data() + i * size_t(V);
+      next[i] = int32_t(std::max_element(l, l + V) - l);
+    }
+  }
+
+ private:
+  Model& m_;
+#if defined(DSV2_HAVE_CUDA)
+  cuda::CudaModel* cm_ = nullptr;
+#endif
+  std::vector<float> logits_;
+  uint64_t step_ = 0;
+};
+
+struct Seqs {
+  Model& m;
+  std::vector<SequenceCache> s;
+  Seqs(Model& model, int64_t n, int64_t len) : m(model), s(size_t(n)) {
+    for (auto& q : s)
+      if (!reserve(m.blocks(), q, len))
+        fail("the latent cache ({} tokens) cannot hold {} sequences of {} tokens", m.blocks().total() * kCacheBlockSize,
+             n, len);
+  }
+  ~Seqs() {
+    for (auto& q : s) release_all(m.blocks(), q);
+  }
+};
+
+std::vector<int32_t> prompt_ids(int64_t n, int64_t seq, int64_t vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t((i * 7919 + seq * 104729 + 3) % std::min<int64_t>(vocab, 100000));
+  return ids;
+}
+
+void emit(const json& j) {
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+int run_bench(BenchArgs& a) {
+  const int device = parse_device(a.model.device);
+  if (a.model.model.empty() == a.synthetic.empty()) fail("bench needs exactly one of --model DIR and --synthetic");
+  if (a.prompt <= 0 || a.gen <= 0) fail("--prompt and --gen must be positive");
+  const auto batches = parse_list(a.batches, "--batch");
+  const auto contexts = parse_list(a.contexts, "--context");
+  int64_t need = 0;
+  for (auto b : batches) need = std::max(need, b * (a.prompt + a.gen + kCacheBlockSize));
+  for (auto c : contexts) need = std::max(need, c + a.gen + kCacheBlockSize);
+  need = std::max<int64_t>(need, a.prefill + kCacheBlockSize);
+  CacheOptions cache{a.cache_tokens, 0.9};
+  if (device < 0 && cache.max_tokens == 0) cache.max_tokens = need;
+
+  std::unique_ptr<Model> model;
+  std::shared_ptr<ModelWeights> weights;
+  std::string source;
+  if (!a.model.model.empty()) {
+    LoadedModel lm = load_model(a.model, cache);
+    weights = lm.weights;
+    model = std::move(lm.model);
+    source = lm.dir.string();
+  } else {
+    json j = shape_json(a.synthetic);
+    if (a.layers > 0) j["num_hidden_layers"] = a.layers;
+    ModelConfig c = parse_config(j, "--synthetic " + a.synthetic);
+    source = "synthetic " + a.synthetic + (a.layers > 0 ? fmt::format(" ({} layers)", a.layers) : "");
+    log::info("bench", "{}: {}", source, c.summary());
+    if (device < 0) {
+      weights = ModelWeights::synthetic(c, a.seed);
+      model = make_cpu_model(weights, cache);
+    } else {
+#if defined(DSV2_HAVE_CUDA)
+      model = cuda::make_synthetic_model(c, device, a.seed, cache);
+#else
+      fail("--device {}: this dsv2 was built without the CUDA backend", a.model.device);
+#endif
+    }
+  }
+  const ModelConfig& c = model->config();
+  double bw = 0;
+  double wbytes = 0;
+#if defined(DSV2_HAVE_CUDA)
+  if (auto* cm = cuda::as_cuda(model.get())) {
+    cm->set_graphs(!a.no_graphs);
+    bw = cm->copy_bandwidth();
+    wbytes = double(cm->weight_bytes());
+  }
+#endif
+  if (device < 0) {
+    bw = host_copy_bandwidth();
+    wbytes = weights ? double(weights->matrix_bytes) : 0;
+  }
+  emit({{"bench", "env"}, {"device", model->device_name()}, {"model", source}, {"weight_bytes", wbytes},
+        {"copy_GBps", bw / 1e9}, {"cache_tokens", int64_t(model->blocks().total()) * kCacheBlockSize},
+        {"cache_bytes_per_token", model->cache_bytes_per_token()}, {"graphs", !a.no_graphs}});
+  Runner run(*model, device);
+  const int64_t V = c.vocab_size;
+  const double cache_bpt = double(model->cache_bytes_per_token());
+
+  // Decode at each batch size: prefill `prompt` tokens per sequence, then `gen` steps.
+  for (int64_t B : batches) {
+    Seqs seqs(*model, B, a.prompt + a.gen + a.warmup);
+    std::vector<std::vector<int32_t>> prompts;
+    for (int64_t i = 0; i < B; ++i) prompts.push_back(prompt_ids(a.prompt, i, V));
+    std::vector<SeqChunk> batch;
+    for (int64_t i = 0; i < B; ++i) batch.push_back({&seqs.s[size_t(i)], prompts[size_t(i)], false});
+    std::vector<int32_t> next;
+    auto t0 = clock_type::now();
+    run.step(batch, next);
+    const double prefill_s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    std::vector<int32_t> cur = next;
+    auto decode_batch = [&] {
+      batch.clear();
+      for (int64_t i = 0; i < B; ++i) batch.push_back({&seqs.s[size_t(i)], {&cur[size_t(i)], 1}, false});
+      run.step(batch, next);
+      cur = next;
+    };
+    for (int w = 0; w < a.warmup; ++w) decode_batch();  // graph capture stays out of the timing
+    const int64_t ctx0 = seqs.s[0].length;
+    t0 = clock_type::now();
+    for (int g = 0; g < a.gen; ++g) decode_batch();
+    const double dec_s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    const double step_s = dec_s / a.gen;
+    const double avg_ctx = double(ctx0) + (a.gen + 1) / 2.0;
+    const double bytes = decode_weight_bytes(c, B) + double(B) * avg_ctx * cache_bpt;
+    const double achieved = bytes / step_s;
+    emit({{"bench", "decode"}, {"batch", B}, {"prompt", a.prompt}, {"gen", a.gen},
+          {"prefill_tok_s", double(B * a.prompt) / prefill_s}, {"decode_tok_s", double(B * a.gen) / dec_s},
+          {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", achieved / 1e9},
+          {"roofline_GBps", bw / 1e9}, {"pct_roofline", 100.0 * achieved / bw},
+          {"roofline_tok_s", double(B) * bw / bytes}});
+  }
+
+  // One long prompt.
+  if (a.prefill > 0) {
+    Seqs seqs(*model, 1, a.prefill + 1);
+    const auto ids = prompt_ids(a.prefill, 7, V);
+    std::vector<int32_t> next;
+    {  // warm-up on a short prompt of another sequence
+      Seqs w(*model, 1, 256);
+      const auto wid = prompt_ids(256, 9, V);
+      std::vector<SeqChunk> wb = {{&w.s[0], wid, false}};
+      run.step(wb, next);
+    }
+    std::vector<SeqChunk> batch = {{&seqs.s[0], ids, false}};
+    auto t0 = clock_type::now();
+    run.step(batch, next);
+    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    emit({{"bench", "prefill"}, {"prompt", a.prefill}, {"prefill_tok_s", double(a.prefill) / s}, {"ms", s * 1e3}});
+  }
+
+  // Decode at long contexts (batch 1). Random-weight models start from a random cache of that
+  // length (no prefill); a real model prefills first.
+  for (int64_t ctx : contexts) {
+    if (ctx + a.gen + a.warmup > c.max_position_embeddings)
+      fail("--context {}: beyond the model's {} positions", ctx, c.max_position_embeddings);
+    Seqs seqs(*model, 1, ctx + a.gen + a.warmup);
+    std::vector<int32_t> next;
+    std::vector<int32_t> cur = {1};
+    if (a.synthetic.empty() || device < 0) {
+      const auto ids = prompt_ids(ctx, 3, V);
+      std::vector<SeqChunk> batch = {{&seqs.s[0], ids, false}};
+      run.step(batch, next);
+      cur = next;
+    } else {
+      seqs.s[0].length = ctx;
+    }
+    std::vector<SeqChunk> batch;
+    auto one = [&] {
+      batch = {{&seqs.s[0], {cur.data(), 1}, false}};
+      run.step(batch, next);
+      cur = next;
+    };
+    for (int w = 0; w < a.warmup; ++w) one();
+    auto t0 = clock_type::now();
+    for (int g = 0; g < a.gen; ++g) one();
+    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    const double bytes = decode_weight_bytes(c, 1) + (double(ctx) + a.gen / 2.0) * cache_bpt;
+    emit({{"bench", "long_context"}, {"context", ctx}, {"gen", a.gen}, {"decode_tok_s", a.gen / s},
+          {"ms_per_step", s / a.gen * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / (s / a.gen) / 1e9},
+          {"pct_roofline", 100.0 * bytes / (s / a.gen) / bw}});
+  }
+  return 0;
+}
+
+DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdout)", [](CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  add_model_args(app, a->model);
+  app.add_option("--synthetic", a->synthetic, "Random weights of a shape: lite, v2 or a config.json path");
+  app.add_option("--batch", a->batches, "Decode batch sizes, comma-separated")->capture_default_str();
+  app.add_option("--prompt", a->prompt, "Prompt tokens per sequence")->capture_default_str();
+  app.add_option("--gen", a->gen, "Decode steps timed")->capture_default_str();
+  app.add_option("--prefill", a->prefill, "Also time one prefill of this many tokens");
+  app.add_option("--context", a->contexts, "Also time batch-1 decode at these context lengths, comma-separated");
+  app.add_option("--layers", a->layers, "Override num_hidden_layers of the synthetic shape");
+  app.add_option("--seed", a->seed, "Seed of the synthetic weights")->capture_default_str();
+  app.add_option("--cache-tokens", a->cache_tokens, "Latent cache capacity (default: from free memory)");
+  app.add_flag("--no-graphs", a->no_graphs, "Run decode steps without CUDA graphs");
+  return [a] { return run_bench(*a); };
+});
+
+}  // namespace
+}  // namespace dsv2::cli
