@@ -24,6 +24,13 @@ bool ResultChannel::pop_all(std::vector<EngineEvent>& out, std::chrono::millisec
   return true;
 }
 
+bool ResultChannel::cancelled(int32_t choice) const {
+  if (cancelled_all_.load(std::memory_order_relaxed)) return true;
+  if (!any_cancelled_.load(std::memory_order_relaxed)) return false;
+  std::lock_guard<std::mutex> lk(mu_);
+  return std::find(cancelled_choices_.begin(), cancelled_choices_.end(), choice) != cancelled_choices_.end();
+}
+
 Engine::Engine(Model& model, EngineOptions opts)
     : model_(model),
       o_(opts),
@@ -95,8 +102,14 @@ void Engine::submit(std::vector<EngineRequest> reqs, std::shared_ptr<ResultChann
   cv_.notify_all();
 }
 
-void Engine::cancel(ResultChannel& channel) {
-  channel.cancelled_.store(true);
+void Engine::cancel(ResultChannel& channel, int32_t choice) {
+  if (choice < 0) {
+    channel.cancelled_all_.store(true);
+  } else {
+    std::lock_guard<std::mutex> lk(channel.mu_);
+    channel.cancelled_choices_.push_back(choice);
+    channel.any_cancelled_.store(true);
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
     cancel_pending_ = true;
@@ -120,7 +133,7 @@ void Engine::take_incoming() {
   for (auto& [reqs, channel] : batch) {
     for (EngineRequest& r : reqs) {
       const uint64_t id = next_id_++;
-      auto l = std::make_unique<Live>(Live{Sequence{}, TokenSampler(r.sampling, n_valid_), std::move(r), channel});
+      auto l = std::make_unique<Live>(Live{Sequence{}, Sampler(r.sampling, n_valid_), std::move(r), channel});
       l->seq.id = id;
       l->seq.tokens = l->req.prompt;
       l->seq.prompt_len = int64_t(l->req.prompt.size());
@@ -144,7 +157,7 @@ bool Engine::step() {
   for (auto it = live_.begin(); it != live_.end();) {
     Live& l = *it->second;
     ++it;
-    if (l.channel->cancelled()) {
+    if (l.channel->cancelled(l.req.choice)) {
       sched_.finish(&l.seq);
       live_.erase(l.seq.id);
     }
@@ -184,13 +197,17 @@ bool Engine::step() {
     ev.kind = EngineEvent::Kind::token;
     ev.choice = l.req.choice;
     ev.time = now;
-    ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)));
+    const std::span<const int32_t> all(l.seq.tokens);
+    ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)),
+                                all.first(size_t(l.seq.prompt_len)), all.subspan(size_t(l.seq.prompt_len)));
     const int32_t id = ev.token.id;
+    ev.stop_token = std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end();
+    const bool stop_token = ev.stop_token;
     l.seq.tokens.push_back(id);
     ++generated_;
     l.channel->push(std::move(ev));
     const char* reason = nullptr;
-    if (std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end())
+    if (stop_token)
       reason = "stop";
     else if (l.seq.generated() >= l.req.max_tokens || int64_t(l.seq.tokens.size()) >= max_context_)
       reason = "length";

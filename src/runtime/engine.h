@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "model/model.h"
-#include "runtime/engine_sampler.h"
+#include "sampling/sampler.h"
 #include "runtime/scheduler.h"
 
 namespace dsv2 {
@@ -30,7 +30,8 @@ struct EngineEvent {
   enum class Kind { token, finish, error };
   Kind kind = Kind::token;
   int32_t choice = 0;
-  SampledToken token;         // kind == token
+  SampleResult token{};       // kind == token
+  bool stop_token = false;    // the token is one of the request's stop ids (it has no text)
   Clock::time_point time;     // when the engine produced it
   std::string finish_reason;  // kind == finish: "stop" (a stop id) or "length"
   std::string error;          // kind == error
@@ -43,21 +44,24 @@ class ResultChannel {
   // Moves every queued event into `out` (appending); waits up to `timeout` while there is none.
   // Returns false when it timed out with nothing.
   bool pop_all(std::vector<EngineEvent>& out, std::chrono::milliseconds timeout);
-  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  // Whether all choices, or this one, were cancelled (Engine::cancel).
+  bool cancelled(int32_t choice) const;
 
  private:
   friend class Engine;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<EngineEvent> q_;
-  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> cancelled_all_{false};
+  std::atomic<bool> any_cancelled_{false};
+  std::vector<int32_t> cancelled_choices_;  // guarded by mu_
 };
 
 struct EngineRequest {
   std::vector<int32_t> prompt;
   int64_t max_tokens = 16;         // generated tokens allowed (>= 1)
-  SamplingOptions sampling;
-  std::vector<int32_t> stop_ids;   // finish ("stop") after sampling one of these
+  SamplingParams sampling;         // its max_tokens / stop fields are not read here
+  std::vector<int32_t> stop_ids;   // finish ("stop") after sampling one of these (EOS included)
   int32_t choice = 0;
 };
 
@@ -88,7 +92,9 @@ class Engine {
   // Queues all choices of one client request, whose events go to `channel`. Throws dsv2::Error
   // (kind "invalid_request") for a prompt that cannot run, or (kind "overloaded") when the queue is full.
   void submit(std::vector<EngineRequest> reqs, std::shared_ptr<ResultChannel> channel);
-  void cancel(ResultChannel& channel);
+  // Stops one choice (choice >= 0) or every choice of the request; their blocks are freed at the
+  // start of the next step and no more events are sent for them.
+  void cancel(ResultChannel& channel, int32_t choice = -1);
 
   EngineStats stats() const;
   const EngineOptions& options() const { return o_; }
@@ -102,7 +108,7 @@ class Engine {
  private:
   struct Live {
     Sequence seq;
-    TokenSampler sampler;
+    Sampler sampler;
     EngineRequest req;
     std::shared_ptr<ResultChannel> channel;
   };

@@ -226,6 +226,7 @@ TEST(Engine, SeededSamplingIsReproducibleAcrossBatching) {
     r.sampling.temperature = 1.5;
     r.sampling.top_p = 0.95;
     r.sampling.seed = seed;
+    r.sampling.has_seed = true;
     return r;
   };
   auto c1 = std::make_shared<ResultChannel>();
@@ -278,7 +279,7 @@ TEST(Engine, StopIdsAndLogprobs) {
   size_t first = size_t(std::find(ref.begin(), ref.end(), ref[3]) - ref.begin());
   ASSERT_EQ(evs.size(), first + 2);
   for (size_t i = 0; i + 1 < evs.size(); ++i) {
-    const SampledToken& t = evs[i].token;
+    const SampleResult& t = evs[i].token;
     EXPECT_EQ(t.id, ref[i]);
     ASSERT_EQ(t.top.size(), 3u);
     EXPECT_EQ(t.top[0].id, t.id);  // greedy picks the most likely token
