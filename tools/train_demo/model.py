@@ -212,8 +212,9 @@ class MoE(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg, i):
+    def __init__(self, cfg, i, dropout=0.0):
         super().__init__()
+        self.drop = nn.Dropout(dropout)  # training-only regularization of the residual branches
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = MLA(cfg)
@@ -221,21 +222,21 @@ class Layer(nn.Module):
         self.mlp = MoE(cfg) if self.moe else MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, cos, sin, aux_alpha):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin))
         h = self.post_attention_layernorm(x)
         if self.moe:
             y, aux = self.mlp(h, aux_alpha)
         else:
             y, aux = self.mlp(h), None
-        return x + y, aux
+        return x + self.drop(y), aux
 
 
 class DeepseekV2(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, dropout=0.0):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList([Layer(cfg, i) for i in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([Layer(cfg, i, dropout) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 

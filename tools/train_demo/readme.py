@@ -28,7 +28,7 @@ def model_readme(cfg, info):
     pk = "\n".join(_licence_line(p) for p in info["sources"]["packages"])
     docs = "\n".join(f"| {k} | {v['docs']} | {v['bytes']:,} |" for k, v in info["sources"]["documents"].items())
     cmd = (f"python3 tools/train_demo/train.py --data .demo-data --out OUT --steps {a['steps']} "
-           f"--batch {a['batch']} --seq {a['seq']} --lr {a['lr']} --seed {a['seed']}")
+           f"--batch {a['batch']} --seq {a['seq']} --lr {a['lr']} --dropout {a['dropout']} --seed {a['seed']}")
     return f"""# dsv2-demo: a tiny DeepSeek-V2 trained by the dsv2 project
 
 A {info['n_params'] / 1e6:.1f}M-parameter model ({info['n_active'] / 1e6:.1f}M active per token) with the full
@@ -83,7 +83,8 @@ chat examples made from it.
 
 {info['train_tokens']:,} training tokens, {info['heldout_tokens']:,} held-out tokens. AdamW (betas 0.9/0.95, weight decay
 {a['weight_decay']}), peak lr {a['lr']} with {a['warmup']} warm-up steps and cosine decay to {a['min_lr_frac']} of it,
-{a['steps']} steps of {a['batch']} x {a['seq']} tokens, bf16 autocast, sequence-level balance loss alpha {a['aux_alpha']}.
+{a['steps']} steps of {a['batch']} x {a['seq']} tokens, bf16 autocast, residual dropout {a['dropout']} (training only),
+sequence-level balance loss alpha {a['aux_alpha']}.
 The checkpoint with the best held-out loss (step {info['best_step']}) was kept. {info['train_seconds']:.0f} s of
 training on one {info['device']} (torch {info['torch']}).
 

@@ -38,10 +38,17 @@ from model import Cfg, DeepseekV2, reference_logits  # noqa: E402
 
 PPL_WINDOW = 256
 
+# The golden prompt is the candidate whose 32 greedy tokens contain no EOS and whose smallest
+# top-1/top-2 logit margin is largest (so engines in lower precision reproduce the same tokens).
 GOLDEN_PROMPTS = [
     "The hacker sat down at the terminal and",
     "A good programmer is",
     "And the king said unto",
+    "The program crashed because",
+    "Then the people went out into the city, and",
+    "Every hacker knows that",
+    "The old man looked at the sky and said",
+    "In the days of the first computers,",
 ]
 SAMPLE_PROMPTS = [
     "The hacker sat down at the terminal and",
@@ -260,13 +267,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=".demo-data", help="folder written by prepare_data.py")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.1, help="residual dropout while training")
     ap.add_argument("--aux-alpha", type=float, default=0.001)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1234)
@@ -308,7 +316,7 @@ def main():
     # ---- model
     cfg_dict = make_config(args, n_tokens)
     cfg = Cfg(cfg_dict)
-    model = DeepseekV2(cfg)
+    model = DeepseekV2(cfg, dropout=args.dropout)
     model.init_weights(args.seed)
     model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
@@ -418,12 +426,12 @@ def main():
         cont = seq[len(ids):]
         log(f"golden candidate {prompt!r}: {tok.decode(cont, skip_special_tokens=False)!r}, "
             f"min margin {min(margins):.4f}")
-        if eos not in cont and max(cont) < n_tokens:
+        if eos not in cont and max(cont) < n_tokens and (golden is None or min(margins) > min(golden[3])):
             golden = (prompt, ids, cont, margins)
-            break
     if golden is None:
         sys.exit("every golden prompt produced EOS within 32 greedy tokens")
     prompt, ids, cont, margins = golden
+    log(f"golden prompt {prompt!r} (min margin {min(margins):.4f})")
     ref = reference_logits(cfg, W64, ids)                                          # float64 {T,V}
     with torch.no_grad():
         f32 = model(torch.tensor([ids], device=dev))[0][0].double()
