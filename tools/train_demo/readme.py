@@ -27,6 +27,7 @@ def model_readme(cfg, info):
                      f"{math.exp(h['heldout_loss']):.1f} |" for h in info["history"])
     pk = "\n".join(_licence_line(p) for p in info["sources"]["packages"])
     docs = "\n".join(f"| {k} | {v['docs']} | {v['bytes']:,} |" for k, v in info["sources"]["documents"].items())
+    samples = info.get("samples", "").strip()
     cmd = (f"python3 tools/train_demo/train.py --data .demo-data --out OUT --steps {a['steps']} "
            f"--batch {a['batch']} --seq {a['seq']} --lr {a['lr']} --dropout {a['dropout']} --seed {a['seed']}")
     return f"""# dsv2-demo: a tiny DeepSeek-V2 trained by the dsv2 project
@@ -102,6 +103,15 @@ over all {cfg['vocab_size']} logits; ppl = exp(total nll / total predicted token
 same numbers and per-window losses.
 
 Cross-check: {info['hf_note']}.
+
+## Samples (from the shipped weights, float32; `|` marks the end of the prompt)
+
+```
+{samples}
+```
+
+Notes: raw completion starts with BOS (`add_bos_token`); transformers' AutoTokenizer loads this
+`tokenizer.json` (ByteLevel post-processor, like DeepSeek-V3's) without adding BOS, so add it yourself there.
 
 ## Reproduce
 

@@ -567,6 +567,7 @@ def main():
         "history": history, "args": vars(args), "hf_note": hf_note, "sources": sources,
         "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
         "total_seconds": time.time() - t_start,
+        "samples": "\n".join(line for line in lines if line.startswith(("[greedy]", "[chat greedy]"))),
     }
     with open(os.path.join(args.out, "train_info.json"), "w") as f:
         json.dump({k: v for k, v in info.items() if k != "sources"}, f, indent=1, default=str)
