@@ -7,7 +7,8 @@ def _licence_line(pkg):
     text = pkg["copyright"]
     name = pkg["package"]
     if name == "bible-kjv-text":
-        what = "King James Version of the Bible (1611); the copyright of the text has expired (public domain)"
+        what = ("King James Version of the Bible (1611); Debian: \"The copyright for the King James Version text "
+                "of the Bible is expired\"; the data file's legend allows unrestricted use and copying")
     elif name == "jargon-text":
         what = "The Jargon File 4.4.7, edited by Eric S. Raymond; \"This document (the Jargon File) is in the " \
                "public domain\""
@@ -70,6 +71,8 @@ template, which renders `<｜begin▁of▁sentence｜>{{system}}\\n\\nUser: {{u1
 | package | version | text and licence (from /usr/share/doc/PACKAGE/copyright) |
 |---|---|---|
 {pk}
+
+`training_data_sources.json` has the full copyright files, package versions and the sha256 of every input.
 
 Documents: Bible chapters, Jargon File chapters and entries, Devil's Dictionary entries, and chat examples
 built from them (a word's definition or a verse as the answer, in the V2 chat format) plus a few fixed

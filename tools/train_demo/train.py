@@ -409,6 +409,9 @@ def main():
         json.dump({"bos_token_id": bos, "eos_token_id": eos, "do_sample": True, "temperature": 0.3,
                    "top_p": 0.95}, f, indent=2)
         f.write("\n")
+    with open(os.path.join(model_dir, "training_data_sources.json"), "w", encoding="utf-8") as f:
+        json.dump(sources, f, indent=1, ensure_ascii=False)
+        f.write("\n")
     with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_config(), f, indent=2, ensure_ascii=False)
         f.write("\n")
