@@ -54,7 +54,7 @@ bool BpeModel::MergeTable::find(int32_t a, int32_t b, int32_t& rank, int32_t& me
 
 BpeModel::BpeModel(std::unordered_map<std::string, int32_t> vocab,
                    const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges)
-    : vocab_(std::move(vocab)), ignore_merges_(ignore_merges) {
+    : vocab_(vocab.begin(), vocab.end()), ignore_merges_(ignore_merges) {
   for (int b = 0; b < 256; ++b) {
     auto it = vocab_.find(std::string(1, static_cast<char>(b)));
     // Bytes that never occur in UTF-8 (C0, C1, F5-FF) may be missing: input text is validated
@@ -135,7 +135,7 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
   }
   if (ignore_merges_) {
     // Llama-3-style vocabularies: a word that is itself a token is emitted whole.
-    auto it = vocab_.find(std::string(word));
+    auto it = vocab_.find(word);
     if (it != vocab_.end()) {
       out.push_back(it->second);
       return;

@@ -26,9 +26,12 @@ class BpeModel {
   // Appends the ids of one pre-tokenized word (raw bytes).
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;
 
-  const std::unordered_map<std::string, int32_t>& vocab() const { return vocab_; }
 
  private:
+  struct StrHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   // Open-addressing map (left id, right id) -> (rank, merged id): the inner loop's only lookup.
   struct MergeTable {
     std::vector<uint64_t> keys;
@@ -39,7 +42,7 @@ class BpeModel {
   };
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
 
-  std::unordered_map<std::string, int32_t> vocab_;
+  std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>> vocab_;
   std::array<int32_t, 256> byte_id_{};
   MergeTable merges_;
   bool ignore_merges_;
@@ -47,10 +50,6 @@ class BpeModel {
   static constexpr size_t kCacheMaxWordBytes = 128;
   static constexpr size_t kCacheMaxEntries = 1 << 17;
   mutable std::mutex cache_mu_;
-  struct StrHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
   mutable std::unordered_map<std::string, std::vector<int32_t>, StrHash, std::equal_to<>> cache_;
 };
 
