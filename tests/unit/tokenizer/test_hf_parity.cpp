@@ -96,6 +96,6 @@ void check_family(const std::string& package) {
 
 }  // namespace
 
-TEST(HfParity, DeepSeekV3) { check_family("tokenizer-deepseek_v3"); }
-TEST(HfParity, Llama3) { check_family("tokenizer-llama3"); }
-TEST(HfParity, Gpt4o) { check_family("tokenizer-gpt4o"); }
+TEST(TokenizerHfParity, DeepSeekV3) { check_family("tokenizer-deepseek_v3"); }
+TEST(TokenizerHfParity, Llama3) { check_family("tokenizer-llama3"); }
+TEST(TokenizerHfParity, Gpt4o) { check_family("tokenizer-gpt4o"); }

@@ -51,7 +51,7 @@ std::string error_of(const std::string& arg) {
   return "";
 }
 
-class ModelPath : public ::testing::Test {
+class ResolveModelPath : public ::testing::Test {
  protected:
   void SetUp() override {
     tmp_ = fs::temp_directory_path() / ("dsv2-model-path-" + std::to_string(::getpid()));
@@ -64,13 +64,13 @@ class ModelPath : public ::testing::Test {
 
 }  // namespace
 
-TEST_F(ModelPath, FolderIsTakenAsIs) {
+TEST_F(ResolveModelPath, FolderIsTakenAsIs) {
   EXPECT_EQ(dsv2::resolve_model_path(tmp_.string()), tmp_);
   std::ofstream(tmp_ / "file") << "x";
   EXPECT_NE(error_of((tmp_ / "file").string()).find("not a folder"), std::string::npos);
 }
 
-TEST_F(ModelPath, HubCacheVariablesInOrder) {
+TEST_F(ResolveModelPath, HubCacheVariablesInOrder) {
   fs::path hub = tmp_ / "hubcache", home = tmp_ / "hfhome", user = tmp_ / "user";
   fs::path a = make_cache(hub, "models--deepseek-ai--DeepSeek-V2-Lite-Chat", "aaaa1111");
   fs::path b = make_cache(home / "hub", "models--deepseek-ai--DeepSeek-V2-Lite-Chat", "bbbb2222");
@@ -86,7 +86,7 @@ TEST_F(ModelPath, HubCacheVariablesInOrder) {
   EXPECT_EQ(dsv2::resolve_model_path("deepseek-ai/DeepSeek-V2-Lite-Chat"), c);
 }
 
-TEST_F(ModelPath, ErrorsNameWhereItLooked) {
+TEST_F(ResolveModelPath, ErrorsNameWhereItLooked) {
   EnvGuard env;
   env.set("HF_HUB_CACHE", (tmp_ / "hub").string());
   std::string e = error_of("deepseek-ai/DeepSeek-V2-Lite-Chat");

@@ -83,7 +83,7 @@ using V = std::vector<std::string>;
 
 }  // namespace
 
-TEST(Bpe, LowestRankFirstThenLeftmost) {
+TEST(BpeMerge, LowestRankFirstThenLeftmost) {
   Spec s;
   s.merges = {{"b", "c"}, {"a", "b"}, {"a", "bc"}, {"x", "x"}};
   auto t = make(s);
@@ -95,7 +95,7 @@ TEST(Bpe, LowestRankFirstThenLeftmost) {
   EXPECT_EQ(pieces(t, t.encode("xxxx", false)), (V{"xx", "xx"}));
 }
 
-TEST(Bpe, BothMergeSpellingsAgree) {
+TEST(BpeMerge, BothMergeSpellingsAgree) {
   Spec s;
   s.merges = {{"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}};
   auto a = make(s);
@@ -105,7 +105,7 @@ TEST(Bpe, BothMergeSpellingsAgree) {
   EXPECT_EQ(pieces(a, a.encode("hello", false)), (V{"hello"}));
 }
 
-TEST(Bpe, IgnoreMergesTakesWholeWords) {
+TEST(BpeMerge, IgnoreMergesTakesWholeWords) {
   Spec s;
   // "abc" is reachable only as a whole vocabulary entry: no merge builds it from (ab, c).
   s.merges = {{"a", "b"}, {"b", "c"}, {"a", "bc"}};
@@ -192,7 +192,7 @@ TEST(AddedTokens, MatchedBeforePreTokenization) {
   EXPECT_EQ(t.vocab_size(), 305);
 }
 
-TEST(Config, BosEosForms) {
+TEST(TokenizerConfig, BosEosForms) {
   Spec s;
   s.added = json::array({{{"id", 300}, {"content", "<bos>"}, {"special", true}},
                          {{"id", 301}, {"content", "<eos>"}, {"special", true}}});
@@ -221,7 +221,7 @@ TEST(Config, BosEosForms) {
   EXPECT_EQ(t3.encode("a"), (std::vector<int32_t>{'a'}));
 }
 
-TEST(Config, TemplateProcessingWithoutConfigKeys) {
+TEST(TokenizerConfig, TemplateProcessingWithoutConfigKeys) {
   Spec s;
   s.added = json::array({{{"id", 300}, {"content", "<bos>"}, {"special", true}}});
   s.post_processor = {{"type", "TemplateProcessing"},
@@ -233,7 +233,7 @@ TEST(Config, TemplateProcessingWithoutConfigKeys) {
   EXPECT_TRUE(t.add_bos_token());
 }
 
-TEST(Refusals, UnsupportedComponentsAreErrors) {
+TEST(TokenizerRefusals, UnsupportedComponentsAreErrors) {
   auto refuses = [](const json& j, const std::string& needle) {
     try {
       Tokenizer::from_json(j.dump());
@@ -283,7 +283,7 @@ TEST(Refusals, UnsupportedComponentsAreErrors) {
   EXPECT_THROW(Tokenizer::from_json(base.dump(), R"({"bos_token": "<nope>"})"), dsv2::Error);
 }
 
-TEST(Encode, InvalidUtf8IsAnError) {
+TEST(TokenizerEncode, InvalidUtf8IsAnError) {
   auto t = make(Spec{});
   try {
     t.encode("ok\xC3(", false);
@@ -293,7 +293,7 @@ TEST(Encode, InvalidUtf8IsAnError) {
   }
 }
 
-TEST(Decode, InvalidBytesBecomeReplacementCharacters) {
+TEST(TokenizerDecode, InvalidBytesBecomeReplacementCharacters) {
   auto t = make(Spec{});
   // 0xE4 0xB8 0xAD is 中; cut short and followed by 'A' it is one U+FFFD then A.
   EXPECT_EQ(t.decode(std::vector<int32_t>{0xE4, 0xB8, 0xAD}), "中");
@@ -304,7 +304,7 @@ TEST(Decode, InvalidBytesBecomeReplacementCharacters) {
   EXPECT_EQ(t.token_bytes(99999), "");
 }
 
-TEST(Utf8, LossyFollowsMaximalSubparts) {
+TEST(Utf8Lossy, LossyFollowsMaximalSubparts) {
   using dsv2::utf8::lossy;
   const std::string R = "\xEF\xBF\xBD";
   EXPECT_EQ(lossy("a\xF0\x9F\x98"), "a" + R);                // truncated 4-byte sequence: one
