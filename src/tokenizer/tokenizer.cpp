@@ -11,6 +11,7 @@
 #include "tokenizer/pretok.h"
 #include "tokenizer/tokenizer_added.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/unicode_norm.h"
 
 namespace dsv2 {
 
@@ -20,7 +21,8 @@ struct Tokenizer::Impl {
   std::unique_ptr<BpeModel> bpe;
   PreTokenizer pretok;
   AddedTokenMatcher raw_added;         // non-normalized added tokens, matched on the raw text
-  AddedTokenMatcher normalized_added;  // normalized ones, matched after the (identity) normalizer
+  AddedTokenMatcher normalized_added;  // normalized ones, matched after the normalizer
+  std::vector<NormForm> normalizers;   // applied in order to text outside non-normalized added tokens
 
   std::vector<std::string> id_token;  // tokenizer.json spelling per id ("" = no token)
   std::vector<std::string> id_bytes;  // what each id decodes to
@@ -33,7 +35,12 @@ struct Tokenizer::Impl {
   bool add_bos = false;
   std::string chat_template;
 
-  void split_added(std::string_view text, std::vector<TextSpan>& spans) const;
+  std::string normalize_text(std::string_view text) const {
+    std::string s(text);
+    for (NormForm f : normalizers) s = normalize(s, f);
+    return s;
+  }
+  void encode_plain(std::string_view text, std::vector<int32_t>& ids) const;
 };
 
 namespace {
@@ -54,18 +61,19 @@ json parse_json(const std::string& text, const char* what) {
   }
 }
 
-void check_normalizer(const json& n, int depth = 0) {
+void read_normalizer(const json& n, std::vector<NormForm>& steps, int depth = 0) {
   if (n.is_null()) return;
   std::string type = n.value("type", std::string());
   if (type == "Sequence" && depth < 8) {
-    for (const auto& s : n.value("normalizers", json::array())) check_normalizer(s, depth + 1);
+    for (const auto& s : n.value("normalizers", json::array())) read_normalizer(s, steps, depth + 1);
     return;
   }
-  if (type == "NFC" || type == "NFKC" || type == "NFD" || type == "NFKD")
-    fail("tokenizer.json: normalizer {} is not supported: Unicode normalization is not implemented exactly, "
-         "so this tokenizer is refused rather than approximated",
-         type);
-  fail("tokenizer.json: normalizer type \"{}\" is not supported (supported: none, Sequence)", type);
+  if (type == "NFC") return steps.push_back(NormForm::nfc);
+  if (type == "NFKC") return steps.push_back(NormForm::nfkc);
+  if (type == "NFD") return steps.push_back(NormForm::nfd);
+  if (type == "NFKD") return steps.push_back(NormForm::nfkd);
+  fail("tokenizer.json: normalizer type \"{}\" is not supported (supported: none, Sequence, NFC, NFKC, NFD, NFKD)",
+       type);
 }
 
 void check_decoder(const json& d) {
@@ -150,7 +158,7 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
       fail("tokenizer.json: BPE {} \"{}\" is not supported", k, m[k].get<std::string>());
   if (!m.contains("vocab") || !m["vocab"].is_object()) fail("tokenizer.json: model has no \"vocab\" object");
 
-  check_normalizer(tj.value("normalizer", json()));
+  read_normalizer(tj.value("normalizer", json()), impl->normalizers);
   impl->pretok = PreTokenizer::from_json(tj.value("pre_tokenizer", json()));
   if (!impl->pretok.byte_level())
     fail("tokenizer.json: only byte-level BPE is supported; the pre_tokenizer chain must end with ByteLevel");
@@ -225,11 +233,17 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
     impl->token_id[s] = id;
   }
   std::vector<AddedToken> raw, norm;
-  for (const auto& t : added) {
+  for (auto& t : added) {
     set_token(t.id, t.content);
     impl->token_id[t.content] = t.id;
     if (t.special) impl->id_flags[t.id] |= 2;
-    (t.normalized ? norm : raw).push_back(t);
+    if (t.normalized) {
+      // The reference matches normalized tokens by their normalized content.
+      t.content = impl->normalize_text(t.content);
+      norm.push_back(t);
+    } else {
+      raw.push_back(t);
+    }
   }
   impl->raw_added = AddedTokenMatcher(std::move(raw));
   impl->normalized_added = AddedTokenMatcher(std::move(norm));
@@ -275,18 +289,11 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
   return Tokenizer(std::move(impl));
 }
 
-void Tokenizer::Impl::split_added(std::string_view text, std::vector<TextSpan>& spans) const {
-  std::vector<TextSpan> first;
-  if (raw_added.empty())
-    first.push_back({0, text.size(), -1});
-  else
-    raw_added.split(text, 0, text.size(), first);
-  for (const auto& s : first) {
-    if (s.id >= 0 || normalized_added.empty())
-      spans.push_back(s);
-    else
-      normalized_added.split(text, s.begin, s.end, spans);
-  }
+void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& ids) const {
+  std::string buf;
+  Ranges words;
+  pretok.split(text, buf, words);
+  for (auto [b, e] : words) bpe->encode_word(std::string_view(buf).substr(b, e - b), ids);
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
@@ -298,19 +305,36 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (add_special_tokens) ids.insert(ids.end(), im.prefix.begin(), im.prefix.end());
-  std::vector<TextSpan> spans;
-  im.split_added(text, spans);
-  std::string buf;
-  Ranges words;
-  for (const auto& s : spans) {
+  // 1. Non-normalized added tokens on the raw text; 2. the normalizer on what lies between them;
+  // 3. normalized added tokens on that; 4. pre-tokenizer and BPE on the rest.
+  std::vector<TextSpan> first, second;
+  if (im.raw_added.empty())
+    first.push_back({0, text.size(), -1});
+  else
+    im.raw_added.split(text, 0, text.size(), first);
+  for (const auto& s : first) {
     if (s.id >= 0) {
       ids.push_back(s.id);
       continue;
     }
-    buf.clear();
-    words.clear();
-    im.pretok.split(text.substr(s.begin, s.end - s.begin), buf, words);
-    for (auto [b, e] : words) im.bpe->encode_word(std::string_view(buf).substr(b, e - b), ids);
+    std::string normalized;
+    std::string_view piece = text.substr(s.begin, s.end - s.begin);
+    if (!im.normalizers.empty()) {
+      normalized = im.normalize_text(piece);
+      piece = normalized;
+    }
+    if (im.normalized_added.empty()) {
+      im.encode_plain(piece, ids);
+      continue;
+    }
+    second.clear();
+    im.normalized_added.split(piece, 0, piece.size(), second);
+    for (const auto& t : second) {
+      if (t.id >= 0)
+        ids.push_back(t.id);
+      else
+        im.encode_plain(piece.substr(t.begin, t.end - t.begin), ids);
+    }
   }
   if (add_special_tokens) ids.insert(ids.end(), im.suffix.begin(), im.suffix.end());
   return ids;

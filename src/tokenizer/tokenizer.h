@@ -1,8 +1,9 @@
 #pragma once
 // Tokenizer: reads tokenizer.json (+ tokenizer_config.json) exactly as Hugging Face's tokenizers
-// library does for byte-level BPE families (DeepSeek, Llama 3, GPT-4o style):
+// library does for byte-level BPE families (DeepSeek, Llama 3, GPT-4o, Qwen style):
 //   text -> added tokens matched first (non-normalized ones on the raw text, normalized ones after
-//   the normalizer) -> pre-tokenizer (Split/Digits chain, ByteLevel) -> BPE per word -> ids.
+//   the normalizer: none, NFC, NFKC, NFD, NFKD or a Sequence of them) -> pre-tokenizer
+//   (Split/Digits chain, ByteLevel) -> BPE per word -> ids.
 // Anything the file asks for that is not implemented exactly is refused at load with dsv2::Error.
 // Instances are cheap to copy (shared immutable state) and safe to use from several threads.
 #include <cstdint>

