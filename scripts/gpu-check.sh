@@ -6,18 +6,20 @@
 # Usage: scripts/gpu-check.sh [--prebuilt DIR] [--no-tests] [--no-bench] [--peers PEERS_DIR]
 #   --prebuilt DIR   use DIR/dsv2 and DIR/test_cuda instead of building (DIR/lib is added to the
 #                    library path); by default builds build-gpu with -DCMAKE_CUDA_ARCHITECTURES=90a
+#   --transformers   also measure transformers (bench/gpu/peer_transformers.py)
 #   --peers DIR      also measure transformers and llama.cpp (bench/gpu/peer_*.{py,sh}); DIR holds
 #                    llama-batched-bench-cuda-sm90.xz, gguf-py, the vocab GGUF and mk_gguf_ds2.py
 #   BENCH_ARGS       environment: replaces the default benchmark arguments
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PREBUILT="" TESTS=1 BENCH=1 PEERS=""
+PREBUILT="" TESTS=1 BENCH=1 PEERS="" HF=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=$(cd "$2" && pwd); shift 2 ;;
     --no-tests) TESTS=0; shift ;;
     --no-bench) BENCH=0; shift ;;
-    --peers) PEERS=$(cd "$2" && pwd); shift 2 ;;
+    --peers) PEERS=$(cd "$2" && pwd); HF=1; shift 2 ;;
+    --transformers) HF=1; shift ;;
     *) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -61,11 +63,13 @@ if [ $BENCH = 1 ]; then
   grep -E "cuda|cache" "$LOG/bench.err" | head -5
 fi
 
-if [ -n "$PEERS" ]; then
+if [ $HF = 1 ]; then
   echo "peers: transformers"
   PYTHONUNBUFFERED=1 timeout 300 python3 "$ROOT/bench/gpu/peer_transformers.py" >"$LOG/peer_transformers.jsonl" \
     2>"$LOG/peer_transformers.err" || tail -5 "$LOG/peer_transformers.err"
   cat "$LOG/peer_transformers.jsonl"
+fi
+if [ -n "$PEERS" ]; then
   echo "peers: llama.cpp"
   timeout 400 bash "$ROOT/bench/gpu/peer_llamacpp.sh" "$PEERS" "$LOG" >"$LOG/peer_llamacpp.txt" 2>&1 || tail -5 "$LOG/peer_llamacpp.txt"
   grep -E "^\|" "$LOG/peer_llamacpp.txt" || true

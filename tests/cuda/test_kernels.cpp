@@ -170,12 +170,12 @@ TEST(CudaKernels, MoeRouter) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(4);
   struct Case {
-    int E, K, H, n_group, topk_group;
+    int E, K, n_group, topk_group;
     bool group, norm;
     double scaling;
   };
-  for (Case cs : {Case{64, 6, 2048, 1, 1, false, false, 1.0}, Case{160, 6, 512, 8, 3, true, false, 16.0},
-                  Case{8, 3, 64, 1, 1, false, true, 1.0}, Case{16, 3, 64, 4, 2, true, false, 2.5}}) {
+  for (Case cs : {Case{64, 6, 1, 1, false, false, 1.0}, Case{160, 6, 8, 3, true, false, 16.0},
+                  Case{8, 3, 1, 1, false, true, 1.0}, Case{16, 3, 4, 2, true, false, 2.5}}) {
     ModelConfig c;
     c.n_routed_experts = cs.E;
     c.num_experts_per_tok = cs.K;
@@ -185,15 +185,14 @@ TEST(CudaKernels, MoeRouter) {
     c.norm_topk_prob = cs.norm;
     c.routed_scaling_factor = cs.scaling;
     const int T = 97;
-    auto x = randn(size_t(T) * cs.H, g);
-    auto w = round_bf16(randn(size_t(cs.E) * cs.H, g, 0.05f));
-    Dev<float> dx(x), dwts(size_t(T) * cs.K);
-    Dev<bf16> dw(to_bf16(w));
+    std::vector<float> all_logits(size_t(T) * cs.E);
+    for (auto& v : all_logits) v = std::normal_distribution<float>(0.0f, 2.0f)(g);
+    Dev<float> dlog(all_logits), dwts(size_t(T) * cs.K);
     Dev<int32_t> dids(size_t(T) * cs.K);
     dwts.poison();
     dids.poison();
-    RouterParams p{dx.p, dw.p, T, cs.H, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling),
-                   dids.p, dwts.p};
+    RouterParams p{dlog.p, T, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling), dids.p,
+                   dwts.p};
     moe_route(p, 0);
     const auto ids = dids.get();
     const auto wts = dwts.get();
@@ -201,11 +200,7 @@ TEST(CudaKernels, MoeRouter) {
     for (int t = 0; t < T; ++t) {
       std::vector<float> logits(size_t(cs.E)), scratch(size_t(2 * cs.E + 8)), rw(size_t(cs.K));
       std::vector<int32_t> rid(size_t(cs.K));
-      for (int e = 0; e < cs.E; ++e) {
-        double acc = 0;
-        for (int k = 0; k < cs.H; ++k) acc += double(x[size_t(t) * cs.H + k]) * w[size_t(e) * cs.H + k];
-        logits[size_t(e)] = float(acc);
-      }
+      std::copy(&all_logits[size_t(t) * cs.E], &all_logits[size_t(t + 1) * cs.E], logits.begin());
       route_token(c, logits.data(), rid.data(), rw.data(), scratch.data());
       bool same = true;
       for (int k = 0; k < cs.K; ++k) same &= ids[size_t(t) * cs.K + k] == rid[size_t(k)];
@@ -215,7 +210,7 @@ TEST(CudaKernels, MoeRouter) {
       }
       for (int k = 0; k < cs.K; ++k) EXPECT_NEAR(wts[size_t(t) * cs.K + k], rw[size_t(k)], 1e-4 * (1 + rw[size_t(k)]));
     }
-    // fp32 accumulation order may flip a near-tie now and then, never more than that
+    // the softmax's exp and sum may round differently from the CPU's and flip a near-tie, rarely
     EXPECT_LE(mismatched, 2) << "E=" << cs.E << " K=" << cs.K;
   }
 }
@@ -228,7 +223,8 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
   };
   // N x H = expert matrix; the second product maps N back to H for the combine.
   for (Case cs : {Case{1, 64, 6, 2048, 2816}, Case{7, 8, 3, 64, 32}, Case{300, 64, 6, 256, 384},
-                  Case{33, 16, 2, 36, 24}, Case{130, 4, 2, 128, 200}}) {
+                  Case{33, 16, 2, 36, 24}, Case{130, 4, 2, 128, 200}, Case{8, 64, 6, 2048, 2816},
+                  Case{5, 16, 3, 512, 1408}}) {
     std::vector<int32_t> ids(size_t(cs.T) * cs.K);
     std::vector<float> wts(size_t(cs.T) * cs.K);
     for (int t = 0; t < cs.T; ++t) {
@@ -248,13 +244,13 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     auto y0 = randn(size_t(cs.T) * cs.H, g);
     const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E);
     Dev<int32_t> dids(ids), counts(size_t(cs.E)), offsets(size_t(cs.E) + 1), tiles(size_t(max_tiles) * 3 + 1),
-        slot(static_cast<size_t>(R));
+        slot(static_cast<size_t>(R)), rowexp(static_cast<size_t>(R));
     Dev<float> dwts(wts), dy(y0), dyp(size_t(R) * cs.H);
     Dev<bf16> dx(to_bf16(x)), dxp(size_t(R) * cs.H), dw1(to_bf16(w1)), dw2(to_bf16(w2)), dh(size_t(R) * cs.N);
     dxp.poison();
     dh.poison();
     dyp.poison();
-    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, max_tiles};
+    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, rowexp.p, max_tiles};
     moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
     moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.N, cs.H, dh.p, false, 0);
     moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.H, cs.N, dyp.p, true, 0);
@@ -287,6 +283,23 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
       }
     EXPECT_LT(rel_err(hgot, href), 4e-3) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
     EXPECT_LT(rel_err(dy.get(), yref), 1e-2) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
+    // the few-rows path on the same dispatch
+    if (R <= kMoeSkinnyMaxRows && cs.H % 8 == 0 && cs.N % 8 == 0) {
+      Dev<bf16> dh2(size_t(R) * cs.N);
+      Dev<float> dyp2(size_t(R) * cs.H), dy2(y0);
+      dh2.poison();
+      dyp2.poison();
+      moe_gemm_rows(dxp.p, dw1.p, rowexp.p, R, cs.N, cs.H, dh2.p, false, 0);
+      moe_gemm_rows(dh2.p, dw2.p, rowexp.p, R, cs.H, cs.N, dyp2.p, true, 0);
+      moe_combine(dyp2.p, slot.p, dwts.p, cs.T, cs.K, cs.H, dy2.p, 0);
+      const auto h2 = from_bf16(dh2.get());
+      std::vector<float> hgot2;
+      for (int t = 0; t < cs.T; ++t)
+        for (int k = 0; k < cs.K; ++k)
+          for (int n = 0; n < cs.N; ++n) hgot2.push_back(h2[size_t(slots[size_t(t) * cs.K + k]) * cs.N + n]);
+      EXPECT_LT(rel_err(hgot2, href), 4e-3) << "rows path T=" << cs.T << " H=" << cs.H << " N=" << cs.N;
+      EXPECT_LT(rel_err(dy2.get(), yref), 1e-2) << "rows path T=" << cs.T << " H=" << cs.H << " N=" << cs.N;
+    }
   }
 }
 
@@ -446,12 +459,12 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
     for (int r = 0; r < rows; ++r) l.insert(l.end(), base.begin(), base.end());
     Dev<float> dl(l);
     Dev<int32_t> out(static_cast<size_t>(rows));
-    sample_rows(dl.p, rows, v, 0, 1.0f, 0.8f, 3, 0, out.p, 0);
+    sample_rows(dl.p, rows, v, 0, 1.0f, 0.75f, 3, 0, out.p, 0);
     const auto got = out.get();
     std::vector<double> p(static_cast<size_t>(v));
     double z = 0;
     for (int i = 0; i < v; ++i) z += (p[size_t(i)] = std::exp(base[size_t(i)]));
-    // nucleus at 0.8: tokens 0, 1 (0.61 + 0.22 = 0.83)
+    // nucleus at 0.75: tokens 0 and 1 (0.577 + 0.212 = 0.789; token 0 alone is 0.577)
     const double kept = p[0] + p[1];
     std::vector<int> count(size_t(v), 0);
     for (int t : got) ++count[size_t(t)];

@@ -90,16 +90,17 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
 
   // 3. A mixed batch (one prefill chunk, one decode step, one appended chunk) gives each sequence
   //    the logits it gets alone.
+  ASSERT_GE(prompt.size(), 22u);
   {
     SequenceCache a, b, d;
     ASSERT_TRUE(reserve(gpu->blocks(), a, 64) && reserve(gpu->blocks(), b, 64) && reserve(gpu->blocks(), d, 64));
-    std::vector<int32_t> pa(prompt.begin(), prompt.begin() + 20), pb(prompt.begin() + 5, prompt.begin() + 17);
+    std::vector<int32_t> pa(prompt.begin(), prompt.begin() + 20), pb(prompt.begin() + 5, prompt.begin() + 17);  // 12 tokens
     std::vector<float> tmp(size_t(V) * 20);
     SeqChunk cb{&b, pb, false};
     gpu->forward({&cb, 1}, tmp.data());
     SeqChunk cd{&d, std::span<const int32_t>(pa.data(), 8), false};
     gpu->forward({&cd, 1}, tmp.data());
-    const int32_t nb = prompt[30];
+    const int32_t nb = prompt[21];
     std::vector<SeqChunk> batch = {{&a, pa, true}, {&b, {&nb, 1}, false}, {&d, std::span<const int32_t>(pa.data() + 8, 12), false}};
     std::vector<float> mixed(size_t(V) * (20 + 1 + 1));
     gpu->forward(batch, mixed.data());

@@ -100,13 +100,17 @@ __global__ void __launch_bounds__(kThreads) mla_attn_kernel(AttnParams p, int D,
     const bf16* crow = p.cache + size_t(btab[tile]) * kAttnTile * D;
     __syncthreads();  // previous tile's readers of sK / sP are done
     if (vec) {
-      const int cpr = D / 8;  // 16-byte pieces per row
+      // All of the tile's 16-byte pieces in flight at once (cp.async, zero-filled past kv_end).
+      const int cpr = D / 8;
       for (int i = tid; i < kAttnTile * cpr; i += kThreads) {
         const int r = i / cpr, c = i % cpr;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (j0 + r < kv_end) v = reinterpret_cast<const uint4*>(crow + size_t(r) * D)[c];
-        *reinterpret_cast<uint4*>(sK + r * L.LDQ + c * 8) = v;
+        const bool ok = j0 + r < kv_end;
+        const unsigned sa = unsigned(__cvta_generic_to_shared(sK + r * L.LDQ + c * 8));
+        const bf16* src = ok ? crow + size_t(r) * D + c * 8 : crow;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(src), "r"(ok ? 16 : 0));
       }
+      asm volatile("cp.async.commit_group;\n" ::);
+      asm volatile("cp.async.wait_group 0;\n" ::);
     } else {
       for (int i = tid; i < kAttnTile * D; i += kThreads) {
         const int r = i / D, c = i % D;

@@ -70,7 +70,7 @@ struct DevLayer {
   bool moe = false;
   DevBuf<bf16> gate_up;   // dense [2I, H]: gate rows then up rows
   DevBuf<bf16> down;      // dense [H, I]
-  DevBuf<bf16> router;    // [E, H]
+  DevBuf<float> router;   // [E, H] fp32: the routing decision is made in fp32 (reference section 3)
   DevBuf<bf16> exp_gu;    // [E, 2 * moe_inter, H]
   DevBuf<bf16> exp_down;  // [E, H, moe_inter]
   DevBuf<bf16> sh_gu;     // [2S, H]
@@ -119,6 +119,12 @@ class CudaModelImpl final : public CudaModel {
   ~CudaModelImpl() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+    if (prof_on_) {
+      double tot = 0;
+      for (auto& [n, ms] : prof_ms_) tot += ms;
+      for (auto& [n, ms] : prof_ms_)
+        log::info("cuda-profile", "{:>12}: {:10.2f} ms ({:4.1f}%)", n, ms, 100.0 * ms / std::max(tot, 1e-9));
+    }
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     if (host_meta_) cudaFreeHost(host_meta_);
     if (cublas_) cublasDestroy(cublas_);
@@ -189,10 +195,10 @@ class CudaModelImpl final : public CudaModel {
   BlockAllocator alloc_;
 
   // Scratch (grown on demand; growth invalidates captured graphs).
-  DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_;
+  DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_, router_logits_;
   DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
   DevBuf<float> yp_;
-  DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, sampled_;
+  DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, moe_row_expert_, sampled_;
   int32_t* host_meta_ = nullptr;
   size_t host_meta_n_ = 0;
   uint64_t scratch_gen_ = 0;
@@ -206,6 +212,27 @@ class CudaModelImpl final : public CudaModel {
   };
   std::map<std::pair<int, int>, Graph> graphs_;
   bool graphs_on_ = true;
+
+  // DSV2_CUDA_PROFILE=1: eager steps with events between the stages; totals logged at exit.
+  bool prof_on_ = std::getenv("DSV2_CUDA_PROFILE") != nullptr;
+  std::vector<std::pair<const char*, cudaEvent_t>> prof_marks_;
+  std::map<std::string, double> prof_ms_;
+  void mark(const char* name) {
+    if (!prof_on_) return;
+    cudaEvent_t e;
+    DSV2_CUDA_CHECK(cudaEventCreate(&e));
+    DSV2_CUDA_CHECK(cudaEventRecord(e, stream_));
+    prof_marks_.push_back({name, e});
+  }
+  void collect_marks() {
+    for (size_t i = 1; i < prof_marks_.size(); ++i) {
+      float ms = 0;
+      DSV2_CUDA_CHECK(cudaEventElapsedTime(&ms, prof_marks_[i - 1].second, prof_marks_[i].second));
+      prof_ms_[prof_marks_[i].first] += ms;
+    }
+    for (auto& [n, e] : prof_marks_) cudaEventDestroy(e);
+    prof_marks_.clear();
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -237,7 +264,8 @@ void CudaModelImpl::alloc_weights() {
     } else {
       const size_t E = size_t(c_.n_routed_experts), I = size_t(c_.moe_intermediate_size);
       const size_t S = size_t(c_.n_shared_experts) * I;
-      alloc_matrix(L.router, E, H);
+      L.router.reserve(E * H);
+      weight_bytes_ += E * H * sizeof(float);
       alloc_matrix(L.exp_gu, E * 2 * I, H);
       alloc_matrix(L.exp_down, E * H, I);
       if (S > 0) {
@@ -283,6 +311,19 @@ class Uploader {
       bar_.add(cnt * 2);
     }
   }
+  void matrix_f32(const Matrix& m, float* dst) {
+    const size_t n = size_t(m.rows) * size_t(m.cols);
+    std::vector<float> f(n);
+    if (m.dtype == DType::f32) {
+      std::memcpy(f.data(), m.data, n * sizeof(float));
+    } else {
+      const uint16_t* b = static_cast<const uint16_t*>(m.data);
+      for (size_t i = 0; i < n; ++i) f[i] = bf16_to_f32(b[i]);
+    }
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, f.data(), n * sizeof(float), cudaMemcpyHostToDevice, s_));
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(s_));
+    bar_.add(n * sizeof(float));
+  }
   void vec(const std::vector<float>& v, float* dst) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, s_));
     DSV2_CUDA_CHECK(cudaStreamSynchronize(s_));
@@ -327,7 +368,7 @@ void CudaModelImpl::upload(const ModelWeights& w) {
       up.matrix(s.down_proj, d.down.p);
     } else {
       const size_t E = size_t(c_.n_routed_experts), I = size_t(c_.moe_intermediate_size);
-      up.matrix(s.router, d.router.p);
+      up.matrix_f32(s.router, d.router.p);
       for (size_t e = 0; e < E; ++e) {
         up.matrix(s.exp_gate[e], d.exp_gu.p + e * 2 * I * H);
         up.matrix(s.exp_up[e], d.exp_gu.p + (e * 2 + 1) * I * H);
@@ -370,7 +411,7 @@ void CudaModelImpl::randomize(uint64_t seed) {
     mat(L.o_proj, size_t(heads_ * vdim_));
     mat(L.gate_up, H);
     mat(L.down, size_t(c_.intermediate_size));
-    mat(L.router, H);
+    if (L.router.p) fill_random_f32(L.router.p, L.router.n, ++k, float(std::sqrt(3.0 / double(H))), 0.0f, stream_);
     mat(L.exp_gu, H);
     mat(L.exp_down, size_t(c_.moe_intermediate_size));
     mat(L.sh_gu, H);
@@ -472,7 +513,9 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     const size_t rows = t * K;
     grown |= moe_ids_.reserve(rows);
     grown |= moe_w_.reserve(rows);
+    grown |= router_logits_.reserve(t * E);
     grown |= moe_slot_.reserve(rows);
+    grown |= moe_row_expert_.reserve(rows);
     grown |= moe_counts_.reserve(E);
     grown |= moe_offsets_.reserve(E + 1);
     grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E))) * 3 + 1);
@@ -601,7 +644,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   DSV2_CUDA_CHECK(cudaMemcpyAsync(meta_.p, hm, need * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 
   bool ran = false;
-  if (decode_only && graphs_on_) {
+  if (decode_only && graphs_on_ && !prof_on_) {
     Graph& g = graphs_[{T, n_splits}];
     if (g.exec && g.gen != scratch_gen_) {
       cudaGraphExecDestroy(g.exec);
@@ -640,23 +683,28 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     DSV2_CUDA_CHECK(cudaMemcpyAsync(tokens, sampled_.p, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   }
   DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (prof_on_) collect_marks();
   for (auto& pc : pcs) pc.seq->length += pc.n;
 }
 
 void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int n_chunks) {
   const int32_t* meta = meta_.p;
+  mark("start");
   embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
   const float eps = float(c_.rms_norm_eps);
   for (size_t l = 0; l < layers_.size(); ++l) {
     DevLayer& L = layers_[l];
     // x += delta (the previous layer's FFN output); xn = RMSNorm_in(x)
     add_rmsnorm(x_.p, l == 0 ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p, nullptr, stream_);
+    mark("norm");
     attention(int(l), T, n_items, n_splits, n_chunks);
     add_rmsnorm(x_.p, delta_.p, nullptr, T, H_, L.post_norm.p, eps, xn_.p, L.moe ? xnf_.p : nullptr, stream_);
+    mark("norm");
     ffn(int(l), T);
   }
   add_rmsnorm(x_.p, delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
   gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
+  mark("lm_head");
 }
 
 void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chunks) {
@@ -674,6 +722,7 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     q = q_.p;
     q_stride = heads_ * qd_;
   }
+  mark("qkv_proj");
   bf16* cache_l = cache_ + size_t(l) * cache_rows_ * size_t(D_);
   RopeCacheParams rp{};
   rp.q = q;
@@ -693,12 +742,14 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   rp.qfull = qfull_.p;
   rp.cache = cache_l;
   rope_and_cache(rp, stream_);
+  mark("rope_cache");
   // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
   const float one = 1.0f, zero = 0.0f;
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
       (long long)(nope_ + vdim_) * kvl_, q, CUDA_R_16BF, q_stride, qd_, &zero, qfull_.p, CUDA_R_16BF, heads_ * D_, D_,
       heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  mark("absorb_uk");
   AttnParams ap{};
   ap.q = qfull_.p;
   ap.cache = cache_l;
@@ -713,12 +764,14 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   ap.part_o = part_o_.p;
   ap.part_ml = part_ml_.p;
   mla_attention(ap, kvl_, rope_, stream_);
+  mark("attention");
   // o[t, h, 0:v] = W_UV_h olat[t, h]
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       cublas_, CUBLAS_OP_T, CUBLAS_OP_N, vdim_, T, kvl_, &one, L.kv_b.p + size_t(nope_) * kvl_, CUDA_R_16BF, kvl_,
       (long long)(nope_ + vdim_) * kvl_, olat_.p, CUDA_R_16BF, heads_ * kvl_, kvl_, &zero, o_.p, CUDA_R_16BF,
       heads_ * vdim_, vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
+  mark("uv_o_proj");
 }
 
 void CudaModelImpl::ffn(int l, int T) {
@@ -728,15 +781,19 @@ void CudaModelImpl::ffn(int l, int T) {
     gemm(xn_.p, T, H_, H_, L.gate_up.p, 2 * I, gu_.p, false, 2 * I);
     silu_mul(gu_.p, T, I, act_.p, stream_);
     gemm(act_.p, T, I, I, L.down.p, H_, delta_.p, true, H_);
+    mark("dense_mlp");
     return;
   }
   const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
   const int S = int(c_.n_shared_experts) * Im;
+  {  // router logits in fp32: [T, H] x [E, H]^T
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, E, T, H_, &one, L.router.p, H_, xnf_.p, H_, &zero,
+                             router_logits_.p, E));
+  }
   RouterParams rp{};
-  rp.x = xnf_.p;
-  rp.w = L.router.p;
+  rp.logits = router_logits_.p;
   rp.T = T;
-  rp.H = H_;
   rp.E = E;
   rp.K = K;
   rp.n_group = int(c_.n_group);
@@ -747,16 +804,27 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.ids = moe_ids_.p;
   rp.weights = moe_w_.p;
   moe_route(rp, stream_);
+  mark("router");
   MoeDispatch d{};
   d.counts = moe_counts_.p;
   d.offsets = moe_offsets_.p;
   d.tile_info = moe_tiles_.p;
   d.slot_of = moe_slot_.p;
+  d.row_expert = moe_row_expert_.p;
   d.max_tiles = moe_max_tiles(T * K, E);
   moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
-  moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, 2 * Im, H_, gup_.p, false, stream_);
-  silu_mul(gup_.p, T * K, Im, actp_.p, stream_);
-  moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, H_, Im, yp_.p, true, stream_);
+  mark("dispatch");
+  const int R = T * K;
+  if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0) {
+    moe_gemm_rows(xp_.p, L.exp_gu.p, d.row_expert, R, 2 * Im, H_, gup_.p, false, stream_);
+    silu_mul(gup_.p, R, Im, actp_.p, stream_);
+    moe_gemm_rows(actp_.p, L.exp_down.p, d.row_expert, R, H_, Im, yp_.p, true, stream_);
+  } else {
+    moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, 2 * Im, H_, gup_.p, false, stream_);
+    silu_mul(gup_.p, R, Im, actp_.p, stream_);
+    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, H_, Im, yp_.p, true, stream_);
+  }
+  mark("experts");
   if (S > 0) {
     gemm(xn_.p, T, H_, H_, L.sh_gu.p, 2 * S, gu_.p, false, 2 * S);
     silu_mul(gu_.p, T, S, act_.p, stream_);
@@ -764,7 +832,9 @@ void CudaModelImpl::ffn(int l, int T) {
   } else {
     DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
   }
+  mark("shared_exp");
   moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, K, H_, delta_.p, stream_);
+  mark("combine");
 }
 
 }  // namespace

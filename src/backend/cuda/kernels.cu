@@ -154,15 +154,8 @@ __global__ void route_kernel(RouterParams p) {
   __shared__ float red[32];
   __shared__ int sel[64];
   const int t = blockIdx.x, E = p.E;
-  const float* x = p.x + size_t(t) * p.H;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int e = warp; e < E; e += nw) {
-    const bf16* w = p.w + size_t(e) * p.H;
-    float acc = 0;
-    for (int k = lane; k < p.H; k += 32) acc += x[k] * __bfloat162float(w[k]);
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) s[e] = acc;
-  }
+  const int lane = threadIdx.x & 31;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s[e] = p.logits[size_t(t) * E + e];
   __syncthreads();
   float mx = -FLT_MAX;
   for (int e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, s[e]);
@@ -239,35 +232,61 @@ __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&counts[ids[i]], 1);
 }
 
-// One block: offsets, the GEMM tile list, and the per-expert fill cursors (reusing counts).
+// One block of kScanThreads: offsets, the GEMM tile list, and the per-expert fill cursors (reusing
+// counts). Experts are taken kScanThreads at a time with a shared-memory scan of rows and tiles.
+constexpr int kScanThreads = 256;
 __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_t* tile_info, int max_tiles) {
-  if (threadIdx.x != 0) return;
-  int off = 0, nt = 0;
-  for (int e = 0; e < E; ++e) {
-    const int c = counts[e];
-    offsets[e] = off;
-    for (int r = 0; r < c; r += kMoeTileM) {
-      tile_info[nt * 3 + 0] = e;
-      tile_info[nt * 3 + 1] = off + r;
-      tile_info[nt * 3 + 2] = min(kMoeTileM, c - r);
-      ++nt;
+  __shared__ int rows_scan[kScanThreads], tiles_scan[kScanThreads];
+  __shared__ int base_rows, base_tiles;
+  const int tid = threadIdx.x;
+  if (tid == 0) base_rows = base_tiles = 0;
+  for (int e0 = 0; e0 < E; e0 += kScanThreads) {
+    const int e = e0 + tid;
+    const int c = e < E ? counts[e] : 0;
+    const int nt = (c + kMoeTileM - 1) / kMoeTileM;
+    rows_scan[tid] = c;
+    tiles_scan[tid] = nt;
+    __syncthreads();
+    for (int o = 1; o < kScanThreads; o <<= 1) {  // inclusive Hillis-Steele scans
+      const int a = tid >= o ? rows_scan[tid - o] : 0, b = tid >= o ? tiles_scan[tid - o] : 0;
+      __syncthreads();
+      rows_scan[tid] += a;
+      tiles_scan[tid] += b;
+      __syncthreads();
     }
-    off += c;
-    counts[e] = 0;
+    const int off = base_rows + rows_scan[tid] - c, t0 = base_tiles + tiles_scan[tid] - nt;
+    if (e < E) {
+      offsets[e] = off;
+      for (int i = 0; i < nt; ++i) {
+        tile_info[(t0 + i) * 3 + 0] = e;
+        tile_info[(t0 + i) * 3 + 1] = off + i * kMoeTileM;
+        tile_info[(t0 + i) * 3 + 2] = min(kMoeTileM, c - i * kMoeTileM);
+      }
+      counts[e] = 0;
+    }
+    __syncthreads();
+    if (tid == kScanThreads - 1) {
+      base_rows += rows_scan[tid];
+      base_tiles += tiles_scan[tid];
+    }
+    __syncthreads();
   }
-  offsets[E] = off;
-  tile_info[max_tiles * 3] = nt;
+  if (tid == 0) {
+    offsets[E] = base_rows;
+    tile_info[max_tiles * 3] = base_tiles;
+  }
 }
 
 // One block per (token, k): its permuted row and the copy of the token's hidden row.
 __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* offsets, int32_t* cursor,
-                                   int32_t* slot_of, const bf16* x, int H, bf16* xp) {
+                                   int32_t* slot_of, int32_t* row_expert, const bf16* x, int H, bf16* xp) {
   __shared__ int slot;
   const int i = blockIdx.x;
   if (threadIdx.x == 0) {
     const int e = ids[i];
     slot = offsets[e] + atomicAdd(&cursor[e], 1);
     slot_of[i] = slot;
+    row_expert[slot] = e;
   }
   __syncthreads();
   const bf16* src = x + size_t(i / K) * H;
@@ -463,7 +482,7 @@ void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
 void moe_route(const RouterParams& p, cudaStream_t s) {
   if (p.T == 0) return;
   DSV2_CHECK(p.K <= 64 && p.n_group <= 256, "router: top_k {} or n_group {} too large", p.K, p.n_group);
-  route_kernel<<<p.T, 256, size_t(p.E + p.n_group) * sizeof(float), s>>>(p);
+  route_kernel<<<p.T, 128, size_t(p.E + p.n_group) * sizeof(float), s>>>(p);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -473,9 +492,9 @@ void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H,
   DSV2_CUDA_CHECK(cudaMemsetAsync(d.counts, 0, size_t(E) * sizeof(int32_t), s));
   moe_count_kernel<<<blocks_for(size_t(T) * K, 256), 256, 0, s>>>(ids, T * K, d.counts);
   DSV2_CUDA_LAUNCHED();
-  moe_scan_kernel<<<1, 32, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles);
+  moe_scan_kernel<<<1, kScanThreads, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles);
   DSV2_CUDA_LAUNCHED();
-  moe_permute_kernel<<<T * K, 128, 0, s>>>(ids, K, d.offsets, d.counts, d.slot_of, x, H, xp);
+  moe_permute_kernel<<<T * K, 128, 0, s>>>(ids, K, d.offsets, d.counts, d.slot_of, d.row_expert, x, H, xp);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -75,15 +75,14 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s);
 // ---- MoE (kernels.cu, moe_gemm.cu) ----
 
 struct RouterParams {
-  const float* x;         // [T, H] normalized hidden, f32
-  const bf16* w;          // [E, H]
-  int T, H, E, K, n_group, topk_group;
+  const float* logits;    // [T, E] router logits x W_gate^T, fp32
+  int T, E, K, n_group, topk_group;
   bool group_limited, norm_topk;
   float scaling;
   int32_t* ids;           // [T, K]
   float* weights;         // [T, K]
 };
-// Router logits, softmax, (group-limited) top-k and scaling in one kernel, one block per token.
+// Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
 
 constexpr int kMoeTileM = 64;  // rows of one expert per GEMM tile
@@ -92,6 +91,7 @@ struct MoeDispatch {
   int32_t* offsets;     // [E + 1]
   int32_t* tile_info;   // [max_tiles, 3]: expert, first row, rows; plus one int: number of tiles at [max_tiles*3]
   int32_t* slot_of;     // [T*K] permuted row of each (token, k)
+  int32_t* row_expert;  // [T*K] expert of each permuted row
   int max_tiles;
 };
 inline int moe_max_tiles(int R, int E) { return (R + kMoeTileM - 1) / kMoeTileM + E; }
@@ -106,6 +106,12 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 // w is [E, N, K]. y is bf16 (out_f32 false) or f32.
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
               bool out_f32, cudaStream_t s);
+
+// The same product for few rows: row r uses expert row_expert[r]; needs K % 8 == 0 and
+// 16-byte aligned rows. Reads each needed weight row once per row: for decode-sized batches.
+void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
+                   bool out_f32, cudaStream_t s);
+constexpr int kMoeSkinnyMaxRows = 48;
 
 // ---- sampling and utilities (kernels.cu) ----
 
