@@ -64,14 +64,14 @@ ChatTemplate ChatTemplate::from_tokenizer_config(const std::filesystem::path& pa
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                                  const std::string& bos_token, const std::string& eos_token) const {
-  nlohmann::json list = nlohmann::json::array();
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
   for (const auto& m : messages) list.push_back({{"role", m.role}, {"content", m.content}});
-  return render_json(list, add_generation_prompt, bos_token, eos_token, nullptr);
+  return render_any(list, add_generation_prompt, bos_token, eos_token, nlohmann::ordered_json(nullptr));
 }
 
-std::string ChatTemplate::render_json(const nlohmann::json& messages, bool add_generation_prompt,
-                                      const std::string& bos_token, const std::string& eos_token,
-                                      const nlohmann::json& tools) const {
+template <typename Json>
+std::string ChatTemplate::render_any(const Json& messages, bool add_generation_prompt, const std::string& bos_token,
+                                     const std::string& eos_token, const Json& tools) const {
   DSV2_CHECK(program_ != nullptr, "render() on a ChatTemplate that was never parsed");
   if (!messages.is_array()) fail("chat template: messages must be a JSON array");
   std::map<std::string, jinja::Value> globals;
@@ -81,6 +81,18 @@ std::string ChatTemplate::render_json(const nlohmann::json& messages, bool add_g
   globals["eos_token"] = jinja::Value::string(eos_token);
   globals["tools"] = jinja::Value::from_json(tools);
   return jinja::render(*program_, globals);
+}
+
+std::string ChatTemplate::render_json(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                                      const std::string& bos_token, const std::string& eos_token,
+                                      const nlohmann::ordered_json& tools) const {
+  return render_any(messages, add_generation_prompt, bos_token, eos_token, tools);
+}
+
+std::string ChatTemplate::render_json(const nlohmann::json& messages, bool add_generation_prompt,
+                                      const std::string& bos_token, const std::string& eos_token,
+                                      const nlohmann::json& tools) const {
+  return render_any(messages, add_generation_prompt, bos_token, eos_token, tools);
 }
 
 }  // namespace dsv2

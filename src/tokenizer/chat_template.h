@@ -31,7 +31,12 @@ class ChatTemplate {
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      const std::string& bos_token, const std::string& eos_token) const;
   // The full context: messages as JSON objects (so assistant turns may carry tool_calls and a null
-  // content) and the tools list (null when absent, as transformers passes it).
+  // content) and the tools list (null when absent, as transformers passes it). Pass ordered_json
+  // to keep object keys in request order, as Python does (tojson of a tool schema shows them);
+  // nlohmann::json has already sorted them.
+  std::string render_json(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                          const std::string& bos_token, const std::string& eos_token,
+                          const nlohmann::ordered_json& tools) const;
   std::string render_json(const nlohmann::json& messages, bool add_generation_prompt, const std::string& bos_token,
                           const std::string& eos_token, const nlohmann::json& tools) const;
 
@@ -41,6 +46,10 @@ class ChatTemplate {
   const std::string& eos_token() const { return eos_token_; }
 
  private:
+  template <typename Json>
+  std::string render_any(const Json& messages, bool add_generation_prompt, const std::string& bos_token,
+                         const std::string& eos_token, const Json& tools) const;
+
   std::string source_, bos_token_, eos_token_;
   std::shared_ptr<const jinja::Program> program_;
 };

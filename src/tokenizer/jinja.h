@@ -48,6 +48,7 @@ struct Value {
   std::shared_ptr<Dict> dict;       // also namespace() objects (is_namespace)
   std::shared_ptr<Function> fn;
   bool is_namespace = false;
+  bool is_tuple = false;  // a List that Python would hold as a tuple (items(), tuple literals): repr only
 
   static Value undefined(std::string name = {});
   static Value none();
@@ -58,7 +59,9 @@ struct Value {
   static Value make_list(List v = {});
   static Value make_dict();
   static Value function(Function f);
+  // ordered_json keeps object keys in document order (as Python dicts do); json sorts them.
   static Value from_json(const nlohmann::json& j);
+  static Value from_json(const nlohmann::ordered_json& j);
 
   bool is_undefined() const { return kind == Kind::Undefined; }
   bool is_none() const { return kind == Kind::None; }
@@ -94,7 +97,7 @@ struct Expr {
   std::string name;  // Name / Attr / Filter / Test name, Unary and Binary operator
   std::vector<ExprPtr> args;  // operands, list items, dict keys/values interleaved, call/filter args
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
-  bool negated = false;  // "is not"
+  bool negated = false;  // "is not"; for a List, a tuple literal
 };
 
 struct Node;

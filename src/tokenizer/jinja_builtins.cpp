@@ -78,6 +78,23 @@ std::string map_case(const std::string& s, int mode) {  // 0 upper, 1 lower, 2 c
   return utf8_encode(u);
 }
 
+// jinja2's title filter (unlike str.title) starts words only after whitespace, '-', or an
+// opening bracket: each word is its first character upper-cased plus the rest lower-cased.
+std::string title_filter(const std::string& s) {
+  std::u32string u = utf8_decode(s);
+  bool word_start = true;
+  for (auto& c : u) {
+    bool sep = is_space(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+    if (sep) {
+      word_start = true;
+      continue;
+    }
+    c = word_start ? to_upper(c) : to_lower(c);
+    word_start = false;
+  }
+  return utf8_encode(u);
+}
+
 // Python str.strip/lstrip/rstrip: whitespace, or any of the code points in `chars`.
 std::string strip(const std::string& s, const Value* chars, bool left, bool right) {
   std::u32string u = utf8_decode(s);
@@ -256,7 +273,7 @@ Value apply_filter(const std::string& name, const Value& v, const CallArgs& a, i
   if (name == "upper") return Value::string(map_case(to_str(v), 0));
   if (name == "lower") return Value::string(map_case(to_str(v), 1));
   if (name == "capitalize") return Value::string(map_case(to_str(v), 2));
-  if (name == "title") return Value::string(map_case(to_str(v), 3));
+  if (name == "title") return Value::string(title_filter(to_str(v)));
   if (name == "replace") {
     const std::string& old = str_arg(a, 0, "old", "replace", line);
     const std::string& with = str_arg(a, 1, "new", "replace", line);
@@ -282,7 +299,10 @@ Value apply_filter(const std::string& name, const Value& v, const CallArgs& a, i
     if (v.is_undefined()) return Value::make_list();
     if (!v.is_dict()) fail("chat template: items: '{}' is not a mapping (line {})", v.type_name(), line);
     List l;
-    for (const auto& [k, e] : v.dict->items) l.push_back(Value::make_list({Value::string(k), e}));
+    for (const auto& [k, e] : v.dict->items) {
+      l.push_back(Value::make_list({Value::string(k), e}));
+      l.back().is_tuple = true;
+    }
     return Value::make_list(std::move(l));
   }
   if (name == "list") return Value::make_list(as_list(v, "list", line));
@@ -377,14 +397,17 @@ bool apply_test(const std::string& name, const Value& v, const CallArgs& a, int 
   if (name == "undefined") return v.is_undefined();
   if (name == "none") return v.is_none();
   if (name == "string") return v.is_string();
-  if (name == "number") return v.is_number();
+  if (name == "number") return v.is_number() || v.kind == Value::Kind::Bool;  // Python: bool is a Number
   if (name == "integer") return v.kind == Value::Kind::Int;
   if (name == "float") return v.kind == Value::Kind::Float;
   if (name == "boolean") return v.kind == Value::Kind::Bool;
   if (name == "true") return v.kind == Value::Kind::Bool && v.b;
   if (name == "false") return v.kind == Value::Kind::Bool && !v.b;
   if (name == "mapping") return v.is_dict() && !v.is_namespace;
-  if (name == "iterable" || name == "sequence") return v.is_list() || v.is_string() || (v.is_dict() && !v.is_namespace);
+  // jinja2's Undefined iterates as empty and has a length, so it passes both.
+  if (name == "iterable" || name == "sequence") {
+    return v.is_list() || v.is_string() || v.is_undefined() || (v.is_dict() && !v.is_namespace);
+  }
   if (name == "callable") return v.kind == Value::Kind::Function;
   if (name == "even" || name == "odd") {
     if (v.kind != Value::Kind::Int) fail("chat template: test '{}' needs an integer (line {})", name, line);
@@ -477,6 +500,12 @@ Value call_method(const Value& obj, const std::string& name, const CallArgs& a, 
       }
       return Value::string(out);
     }
+  } else if (obj.is_list() && name == "count") {
+    const Value* x = arg(a, 0, "value");
+    if (!x) fail("chat template: count() needs an argument (line {})", line);
+    int64_t n = 0;
+    for (const auto& e : *obj.list) n += equals(e, *x) ? 1 : 0;
+    return Value::integer(n);
   } else if (obj.is_dict() && !obj.is_namespace) {
     if (name == "items") return apply_filter("items", obj, {}, line);
     if (name == "keys") return Value::make_list(as_list(obj, "keys", line));

@@ -112,7 +112,11 @@ bool contains(const Value& container, const Value& item, int line) {
         if (equals(e, item)) return true;
       }
       return false;
-    case Value::Kind::Dict: return item.is_string() && container.dict->find(item.s) != nullptr;
+    case Value::Kind::Dict:
+      if (item.is_list() || item.is_dict()) {
+        fail("chat template: unhashable type: '{}' (line {})", item.type_name(), line);
+      }
+      return item.is_string() && container.dict->find(item.s) != nullptr;
     case Value::Kind::Undefined: return false;
     default: type_error("in", item, container, line);
   }
@@ -340,7 +344,9 @@ class Evaluator {
       case Expr::Kind::List: {
         List l;
         for (const auto& a : e.args) l.push_back(eval(*a));
-        return Value::make_list(std::move(l));
+        Value v = Value::make_list(std::move(l));
+        v.is_tuple = e.negated;
+        return v;
       }
       case Expr::Kind::Dict: {
         Value d = Value::make_dict();
@@ -438,6 +444,7 @@ class Evaluator {
       for (int64_t k : slice_indices(int64_t(s.size()), ptr[0], ptr[1], ptr[2], e.line)) out += s[size_t(k)];
       return Value::string(utf8_encode(out));
     }
+    // Unlike x[i] (undefined when it fails), jinja2 compiles slices to a plain Python subscript.
     fail("chat template: '{}' object is not subscriptable (line {})", obj.type_name(), e.line);
   }
 

@@ -571,10 +571,15 @@ class Parser {
     if (t.type == Token::Int) return literal(Value::integer(t.i), t.line);
     if (t.type == Token::Float) return literal(Value::number(t.f), t.line);
     if (t.type == Token::Op && t.s == "(") {
-      if (accept_op(")")) return make(Expr::Kind::List, t.line);
+      if (accept_op(")")) {
+        auto empty = make(Expr::Kind::List, t.line);
+        empty->negated = true;
+        return empty;
+      }
       ExprPtr e = parse_expr();
       if (is_op(",")) {
         auto tuple = make(Expr::Kind::List, t.line);
+        tuple->negated = true;  // a tuple literal
         tuple->args.push_back(std::move(e));
         while (accept_op(",")) {
           if (is_op(")")) break;

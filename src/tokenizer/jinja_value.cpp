@@ -85,27 +85,31 @@ Value Value::function(Function f) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::json& j) {
+template <typename Json>
+static Value value_from_json(const Json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return none();
-    case nlohmann::json::value_t::boolean: return boolean(j.get<bool>());
-    case nlohmann::json::value_t::number_integer: return integer(j.get<int64_t>());
-    case nlohmann::json::value_t::number_unsigned: return integer(int64_t(j.get<uint64_t>()));
-    case nlohmann::json::value_t::number_float: return number(j.get<double>());
-    case nlohmann::json::value_t::string: return string(j.get<std::string>());
-    case nlohmann::json::value_t::array: {
+    case nlohmann::detail::value_t::null: return Value::none();
+    case nlohmann::detail::value_t::boolean: return Value::boolean(j.template get<bool>());
+    case nlohmann::detail::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case nlohmann::detail::value_t::number_unsigned: return Value::integer(int64_t(j.template get<uint64_t>()));
+    case nlohmann::detail::value_t::number_float: return Value::number(j.template get<double>());
+    case nlohmann::detail::value_t::string: return Value::string(j.template get<std::string>());
+    case nlohmann::detail::value_t::array: {
       List l;
-      for (const auto& e : j) l.push_back(from_json(e));
-      return make_list(std::move(l));
+      for (const auto& e : j) l.push_back(value_from_json(e));
+      return Value::make_list(std::move(l));
     }
-    case nlohmann::json::value_t::object: {
-      Value d = make_dict();
-      for (auto it = j.begin(); it != j.end(); ++it) d.dict->set(it.key(), from_json(it.value()));
+    case nlohmann::detail::value_t::object: {
+      Value d = Value::make_dict();
+      for (auto it = j.begin(); it != j.end(); ++it) d.dict->set(it.key(), value_from_json(it.value()));
       return d;
     }
     default: fail("chat template: unsupported JSON value of type {} in the template context", j.type_name());
   }
 }
+
+Value Value::from_json(const nlohmann::json& j) { return value_from_json(j); }
+Value Value::from_json(const nlohmann::ordered_json& j) { return value_from_json(j); }
 
 bool Value::truthy() const {
   switch (kind) {
@@ -186,10 +190,12 @@ std::string to_repr(const Value& v) {
   switch (v.kind) {
     case Value::Kind::String: return string_repr(v.s);
     case Value::Kind::List: {
-      std::string out = "[";
+      std::string out = v.is_tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + to_repr((*v.list)[k]);
-      return out + "]";
+      if (v.is_tuple && v.list->size() == 1) out += ",";
+      return out + (v.is_tuple ? ")" : "]");
     }
+    case Value::Kind::Undefined: return "Undefined";
     case Value::Kind::Dict: {
       std::string out = v.is_namespace ? "<Namespace {" : "{";
       bool first = true;
@@ -301,7 +307,7 @@ bool equals(const Value& a, const Value& b) {
     case Value::Kind::Bool: return a.b == b.b;
     case Value::Kind::String: return a.s == b.s;
     case Value::Kind::List:
-      if (a.list->size() != b.list->size()) return false;
+      if (a.is_tuple != b.is_tuple || a.list->size() != b.list->size()) return false;
       for (size_t k = 0; k < a.list->size(); ++k) {
         if (!equals((*a.list)[k], (*b.list)[k])) return false;
       }

@@ -6,17 +6,19 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/jinja.h"
 
 namespace fs = std::filesystem;
 using dsv2::ChatMessage;
 using dsv2::ChatTemplate;
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -110,10 +112,20 @@ TEST(ChatTemplate, DeepSeekV3StyleTemplate) {
 }
 
 TEST(ChatTemplate, SharedAcrossThreadsAndCopies) {
-  ChatTemplate t = load("deepseek_v2");
+  const ChatTemplate t = load("features_loops");
   ChatTemplate copy = t;
-  EXPECT_EQ(copy.render({{"user", "x"}}, true, "<s>", "</s>"), "<s>User: x\n\nAssistant:");
   EXPECT_EQ(copy.source(), t.source());
+  const std::vector<ChatMessage> msgs = {{"system", "s"}, {"user", "u"}, {"assistant", "a"}};
+  const std::string want = t.render(msgs, true, "<s>", "</s>");
+  std::vector<std::string> got(4);
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < got.size(); ++k) {
+    threads.emplace_back([&, k] {
+      for (int i = 0; i < 200; ++i) got[k] = (k % 2 ? copy : t).render(msgs, true, "<s>", "</s>");
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& g : got) EXPECT_EQ(g, want);
 }
 
 void expect_parse_error(const std::string& src, const std::string& needle) {
@@ -216,6 +228,39 @@ TEST(ChatTemplate, PythonReferenceDriverReproducesCommittedResults) {
     GTEST_SKIP() << "python3-jinja2 is not installed";
   }
   rerun_driver("/usr/bin/python3 " + (src / "tools/chat/render_python.py").string(), "expected_python.json");
+  rerun_driver("/usr/bin/python3 " + (src / "tools/chat/fuzz_python.py").string() + " 500 1", "fuzz_python.json");
+}
+
+}  // namespace
+
+namespace {
+
+// Random templates over the whole subset (tools/chat/fuzz_python.py), rendered by python3-jinja2:
+// dsv2 must produce the same text, or an error where jinja2 raised one.
+TEST(ChatTemplate, RandomTemplatesMatchPythonJinja2) {
+  json corpus = read_json(kData / "fuzz_python.json");
+  std::map<std::string, dsv2::jinja::Value> globals;
+  for (auto it = corpus["context"].begin(); it != corpus["context"].end(); ++it) {
+    globals[it.key()] = dsv2::jinja::Value::from_json(it.value());
+  }
+  int mismatches = 0, checked = 0;
+  for (const auto& c : corpus["cases"]) {
+    const std::string src = c["template"].get<std::string>();
+    std::string got, error;
+    try {
+      got = dsv2::jinja::render(dsv2::jinja::parse(src), globals);
+    } catch (const dsv2::Error& e) {
+      error = e.what();
+    }
+    ++checked;
+    bool ok = c.contains("error") ? !error.empty() : (error.empty() && got == c["text"].get<std::string>());
+    if (!ok && ++mismatches <= 15) {
+      ADD_FAILURE() << "template:\n" << src << "\njinja2: " << (c.contains("error") ? c["error"] : c["text"])
+                    << "\ndsv2:   " << (error.empty() ? json(got) : json("error: " + error));
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << checked;
+  EXPECT_GE(checked, 500);
 }
 
 }  // namespace
