@@ -93,7 +93,7 @@ void Engine::submit(std::vector<EngineRequest> reqs, std::shared_ptr<ResultChann
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (stop_ && thread_.joinable()) throw Error("the server is shutting down", "overloaded");
+    if (stop_) throw Error("the server is shutting down", "overloaded");
     if (stats_.waiting + incoming_count_ + int64_t(reqs.size()) > o_.max_queue)
       throw Error(fmt::format("the request queue is full ({} waiting)", stats_.waiting + incoming_count_), "overloaded");
     incoming_count_ += int64_t(reqs.size());

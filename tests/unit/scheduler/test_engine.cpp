@@ -290,19 +290,38 @@ TEST(Engine, StopIdsAndLogprobs) {
   }
 }
 
-// A cancelled request gives its blocks back at the next step; the engine thread wakes up for it.
-TEST(Engine, CancellationFreesBlocksOnTheEngineThread) {
+// A cancelled request gives its blocks back at the very next step.
+TEST(Engine, CancellationFreesBlocksWithinOneStep) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  Engine e(*model, EngineOptions{});
+  auto c = std::make_shared<ResultChannel>();
+  e.submit({greedy(prompts(1, 8, 300, 300)[0], 150)}, c);
+  for (int i = 0; i < 5; ++i) e.step();
+  std::vector<EngineEvent> evs;
+  c->pop_all(evs, std::chrono::milliseconds(0));
+  EXPECT_EQ(evs.size(), 5u);
+  EXPECT_EQ(e.stats().blocks_used, 5);  // 305 positions
+  EXPECT_EQ(e.stats().running, 1);
+  e.cancel(*c);
+  e.step();
+  EXPECT_EQ(e.stats().running, 0);
+  EXPECT_EQ(e.stats().blocks_used, 0);
+  evs.clear();
+  EXPECT_FALSE(c->pop_all(evs, std::chrono::milliseconds(0)));  // nothing more is sent
+}
+
+// With the engine thread: a cancel wakes it, the request stops early, nothing stays allocated.
+TEST(Engine, CancellationOnTheEngineThread) {
   auto model = make_cpu_model(weights(), CacheOptions{});
   Engine e(*model, EngineOptions{});
   e.start();
   auto c = std::make_shared<ResultChannel>();
-  e.submit({greedy(prompts(1, 8, 300, 300)[0], 150)}, c);
+  e.submit({greedy(prompts(1, 8, 300, 300)[0], 200)}, c);
   std::vector<EngineEvent> evs;
   auto t0 = std::chrono::steady_clock::now();
   while (evs.empty() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30))
     c->pop_all(evs, std::chrono::milliseconds(50));
   ASSERT_FALSE(evs.empty());
-  EXPECT_GT(e.stats().blocks_used, 0);
   e.cancel(*c);
   EngineStats s;
   for (int i = 0; i < 300; ++i) {
@@ -313,6 +332,36 @@ TEST(Engine, CancellationFreesBlocksOnTheEngineThread) {
   EXPECT_EQ(s.running, 0);
   EXPECT_EQ(s.blocks_used, 0);
   e.stop();
+}
+
+// Cancelling one choice (a stop string found by the HTTP side) stops only that choice.
+TEST(Engine, CancellingOneChoiceLeavesTheOthers) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  Engine e(*model, EngineOptions{});
+  auto p = prompts(1, 13, 70, 70)[0];
+  auto ref = reference(*model, p, 30);
+  std::vector<EngineRequest> rs = {greedy(p, 30), greedy(p, 30)};
+  rs[1].choice = 1;
+  auto c = std::make_shared<ResultChannel>();
+  e.submit(std::move(rs), c);
+  std::vector<std::vector<int32_t>> got(2);
+  std::vector<std::string> fin(2);
+  for (int step = 0; step < 200 && fin[1].empty(); ++step) {
+    e.step();
+    std::vector<EngineEvent> evs;
+    c->pop_all(evs, std::chrono::milliseconds(0));
+    for (auto& ev : evs) {
+      if (ev.kind == EngineEvent::Kind::token) got[size_t(ev.choice)].push_back(ev.token.id);
+      if (ev.kind == EngineEvent::Kind::finish) fin[size_t(ev.choice)] = ev.finish_reason;
+    }
+    if (got[0].size() == 3) e.cancel(*c, 0);
+  }
+  EXPECT_EQ(got[0], std::vector<int32_t>(ref.begin(), ref.begin() + 3));
+  EXPECT_EQ(fin[0], "");
+  EXPECT_EQ(got[1], ref);
+  EXPECT_EQ(fin[1], "length");
+  EXPECT_EQ(e.stats().blocks_used, 0);
+  EXPECT_EQ(e.stats().running, 0);
 }
 
 TEST(Engine, RefusesRequestsThatCannotRun) {
