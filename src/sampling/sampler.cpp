@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "common/error.h"
 
@@ -28,103 +29,139 @@ SampleResult Sampler::sample(std::span<const float> logits, std::span<const int3
     fail("sampler: logits row has {} entries but the vocabulary has {}", logits.size(), n_valid_);
   }
   const size_t n = size_t(n_valid_);
-  work_.assign(logits.begin(), logits.begin() + long(n));
   const SamplingParams& p = params_;
+  std::span<const float> row = logits.first(n);
 
-  auto count = [&](std::span<const int32_t> ids) {
-    for (int32_t id : ids) {
-      if (id < 0 || id >= n_valid_) continue;  // padding or special ids outside the vocabulary
-      if (counts_[size_t(id)]++ == 0) touched_.push_back(id);
+  if (p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f) {
+    work_.assign(row.begin(), row.end());
+    auto count = [&](std::span<const int32_t> ids) {
+      for (int32_t id : ids) {
+        if (id < 0 || id >= n_valid_) continue;  // padding or special ids outside the vocabulary
+        if (counts_[size_t(id)]++ == 0) touched_.push_back(id);
+      }
+    };
+    auto reset = [&] {
+      for (int32_t id : touched_) counts_[size_t(id)] = 0;
+      touched_.clear();
+    };
+    if (p.repetition_penalty != 1.f) {
+      count(prompt_ids);
+      if (prompt_ids.data() != output_ids.data() || prompt_ids.size() != output_ids.size()) count(output_ids);
+      for (int32_t id : touched_) {
+        float& l = work_[size_t(id)];
+        l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+      }
+      reset();
     }
-  };
-  auto reset = [&] {
-    for (int32_t id : touched_) counts_[size_t(id)] = 0;
-    touched_.clear();
-  };
-  if (p.repetition_penalty != 1.f) {
-    count(prompt_ids);
-    if (prompt_ids.data() != output_ids.data() || prompt_ids.size() != output_ids.size()) count(output_ids);
-    for (int32_t id : touched_) {
-      float& l = work_[size_t(id)];
-      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) {
+      count(output_ids);
+      for (int32_t id : touched_) {
+        work_[size_t(id)] -= p.presence_penalty + p.frequency_penalty * float(counts_[size_t(id)]);
+      }
+      reset();
     }
-    reset();
-  }
-  if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) {
-    count(output_ids);
-    for (int32_t id : touched_) {
-      work_[size_t(id)] -= p.presence_penalty + p.frequency_penalty * float(counts_[size_t(id)]);
-    }
-    reset();
-  }
-
-  if (p.greedy()) {
-    size_t best = 0;
-    for (size_t k = 1; k < n; ++k) {
-      if (work_[k] > work_[best]) best = k;
-    }
-    return finish(logits, int32_t(best));
+    row = work_;
   }
 
-  const float inv_t = 1.f / p.temperature;
-  float max_l = -std::numeric_limits<float>::infinity();
-  for (size_t k = 0; k < n; ++k) {
-    work_[k] *= inv_t;
-    max_l = std::max(max_l, work_[k]);
+  size_t best = 0;
+  for (size_t k = 1; k < n; ++k) {
+    if (row[k] > row[best]) best = k;
   }
+  if (p.greedy()) return finish(logits, int32_t(best));
+  const float max_l = row[best];
   if (!std::isfinite(max_l)) fail("sampler: no finite logit to sample from");
-  // Unnormalized probabilities exp(l - max) in work_ from here on.
-  for (size_t k = 0; k < n; ++k) work_[k] = std::exp(work_[k] - max_l);
+  const float inv_t = 1.f / p.temperature;
 
-  auto by_prob = [&](int32_t a, int32_t b) { return work_[size_t(a)] > work_[size_t(b)] || (work_[size_t(a)] == work_[size_t(b)] && a < b); };
-  order_.resize(n);
-  for (size_t k = 0; k < n; ++k) order_[k] = int32_t(k);
-  size_t kept = n;     // candidates are order_[0, kept)
-  size_t sorted = 0;   // order_[0, sorted) is sorted by probability, descending
-  if (p.top_k > 0 && size_t(p.top_k) < n) {
-    std::nth_element(order_.begin(), order_.begin() + p.top_k - 1, order_.end(), by_prob);
-    kept = size_t(p.top_k);
+  // Candidates: tokens within kMaxNats of the best in log-probability (a token further below has
+  // probability < 4e-18 of the best one's, under the 2^-53 resolution of the draw, so it could never
+  // be drawn anyway), then the top_k best of them (ties: lower id).
+  constexpr float kMaxNats = 40.f;
+  const float floor_l = max_l - kMaxNats * p.temperature;
+  order_.clear();
+  for (size_t k = 0; k < n; ++k) {
+    if (row[k] >= floor_l) order_.push_back(int32_t(k));
   }
-  auto sort_prefix = [&](size_t want) {
-    want = std::min(want, kept);
-    if (want <= sorted) return;
-    std::partial_sort(order_.begin() + long(sorted), order_.begin() + long(want), order_.begin() + long(kept), by_prob);
-    sorted = want;
-  };
+  if (p.top_k > 0 && size_t(p.top_k) < order_.size()) {
+    std::nth_element(order_.begin(), order_.begin() + p.top_k - 1, order_.end(), [&](int32_t a, int32_t b) {
+      return row[size_t(a)] > row[size_t(b)] || (row[size_t(a)] == row[size_t(b)] && a < b);
+    });
+    order_.resize(size_t(p.top_k));
+  }
+  // Unnormalized probabilities exp((l - l_max) / T); the best token has exactly 1.
+  probs_.resize(order_.size());
+  double total = 0;
+  for (size_t k = 0; k < order_.size(); ++k) {
+    probs_[k] = std::exp((row[size_t(order_[k])] - max_l) * inv_t);
+    total += probs_[k];
+  }
+
   if (p.top_p < 1.f) {
-    double total = 0;
-    for (size_t k = 0; k < kept; ++k) total += work_[size_t(order_[k])];
+    // Nucleus without sorting the vocabulary: bucket candidates by (l_max - l) / T, i.e. by
+    // log-probability, take whole buckets from the top while their mass stays below the target,
+    // and sort only the bucket where the cumulative mass crosses it. A better bucket holds only
+    // strictly more probable tokens, so this keeps exactly the sorted prefix.
+    constexpr int kBuckets = 2048;
+    constexpr float kRange = 32.f;  // log-probability span; everything below lands in the last bucket
+    bucket_mass_.assign(kBuckets, 0.0);
+    bucket_.resize(order_.size());
+    for (size_t k = 0; k < order_.size(); ++k) {
+      float d = (max_l - row[size_t(order_[k])]) * inv_t;
+      int b = d < kRange ? int(d * (kBuckets / kRange)) : kBuckets - 1;
+      bucket_[k] = b;
+      bucket_mass_[size_t(b)] += probs_[k];
+    }
     const double target = double(p.top_p) * total;
     double cum = 0;
-    size_t k = 0, chunk = 64;
-    // Sort only as much of the head as the nucleus needs.
-    while (true) {
-      sort_prefix(k + chunk);
-      for (; k < sorted; ++k) {
-        cum += work_[size_t(order_[k])];
-        if (cum >= target) break;
+    int boundary = kBuckets - 1;
+    for (int b = 0; b < kBuckets; ++b) {
+      if (cum + bucket_mass_[size_t(b)] >= target) {
+        boundary = b;
+        break;
       }
-      if (k < sorted || sorted == kept) break;
-      chunk *= 4;
+      cum += bucket_mass_[size_t(b)];
     }
-    kept = std::min(kept, k + 1);
+    size_t w = 0;
+    edge_.clear();
+    for (size_t k = 0; k < order_.size(); ++k) {
+      if (bucket_[k] < boundary) {
+        order_[w] = order_[k];
+        probs_[w++] = probs_[k];
+      } else if (bucket_[k] == boundary) {
+        edge_.emplace_back(probs_[k], order_[k]);
+      }
+    }
+    std::sort(edge_.begin(), edge_.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    for (const auto& [prob, id] : edge_) {
+      order_[w] = id;
+      probs_[w++] = prob;
+      cum += prob;
+      if (cum >= target) break;
+    }
+    order_.resize(w);
+    probs_.resize(w);
   }
   if (p.min_p > 0.f) {
-    float top = 0;
-    for (size_t k = 0; k < kept; ++k) top = std::max(top, work_[size_t(order_[k])]);
+    float top = *std::max_element(probs_.begin(), probs_.end());
     const float threshold = p.min_p * top;
     size_t w = 0;
-    for (size_t k = 0; k < kept; ++k) {
-      if (work_[size_t(order_[k])] >= threshold) order_[w++] = order_[k];
+    for (size_t k = 0; k < order_.size(); ++k) {
+      if (probs_[k] >= threshold) {
+        order_[w] = order_[k];
+        probs_[w++] = probs_[k];
+      }
     }
-    kept = w;
+    order_.resize(w);
+    probs_.resize(w);
   }
-  double total = 0;
-  for (size_t k = 0; k < kept; ++k) total += work_[size_t(order_[k])];
+
+  total = 0;
+  for (float x : probs_) total += x;
   double u = uniform() * total, cum = 0;
-  int32_t chosen = order_[kept - 1];
-  for (size_t k = 0; k < kept; ++k) {
-    cum += work_[size_t(order_[k])];
+  int32_t chosen = order_.back();
+  for (size_t k = 0; k < order_.size(); ++k) {
+    cum += probs_[k];
     if (u < cum) {
       chosen = order_[k];
       break;

@@ -55,8 +55,12 @@ class Sampler {
   int32_t n_valid_;
   uint64_t seed_;
   std::mt19937_64 rng_;
-  std::vector<float> work_;        // penalized, tempered logits
+  std::vector<float> work_;        // penalized logits (only when a penalty is set)
   std::vector<int32_t> order_;     // candidate ids
+  std::vector<float> probs_;       // their unnormalized probabilities
+  std::vector<int> bucket_;        // top-p: log-probability bucket per candidate
+  std::vector<double> bucket_mass_;
+  std::vector<std::pair<float, int32_t>> edge_;  // top-p: the bucket where the nucleus ends
   std::vector<int32_t> counts_;    // occurrences per id (output or context)
   std::vector<int32_t> touched_;   // ids with non-zero counts, to reset counts_ cheaply
 };
