@@ -26,6 +26,18 @@ namespace {
 
 using cpu::MatmulJob;
 
+// scores <- exp(scores - max) in place (fp32 softmax numerators); returns 1 / their sum.
+float softmax_unnormalized(std::vector<float>& scores) {
+  float mx = -INFINITY;
+  for (float v : scores) mx = std::max(mx, v);
+  double sum = 0;
+  for (float& v : scores) {
+    v = std::exp(v - mx);
+    sum += v;
+  }
+  return float(1.0 / sum);
+}
+
 class CpuModel final : public Model {
  public:
   CpuModel(std::shared_ptr<const ModelWeights> w, const CacheOptions& opts)
@@ -193,17 +205,8 @@ void CpuModel::attend_absorbed(int64_t layer, const std::vector<int64_t>& rows, 
       for (int64_t i = 0; i < nope; ++i) cpu::axpy_row(lw.kv_b_proj, base + i, qh[i], qfull.data());
       std::copy(qh + nope, qh + qd, qfull.data() + kvl);
       scores.resize(size_t(p + 1));
-      float mx = -INFINITY;
-      for (int64_t j = 0; j <= p; ++j) {
-        scores[size_t(j)] = scale * cpu::dot(qfull.data(), cache_row(s, layer, j), D_);
-        mx = std::max(mx, scores[size_t(j)]);
-      }
-      double sum = 0;
-      for (int64_t j = 0; j <= p; ++j) {
-        scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
-        sum += scores[size_t(j)];
-      }
-      const float inv = float(1.0 / sum);
+      for (int64_t j = 0; j <= p; ++j) scores[size_t(j)] = scale * cpu::dot(qfull.data(), cache_row(s, layer, j), D_);
+      const float inv = softmax_unnormalized(scores);
       std::fill(ctx.begin(), ctx.end(), 0.0f);
       for (int64_t j = 0; j <= p; ++j) cpu::axpy(scores[size_t(j)] * inv, cache_row(s, layer, j), ctx.data(), kvl);
       float* oh = &o[size_t((t * nh + h) * vd)];
@@ -237,19 +240,11 @@ void CpuModel::attend_decompressed(int64_t layer, int64_t r0, int64_t n, const f
       const int64_t p = pos_[size_t(t)];
       const float* qh = &q[size_t((t * nh + h) * qd)];
       scores.resize(size_t(p + 1));
-      float mx = -INFINITY;
       for (int64_t j = 0; j <= p; ++j) {
         const float* k = &kv[size_t(j * kvw + h * (nope + vd))];
-        float sc = cpu::dot(qh, k, nope) + cpu::dot(qh + nope, &kpe[size_t(j * rope)], rope);
-        scores[size_t(j)] = scale * sc;
-        mx = std::max(mx, scores[size_t(j)]);
+        scores[size_t(j)] = scale * (cpu::dot(qh, k, nope) + cpu::dot(qh + nope, &kpe[size_t(j * rope)], rope));
       }
-      double sum = 0;
-      for (int64_t j = 0; j <= p; ++j) {
-        scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
-        sum += scores[size_t(j)];
-      }
-      const float inv = float(1.0 / sum);
+      const float inv = softmax_unnormalized(scores);
       float* oh = &o[size_t((t * nh + h) * vd)];
       std::fill(oh, oh + vd, 0.0f);
       for (int64_t j = 0; j <= p; ++j)
