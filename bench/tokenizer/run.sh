@@ -38,7 +38,7 @@ if [[ "$append" == --append ]]; then
     echo
     echo "## Tokenizer encode throughput, one thread ($(date -u +%Y-%m-%d))"
     echo
-    echo "Machine: $cpu, $(nproc) cores (one used), $(node --version) for @huggingface/tokenizers $(node -p "require('$root/tests/npm/node_modules/@huggingface/tokenizers/package.json').version")."
+    echo "Machine: $cpu, $(nproc) cores (one used); Node $(node --version) running @huggingface/tokenizers $(node -p "require('$root/tests/npm/node_modules/@huggingface/tokenizers/package.json').version")."
     echo "Commit $commit, Release build. Command: \`bench/tokenizer/run.sh $dsv2 --append\`."
     echo "Corpus: tests/data/tokenizer/corpus (all files concatenated), encoded without special tokens;"
     echo "first pass = cold word caches, warm = best of three further passes. Token counts are checked equal here;"
