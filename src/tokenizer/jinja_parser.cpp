@@ -128,6 +128,10 @@ class Lexer {
         p += 2;
         return kind == '%' ? trim_block_newline(p) : p;
       }
+      if (kind == '%' && src_[p] == '+' && src_.compare(p + 1, 2, close) == 0) {
+        tokens_.push_back({Token::StmtEnd, "", 0, 0, line_at(p)});  // "+%}": no trim_blocks here
+        return p + 3;
+      }
       if (closable && src_[p] == '-' && src_.compare(p + 1, 2, close) == 0) {
         tokens_.push_back({kind == '{' ? Token::ExprEnd : Token::StmtEnd, "", 0, 0, line_at(p)});
         lstrip_next = true;

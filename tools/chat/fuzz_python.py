@@ -57,6 +57,40 @@ STR_METHODS = ["upper()", "lower()", "strip()", "lstrip()", "rstrip()", "title()
                "replace('o', '0')", "find('o')", "count('l')", "strip('H')", "rstrip('d \\n')"]
 
 
+# Hand-written edge cases, checked before the random ones: whitespace control, comments, raw
+# text that looks like tags, macros, set blocks, scoping.
+FIXED = [
+    "a\n  {% if flag %}\n    yes\n  {% endif %}\nb",
+    "a\n  {%+ if flag %}x{% endif %}\n",
+    "a\n  {% if flag +%}\nx{% endif %}\nend\n",
+    "  {# comment #}\nline\n\t{#- c -#}  \n tail",
+    "x {{ '{{' }} {{ '%}' }} {} { } %} }} y",
+    "{% for i in range(3) %}\n  {{ i }}\n{% endfor %}\n",
+    "{%- for i in range(3) -%}\n  {{ i }}\n{%- endfor -%}\n",
+    "{% macro m(a, b='B') %}[{{ a }}{{ b }}]{% endmacro %}{{ m(1) }}{{ m(2, b=3) }}{{ m(b=4, a=5) }}",
+    "{% macro outer(x) %}{{ inner(x ~ '!') }}{% endmacro %}{% macro inner(y) %}<{{ y }}>{% endmacro %}{{ outer('hi') }}",
+    "{% set t %}\n  inside {{ n }}\n{% endset %}[{{ t }}]",
+    "{% set x = 1 %}{% for i in lst %}{% set x = i %}{% endfor %}{{ x }}",
+    "{% set x = 1 %}{% if flag %}{% set x = 2 %}{% endif %}{{ x }}",
+    "{% for a, b in d|items %}{{ a }}={{ b }};{% endfor %}",
+    "{% for m in messages %}{{ loop.previtem.role if loop.previtem is defined else '-' }}>{{ m.role }}|{% endfor %}",
+    "{{ 'a' 'b' \"c\" }} {{ (1, 2) }} {{ (1,) }} {{ () }} {{ [(1, 2)] }} {{ {'t': (1,)} }}",
+    "{{ 1 if false }}|{{ none }}|{{ nothing }}|{{ undefined_name }}|{{ d.missing }}",
+    "{{ 10 / 4 }} {{ 10 // 4 }} {{ 2 ** -1 }} {{ 7 % -3 }} {{ -7 // 2.0 }} {{ 1e20 }} {{ 1.5e-7 }} {{ 0.1 * 3 }}",
+    "{{ \"it's\" }} {{ ['it\\'s', \"q\\\"\"] }} {{ {'a': none, 'b': true} }}",
+    "{{ messages|tojson }}\n{{ d|tojson(indent=2) }}\n{{ 'ü \\u00e9 \"'|tojson }}",
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}{{ loop_messages|length }}",
+    "{{ raise_exception('custom failure') }}",
+    "{% for x in nothing %}{% endfor %}",
+    "{{ lst[5] }}|{{ lst[-1] }}|{{ s[1] }}|{{ d['k'] }}|{{ d.nested['a'][1] }}",
+    "{{ u|upper }} {{ u|lower }} {{ u.title() }} {{ u|title }}",
+]
+
+
+def raise_exception(message):
+    raise TemplateError(message)
+
+
 class Gen:
     def __init__(self, rng):
         self.r = rng
@@ -204,9 +238,10 @@ def main():
     gen = Gen(rng)
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
     cases = []
-    for _ in range(count):
-        src = gen.block(2)
+    for k in range(len(FIXED) + count):
+        src = FIXED[k] if k < len(FIXED) else gen.block(2)
         case = {"template": src}
         try:
             case["text"] = env.from_string(src).render(**CONTEXT)
