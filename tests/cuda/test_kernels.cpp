@@ -219,12 +219,12 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(5);
   struct Case {
-    int T, E, K, H, N;
+    int T, E, K, H, N, tile_m;
   };
   // N x H = expert matrix; the second product maps N back to H for the combine.
-  for (Case cs : {Case{1, 64, 6, 2048, 2816}, Case{7, 8, 3, 64, 32}, Case{300, 64, 6, 256, 384},
-                  Case{33, 16, 2, 36, 24}, Case{130, 4, 2, 128, 200}, Case{8, 64, 6, 2048, 2816},
-                  Case{5, 16, 3, 512, 1408}}) {
+  for (Case cs : {Case{1, 64, 6, 2048, 2816, 16}, Case{7, 8, 3, 64, 32, 64}, Case{300, 64, 6, 256, 384, 64},
+                  Case{300, 64, 6, 256, 384, 16}, Case{33, 16, 2, 36, 24, 16}, Case{130, 4, 2, 128, 200, 16},
+                  Case{130, 4, 2, 128, 200, 64}, Case{8, 64, 6, 2048, 2816, 16}, Case{5, 16, 3, 512, 1408, 64}}) {
     std::vector<int32_t> ids(size_t(cs.T) * cs.K);
     std::vector<float> wts(size_t(cs.T) * cs.K);
     for (int t = 0; t < cs.T; ++t) {
@@ -242,7 +242,7 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     auto w1 = round_bf16(randn(size_t(cs.E) * cs.N * cs.H, g, 0.05f));  // [E, N, H]
     auto w2 = round_bf16(randn(size_t(cs.E) * cs.H * cs.N, g, 0.05f));  // [E, H, N]
     auto y0 = randn(size_t(cs.T) * cs.H, g);
-    const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E);
+    const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E, cs.tile_m);
     Dev<int32_t> dids(ids), counts(size_t(cs.E)), offsets(size_t(cs.E) + 1), tiles(size_t(max_tiles) * 3 + 1),
         slot(static_cast<size_t>(R)), rowexp(static_cast<size_t>(R));
     Dev<float> dwts(wts), dy(y0), dyp(size_t(R) * cs.H);
@@ -250,10 +250,10 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     dxp.poison();
     dh.poison();
     dyp.poison();
-    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, rowexp.p, max_tiles};
+    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, rowexp.p, max_tiles, cs.tile_m};
     moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
-    moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.N, cs.H, dh.p, false, 0);
-    moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.H, cs.N, dyp.p, true, 0);
+    moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh.p, false, 0);
+    moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dyp.p, true, 0);
     moe_combine(dyp.p, slot.p, dwts.p, cs.T, cs.K, cs.H, dy.p, 0);
     const auto slots = slot.get();
     const auto h = from_bf16(dh.get());
@@ -281,7 +281,7 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
           yref[size_t(t) * cs.H + j] += float(wts[size_t(t) * cs.K + k] * acc);
         }
       }
-    EXPECT_LT(rel_err(hgot, href), 4e-3) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
+    EXPECT_LT(rel_err(hgot, href), 4e-3) << "tile " << cs.tile_m << " T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
     EXPECT_LT(rel_err(dy.get(), yref), 1e-2) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
     // the few-rows path on the same dispatch
     if (R <= kMoeSkinnyMaxRows && cs.H % 8 == 0 && cs.N % 8 == 0) {
@@ -301,6 +301,36 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
       EXPECT_LT(rel_err(dy2.get(), yref), 1e-2) << "rows path T=" << cs.T << " H=" << cs.H << " N=" << cs.N;
     }
   }
+}
+
+TEST(CudaKernels, DenseGemvRows) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(8);
+  for (int M = 1; M <= kGemvRows; ++M)
+    for (auto [N, K] : std::vector<std::pair<int, int>>{{3648, 2048}, {2048, 2048}, {64, 1408}, {37, 40}, {102400, 64}}) {
+      const int ldx = K + 8, ldy = N + 3;
+      auto x = round_bf16(randn(size_t(M) * ldx, g));
+      auto w = round_bf16(randn(size_t(N) * K, g, 0.05f));
+      Dev<bf16> dx(to_bf16(x)), dw(to_bf16(w)), dyb(size_t(M) * ldy);
+      Dev<float> dyf(size_t(M) * ldy);
+      dyb.poison();
+      dyf.poison();
+      gemv_rows(dx.p, ldx, M, dw.p, N, K, dyf.p, true, ldy, 0);
+      gemv_rows(dx.p, ldx, M, dw.p, N, K, dyb.p, false, ldy, 0);
+      const auto yf = dyf.get();
+      const auto yb = from_bf16(dyb.get());
+      std::vector<float> ref, gf, gb;
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+          double acc = 0;
+          for (int k = 0; k < K; ++k) acc += double(x[size_t(m) * ldx + k]) * w[size_t(n) * K + k];
+          ref.push_back(float(acc));
+          gf.push_back(yf[size_t(m) * ldy + n]);
+          gb.push_back(yb[size_t(m) * ldy + n]);
+        }
+      EXPECT_LT(rel_err(gf, ref), 1e-5) << "M=" << M << " N=" << N << " K=" << K;
+      EXPECT_LT(rel_err(gb, ref), 4e-3) << "M=" << M << " N=" << N << " K=" << K;
+    }
 }
 
 // Attention over a paged cache: sequences with scattered block tables, mixing a long prefill

@@ -123,7 +123,7 @@ class CudaModelImpl final : public CudaModel {
       double tot = 0;
       for (auto& [n, ms] : prof_ms_) tot += ms;
       for (auto& [n, ms] : prof_ms_)
-        log::info("cuda-profile", "{:>12}: {:10.2f} ms ({:4.1f}%)", n, ms, 100.0 * ms / std::max(tot, 1e-9));
+        log::info("cuda-profile", "{:>20}: {:10.2f} ms ({:4.1f}%)", n, ms, 100.0 * ms / std::max(tot, 1e-9));
     }
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     if (host_meta_) cudaFreeHost(host_meta_);
@@ -212,11 +212,13 @@ class CudaModelImpl final : public CudaModel {
   };
   std::map<std::pair<int, int>, Graph> graphs_;
   bool graphs_on_ = true;
+  bool gemv_on_ = std::getenv("DSV2_CUDA_NO_GEMV") == nullptr;  // A/B switch against cuBLAS
 
   // DSV2_CUDA_PROFILE=1: eager steps with events between the stages; totals logged at exit.
   bool prof_on_ = std::getenv("DSV2_CUDA_PROFILE") != nullptr;
   std::vector<std::pair<const char*, cudaEvent_t>> prof_marks_;
   std::map<std::string, double> prof_ms_;
+  std::string prof_prefix_;
   void mark(const char* name) {
     if (!prof_on_) return;
     cudaEvent_t e;
@@ -228,7 +230,7 @@ class CudaModelImpl final : public CudaModel {
     for (size_t i = 1; i < prof_marks_.size(); ++i) {
       float ms = 0;
       DSV2_CUDA_CHECK(cudaEventElapsedTime(&ms, prof_marks_[i - 1].second, prof_marks_[i].second));
-      prof_ms_[prof_marks_[i].first] += ms;
+      prof_ms_[prof_prefix_ + prof_marks_[i].first] += ms;
     }
     for (auto& [n, e] : prof_marks_) cudaEventDestroy(e);
     prof_marks_.clear();
@@ -482,6 +484,10 @@ double CudaModelImpl::copy_bandwidth() {
 
 void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy) {
   if (M == 0) return;
+  if (M <= kGemvRows && gemv_on_ && K % 8 == 0 && ldx % 8 == 0) {
+    gemv_rows(X, ldx, M, W, N, K, Y, yf32, ldy, stream_);
+    return;
+  }
   const float one = 1.0f, zero = 0.0f;
   // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T = W^T(op T) X^T.
   CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16BF, K, X, CUDA_R_16BF, ldx,
@@ -518,7 +524,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_row_expert_.reserve(rows);
     grown |= moe_counts_.reserve(E);
     grown |= moe_offsets_.reserve(E + 1);
-    grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E))) * 3 + 1);
+    grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), 16)) * 3 + 1);
     grown |= xp_.reserve(rows * H);
     grown |= gup_.reserve(rows * 2 * Im);
     grown |= actp_.reserve(rows * Im);
@@ -644,6 +650,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   DSV2_CUDA_CHECK(cudaMemcpyAsync(meta_.p, hm, need * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 
   bool ran = false;
+  prof_prefix_ = decode_only ? "decode " : "prefill ";
   if (decode_only && graphs_on_ && !prof_on_) {
     Graph& g = graphs_[{T, n_splits}];
     if (g.exec && g.gen != scratch_gen_) {
@@ -689,6 +696,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
 
 void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int n_chunks) {
   const int32_t* meta = meta_.p;
+  if (prof_on_) gpu_sleep(30000, stream_);
   mark("start");
   embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
   const float eps = float(c_.rms_norm_eps);
@@ -811,7 +819,8 @@ void CudaModelImpl::ffn(int l, int T) {
   d.tile_info = moe_tiles_.p;
   d.slot_of = moe_slot_.p;
   d.row_expert = moe_row_expert_.p;
-  d.max_tiles = moe_max_tiles(T * K, E);
+  d.tile_m = moe_tile_rows(T * K, E);
+  d.max_tiles = moe_max_tiles(T * K, E, d.tile_m);
   moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
   mark("dispatch");
   const int R = T * K;
@@ -820,9 +829,9 @@ void CudaModelImpl::ffn(int l, int T) {
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
     moe_gemm_rows(actp_.p, L.exp_down.p, d.row_expert, R, H_, Im, yp_.p, true, stream_);
   } else {
-    moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, 2 * Im, H_, gup_.p, false, stream_);
+    moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false, stream_);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
-    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, H_, Im, yp_.p, true, stream_);
+    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
   }
   mark("experts");
   if (S > 0) {

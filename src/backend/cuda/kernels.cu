@@ -235,7 +235,8 @@ __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
 // One block of kScanThreads: offsets, the GEMM tile list, and the per-expert fill cursors (reusing
 // counts). Experts are taken kScanThreads at a time with a shared-memory scan of rows and tiles.
 constexpr int kScanThreads = 256;
-__global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_t* tile_info, int max_tiles) {
+__global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_t* tile_info, int max_tiles,
+                                int tile_m) {
   __shared__ int rows_scan[kScanThreads], tiles_scan[kScanThreads];
   __shared__ int base_rows, base_tiles;
   const int tid = threadIdx.x;
@@ -243,7 +244,7 @@ __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_
   for (int e0 = 0; e0 < E; e0 += kScanThreads) {
     const int e = e0 + tid;
     const int c = e < E ? counts[e] : 0;
-    const int nt = (c + kMoeTileM - 1) / kMoeTileM;
+    const int nt = (c + tile_m - 1) / tile_m;
     rows_scan[tid] = c;
     tiles_scan[tid] = nt;
     __syncthreads();
@@ -259,8 +260,8 @@ __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_
       offsets[e] = off;
       for (int i = 0; i < nt; ++i) {
         tile_info[(t0 + i) * 3 + 0] = e;
-        tile_info[(t0 + i) * 3 + 1] = off + i * kMoeTileM;
-        tile_info[(t0 + i) * 3 + 2] = min(kMoeTileM, c - i * kMoeTileM);
+        tile_info[(t0 + i) * 3 + 1] = off + i * tile_m;
+        tile_info[(t0 + i) * 3 + 2] = min(tile_m, c - i * tile_m);
       }
       counts[e] = 0;
     }
@@ -444,9 +445,18 @@ __global__ void fill_f32_kernel(float* p, size_t n, uint64_t seed, float scale, 
     p[i] = offset + scale * hash_uniform(seed, i);
 }
 
+__global__ void sleep_kernel(int us) {
+  for (int i = 0; i < us; ++i) __nanosleep(1000);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+
+void gpu_sleep(int us, cudaStream_t s) {
+  sleep_kernel<<<1, 1, 0, s>>>(us);
+  DSV2_CUDA_LAUNCHED();
+}
 
 void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x, cudaStream_t s) {
   if (T == 0) return;
@@ -492,7 +502,7 @@ void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H,
   DSV2_CUDA_CHECK(cudaMemsetAsync(d.counts, 0, size_t(E) * sizeof(int32_t), s));
   moe_count_kernel<<<blocks_for(size_t(T) * K, 256), 256, 0, s>>>(ids, T * K, d.counts);
   DSV2_CUDA_LAUNCHED();
-  moe_scan_kernel<<<1, kScanThreads, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles);
+  moe_scan_kernel<<<1, kScanThreads, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles, d.tile_m);
   DSV2_CUDA_LAUNCHED();
   moe_permute_kernel<<<T * K, 128, 0, s>>>(ids, K, d.offsets, d.counts, d.slot_of, d.row_expert, x, H, xp);
   DSV2_CUDA_LAUNCHED();

@@ -14,11 +14,16 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int BM = kMoeTileM, BN = 128, BK = 32, LDT = BK + 8, STAGES = 4, THREADS = 256;
+constexpr int BN = 128, BK = 32, LDT = BK + 8, STAGES = 4, THREADS = 256;
 constexpr int LDC = BN + 4;
-constexpr size_t kStageElems = size_t(BM + BN) * LDT;
-constexpr size_t kSmemBytes = STAGES * kStageElems * 2 > size_t(BM) * LDC * 4 ? STAGES * kStageElems * 2
-                                                                               : size_t(BM) * LDC * 4;
+template <int BM>
+struct Tile {
+  static constexpr int WARPS_M = BM == 64 ? 2 : 1, WARPS_N = 8 / WARPS_M;
+  static constexpr int FM = BM / 16 / WARPS_M, FN = BN / 16 / WARPS_N;  // fragments per warp
+  static constexpr size_t kStageElems = size_t(BM + BN) * LDT;
+  static constexpr size_t kSmemBytes =
+      STAGES * kStageElems * 2 > size_t(BM) * LDC * 4 ? STAGES * kStageElems * 2 : size_t(BM) * LDC * 4;
+};
 
 __device__ inline void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned sa = unsigned(__cvta_generic_to_shared(smem));
@@ -31,7 +36,7 @@ __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <bool kF32Out>
+template <int BM, bool kF32Out>
 __global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                            const int32_t* __restrict__ tiles, int max_tiles, int N,
                                                            int K, void* y) {
@@ -42,15 +47,18 @@ __global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restric
   const int n0 = blockIdx.x * BN;
   const bf16* we = w + size_t(e) * N * K;
   bf16* st = reinterpret_cast<bf16*>(smem);
+  using TL = Tile<BM>;
+  constexpr size_t kStageElems = TL::kStageElems;
+  constexpr int FM = TL::FM, FN = TL::FN;
   const int tid = threadIdx.x, warp = tid >> 5;
-  const int wm = warp >> 2, wn = warp & 3;  // warp tile 32 x 32
+  const int wm = warp / TL::WARPS_N, wn = warp % TL::WARPS_N;  // warp tile (16 FM) x (16 FN)
   const int nk = (K + BK - 1) / BK;
 
   auto load = [&](int kt, int stage) {
     bf16* sA = st + stage * kStageElems;
     bf16* sB = sA + BM * LDT;
     const int k0 = kt * BK;
-    {  // A: 64 rows x 4 pieces
+    if (tid < BM * 4) {  // A: BM rows x 4 pieces
       const int r = tid >> 2, c = (tid & 3) * 8;
       const bool ok = r < rows && k0 + c < K;
       cp_async16(sA + r * LDT + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
@@ -64,11 +72,11 @@ __global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restric
     }
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < FM; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -87,26 +95,27 @@ __global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restric
     const bf16* sB = sA + BM * LDT;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[FN];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wm * 32 + i * 16) * LDT + kk, LDT);
+      for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], sA + (wm * FM * 16 + i * 16) * LDT + kk, LDT);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wn * 32 + j * 16) * LDT + kk, LDT);
+      for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], sB + (wn * FN * 16 + j * 16) * LDT + kk, LDT);
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < FM; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
   }
   cp_async_wait<0>();
   __syncthreads();
   float* sC = reinterpret_cast<float*>(smem);
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < FM; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(sC + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+    for (int j = 0; j < FN; ++j)
+      wmma::store_matrix_sync(sC + (wm * FM * 16 + i * 16) * LDC + (wn * FN + j) * 16, acc[i][j], LDC,
+                              wmma::mem_row_major);
   __syncthreads();
   for (int i = tid; i < rows * BN; i += THREADS) {
     const int r = i / BN, c = i % BN;
@@ -190,7 +199,91 @@ __global__ void __launch_bounds__(256) moe_skinny_kernel(const bf16* __restrict_
   }
 }
 
+// Dense products with at most kGemvRows rows (batch-1..4 decode): one block per 32 outputs, every
+// weight row read once with 16-byte loads and applied to all rows held in shared memory.
+template <int MR, bool kF32Out>
+__global__ void __launch_bounds__(256) gemv_kernel(const bf16* __restrict__ x, int ldx, const bf16* __restrict__ w,
+                                                   int N, int K, void* y, int ldy) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sx = reinterpret_cast<bf16*>(smem);
+  const int n0 = blockIdx.x * kSkinnyOut;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  for (int m = 0; m < MR; ++m)
+    for (int i = tid; i < K / 8; i += blockDim.x)
+      reinterpret_cast<uint4*>(sx + size_t(m) * K)[i] = reinterpret_cast<const uint4*>(x + size_t(m) * ldx)[i];
+  __syncthreads();
+  float acc[4][MR];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int m = 0; m < MR; ++m) acc[j][m] = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int n = n0 + warp * 4 + j;
+    if (n >= N) continue;
+    const bf16* wr = w + size_t(n) * K;
+#pragma unroll 4
+    for (int k = lane * 8; k < K; k += 256) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(m) * K + k);
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+          acc[j][m] += wf.x * xf.x + wf.y * xf.y;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int m = 0; m < MR; ++m)
+      for (int o = 16; o > 0; o >>= 1) acc[j][m] += __shfl_xor_sync(0xffffffffu, acc[j][m], o);
+  if (lane < 4 * MR) {
+    const int j = lane / MR, m = lane % MR;
+    const int n = n0 + warp * 4 + j;
+    float v = 0.f;
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+      for (int mm = 0; mm < MR; ++mm)
+        if (jj == j && mm == m) v = acc[jj][mm];
+    if (n < N) {
+      if constexpr (kF32Out)
+        static_cast<float*>(y)[size_t(m) * ldy + n] = v;
+      else
+        static_cast<bf16*>(y)[size_t(m) * ldy + n] = __float2bfloat16(v);
+    }
+  }
+}
+
+template <int MR>
+void launch_gemv(const bf16* x, int ldx, const bf16* w, int N, int K, void* y, bool f32, int ldy, cudaStream_t s) {
+  const dim3 grid((N + kSkinnyOut - 1) / kSkinnyOut);
+  const size_t sm = size_t(MR) * K * sizeof(bf16);
+  if (f32)
+    gemv_kernel<MR, true><<<grid, 256, sm, s>>>(x, ldx, w, N, K, y, ldy);
+  else
+    gemv_kernel<MR, false><<<grid, 256, sm, s>>>(x, ldx, w, N, K, y, ldy);
+  DSV2_CUDA_LAUNCHED();
+}
+
 }  // namespace
+
+void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
+               cudaStream_t s) {
+  switch (M) {
+    case 1: launch_gemv<1>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
+    case 2: launch_gemv<2>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
+    case 3: launch_gemv<3>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
+    case 4: launch_gemv<4>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
+    default: DSV2_CHECK(false, "gemv_rows: {} rows (at most {})", M, kGemvRows);
+  }
+}
 
 void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
                    bool out_f32, cudaStream_t s) {
@@ -204,30 +297,40 @@ void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int 
   DSV2_CUDA_LAUNCHED();
 }
 
-void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-              bool out_f32, cudaStream_t s) {
-  if (max_tiles == 0) return;
-  if (K % 8 != 0) {
-    moe_gemm_naive_kernel<<<dim3(std::min(64, (BM * N + 255) / 256), max_tiles), 256, 0, s>>>(x, w, tile_info,
-                                                                                             max_tiles, N, K, y,
-                                                                                             out_f32);
-    DSV2_CUDA_LAUNCHED();
-    return;
-  }
+template <int BM>
+static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
+                         bool out_f32, cudaStream_t s) {
+  constexpr size_t smem = Tile<BM>::kSmemBytes;
   static bool configured = false;
   if (!configured) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(kSmemBytes)));
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(kSmemBytes)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem)));
     configured = true;
   }
   const dim3 grid((N + BN - 1) / BN, max_tiles);
   if (out_f32)
-    moe_gemm_kernel<true><<<grid, THREADS, kSmemBytes, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    moe_gemm_kernel<BM, true><<<grid, THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
   else
-    moe_gemm_kernel<false><<<grid, THREADS, kSmemBytes, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    moe_gemm_kernel<BM, false><<<grid, THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
   DSV2_CUDA_LAUNCHED();
+}
+
+void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
+              void* y, bool out_f32, cudaStream_t s) {
+  if (max_tiles == 0) return;
+  DSV2_CHECK(tile_m == 16 || tile_m == 64, "moe_gemm: tile rows {} (16 or 64)", tile_m);
+  if (K % 8 != 0) {
+    moe_gemm_naive_kernel<<<dim3(std::min(64, (tile_m * N + 255) / 256), max_tiles), 256, 0, s>>>(
+        x, w, tile_info, max_tiles, N, K, y, out_f32);
+    DSV2_CUDA_LAUNCHED();
+    return;
+  }
+  if (tile_m == 16)
+    launch_tiles<16>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
+  else
+    launch_tiles<64>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
 }
 
 }  // namespace dsv2::cuda

@@ -85,7 +85,9 @@ struct RouterParams {
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
 
-constexpr int kMoeTileM = 64;  // rows of one expert per GEMM tile
+// Rows of one expert per GEMM tile: 64, or 16 when experts get few rows each (decode batches),
+// where 64-row tiles would spend most of their products on padding.
+inline int moe_tile_rows(int R, int E) { return R <= 16 * E ? 16 : 64; }
 struct MoeDispatch {
   int32_t* counts;      // [E]  (zeroed by moe_dispatch itself)
   int32_t* offsets;     // [E + 1]
@@ -93,8 +95,9 @@ struct MoeDispatch {
   int32_t* slot_of;     // [T*K] permuted row of each (token, k)
   int32_t* row_expert;  // [T*K] expert of each permuted row
   int max_tiles;
+  int tile_m;           // 16 or 64
 };
-inline int moe_max_tiles(int R, int E) { return (R + kMoeTileM - 1) / kMoeTileM + E; }
+inline int moe_max_tiles(int R, int E, int tile_m) { return (R + tile_m - 1) / tile_m + E; }
 // Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major).
 void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
                   cudaStream_t s);
@@ -104,14 +107,20 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 
 // Grouped GEMM over the tile list: y[r, n] = sum_k x[r, k] * w[expert(r), n, k] for rows r of each tile.
 // w is [E, N, K]. y is bf16 (out_f32 false) or f32.
-void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-              bool out_f32, cudaStream_t s);
+void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
+              void* y, bool out_f32, cudaStream_t s);
 
 // The same product for few rows: row r uses expert row_expert[r]; needs K % 8 == 0 and
 // 16-byte aligned rows. Reads each needed weight row once per row: for decode-sized batches.
 void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
                    bool out_f32, cudaStream_t s);
 constexpr int kMoeSkinnyMaxRows = 48;
+
+// Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
+// rows (ldx % 8 == 0). y row stride ldy; bf16 or f32 out.
+constexpr int kGemvRows = 4;
+void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
+               cudaStream_t s);
 
 // ---- sampling and utilities (kernels.cu) ----
 
@@ -129,6 +138,10 @@ __host__ __device__ inline double sample_uniform(uint64_t seed, uint64_t step, u
   z ^= z >> 31;
   return double(z >> 11) * (1.0 / 9007199254740992.0);
 }
+
+// Keeps the stream busy for about `us` microseconds (profiling: lets the host queue a whole step
+// so that event times measure the GPU, not launch gaps).
+void gpu_sleep(int us, cudaStream_t s);
 
 // Fills n bf16 values with uniform(-scale, scale) (offset added) from a counter-based hash of (seed, i).
 void fill_random_bf16(bf16* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s);
