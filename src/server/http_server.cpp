@@ -266,12 +266,13 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
       bool started = false, finished = false;
       std::vector<Clock::time_point> last_token;  // per choice
       Clock::time_point arrival;
+      Clock::time_point last_check{};
       bool first = true;
       int64_t delivered = 0;
     };
     auto st = std::make_shared<State>(State{CompletionSession(tok, setup), channel, find_socket(req), false, false,
                                             std::vector<Clock::time_point>(size_t(cr.n * int(prompts.size()))),
-                                            arrival, true, 0});
+                                            arrival, Clock::time_point{}, true, 0});
     const bool stream = cr.stream;
     auto provider = [this, st, stream](size_t, httplib::DataSink& sink) -> bool {
       if (!st->started) {
@@ -280,13 +281,18 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
         if (!head.empty() && !sink.write(head.data(), head.size())) return false;
       }
       std::vector<EngineEvent> evs;
-      if (!st->channel->pop_all(evs, std::chrono::milliseconds(20))) {
+      const bool got = st->channel->pop_all(evs, std::chrono::milliseconds(20));
+      // A vanished client is noticed within ~20 ms even while tokens keep coming (a non-streaming
+      // request writes nothing until the end, so failed writes cannot tell).
+      const Clock::time_point now = Clock::now();
+      if (!got || now - st->last_check > std::chrono::milliseconds(20)) {
+        st->last_check = now;
         if (peer_gone(st->fd)) {
           engine.cancel(*st->channel);
           return false;
         }
-        return true;
       }
+      if (!got) return true;
       for (const EngineEvent& ev : evs) {
         if (ev.kind != EngineEvent::Kind::token) continue;
         auto& last = st->last_token[size_t(ev.choice)];

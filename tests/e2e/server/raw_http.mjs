@@ -119,6 +119,18 @@ const m1 = await metrics();
 check((m1['dsv2_requests_total{endpoint="/v1/chat/completions",status="499"}'] ?? 0) >= 1, 'the disconnect is counted', m1);
 check(m1['dsv2_generation_tokens_total'] < mid['dsv2_generation_tokens_total'] + 24 * 500, 'generation stopped early');
 
+// The same for a non-streaming request, which writes nothing before it ends.
+const quiet = net.connect(PORT, HOST, () => quiet.write(post('/v1/chat/completions', { ...longReq, stream: false })));
+quiet.on('error', () => {});
+check(await until(async () => (await metrics())['dsv2_running_batch_size'] >= 1, 5000, 10), 'the non-streaming request runs');
+quiet.destroy();
+check(await until(async () => {
+  const m = await metrics();
+  return m['dsv2_running_batch_size'] === 0 && m['dsv2_cache_blocks_used'] === 0;
+}, 5000, 20), 'a vanished non-streaming client frees its blocks');
+const m2 = await metrics();
+eq(m2['dsv2_requests_total{endpoint="/v1/chat/completions",status="499"}'], m1['dsv2_requests_total{endpoint="/v1/chat/completions",status="499"}'] + 1, 'the second disconnect is counted');
+
 // A stalled reader: the server keeps serving others while one client does not read (its output,
 // 8 x 500 tokens of JSON chunks, is larger than the socket buffers); then it reads everything.
 const stallReq = { messages: [{ role: 'user', content: 'Another long story, please.' }], max_tokens: 500, n: 8, ignore_eos: true, temperature: 0 };
