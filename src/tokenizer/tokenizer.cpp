@@ -139,6 +139,16 @@ Tokenizer Tokenizer::from_folder(const std::filesystem::path& dir) {
 }
 
 Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::string& config_json) {
+  try {
+    return Tokenizer(build_impl(tokenizer_json, config_json));
+  } catch (const json::exception& e) {
+    // A key of the wrong type or a missing required field deep inside the files.
+    fail("tokenizer.json / tokenizer_config.json: unexpected structure: {}", e.what());
+  }
+}
+
+std::shared_ptr<const Tokenizer::Impl> Tokenizer::build_impl(const std::string& tokenizer_json,
+                                                              const std::string& config_json) {
   json tj = parse_json(tokenizer_json, "tokenizer.json");
   json cfg = config_json.empty() ? json::object() : parse_json(config_json, "tokenizer_config.json");
   if (!tj.is_object()) fail("tokenizer.json: top level must be an object");
@@ -286,7 +296,7 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
         if (e.value("name", std::string()) == "default") impl->chat_template = e.value("template", std::string());
     }
   }
-  return Tokenizer(std::move(impl));
+  return impl;
 }
 
 void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& ids) const {

@@ -53,6 +53,7 @@ class Tokenizer {
 
  private:
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  static std::shared_ptr<const Impl> build_impl(const std::string& tokenizer_json, const std::string& config_json);
   std::shared_ptr<const Impl> impl_;
 };
 

@@ -280,6 +280,12 @@ TEST(TokenizerRefusals, UnsupportedComponentsAreErrors) {
   j["post_processor"] = {{"type", "BertProcessing"}};
   refuses(j, "BertProcessing");
   EXPECT_THROW(Tokenizer::from_json("{not json"), dsv2::Error);
+  j = base;
+  j["added_tokens"] = json::array({{{"id", "seven"}, {"content", "x"}}});
+  refuses(j, "unexpected structure");
+  j = base;
+  j["pre_tokenizer"] = seq({{"type", "Split"}, {"pattern", 5}});
+  refuses(j, "Split pattern");
   EXPECT_THROW(Tokenizer::from_json(base.dump(), R"({"add_bos_token": true})"), dsv2::Error);
   EXPECT_THROW(Tokenizer::from_json(base.dump(), R"({"bos_token": "<nope>"})"), dsv2::Error);
 }
