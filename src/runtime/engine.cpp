@@ -152,6 +152,7 @@ void Engine::finish(Live& l, EngineEvent ev) {
 }
 
 bool Engine::step() {
+  const Clock::time_point t_step = Clock::now();
   take_incoming();
   // Cancelled requests give their blocks back before anything is scheduled.
   for (auto it = live_.begin(); it != live_.end();) {
@@ -173,6 +174,7 @@ bool Engine::step() {
     batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
   const int64_t V = model_.config().vocab_size;
   logits_.resize(size_t(Model::logits_rows(batch) * V));
+  const Clock::time_point t_fwd = Clock::now();
   try {
     model_.forward(batch, logits_.data());
   } catch (const std::exception& e) {
@@ -187,6 +189,7 @@ bool Engine::step() {
     return true;
   }
   ++steps_;
+  forward_seconds_ += std::chrono::duration<double>(Clock::now() - t_fwd).count();
   for (const ScheduledChunk& ch : chunks) forward_tokens_ += ch.count;
   sched_.after_forward(chunks);
   const Clock::time_point now = Clock::now();
@@ -218,6 +221,7 @@ bool Engine::step() {
       finish(l, std::move(fin));
     }
   }
+  step_seconds_ += std::chrono::duration<double>(Clock::now() - t_step).count();
   publish_stats();
   return true;
 }
@@ -238,6 +242,8 @@ void Engine::publish_stats() {
   s.steps = steps_;
   s.generated_tokens = generated_;
   s.forward_tokens = forward_tokens_;
+  s.forward_seconds = forward_seconds_;
+  s.step_seconds = step_seconds_;
   std::lock_guard<std::mutex> lk(mu_);
   stats_ = s;
 }

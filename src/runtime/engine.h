@@ -77,6 +77,7 @@ struct EngineStats {
   int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0, blocks_free = 0;
   int64_t prompt_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
   int64_t steps = 0, generated_tokens = 0, forward_tokens = 0;
+  double forward_seconds = 0, step_seconds = 0;  // time in Model::forward / in whole steps
 };
 
 class Engine {
@@ -135,6 +136,7 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<Live>> live_;
   uint64_t next_id_ = 1;
   int64_t steps_ = 0, generated_ = 0, forward_tokens_ = 0;
+  double forward_seconds_ = 0, step_seconds_ = 0;
   std::vector<float> logits_;
 };
 

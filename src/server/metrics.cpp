@@ -66,6 +66,11 @@ std::string Metrics::render(const EngineStats& s) const {
       s.prompt_tokens > 0 ? double(s.prefix_hit_tokens) / double(s.prompt_tokens) : 0.0);
   one("dsv2_preemptions_total", "counter", "Sequences preempted (blocks returned, recomputed later).", s.preemptions);
   one("dsv2_engine_steps_total", "counter", "Forward steps run by the engine.", s.steps);
+  one("dsv2_engine_forward_tokens_total", "counter", "Tokens run through the model (prompt chunks and decodes).",
+      s.forward_tokens);
+  one("dsv2_engine_forward_seconds_total", "counter", "Time spent in the model's forward pass.", s.forward_seconds);
+  one("dsv2_engine_step_seconds_total", "counter", "Time spent in engine steps (schedule, forward, sample).",
+      s.step_seconds);
   ttft.render(out, "dsv2_time_to_first_token_seconds", "Time from request arrival to its first generated token.");
   itl.render(out, "dsv2_inter_token_latency_seconds", "Time between consecutive generated tokens of a sequence.");
   e2e.render(out, "dsv2_request_duration_seconds", "Time from request arrival to its last token.");
