@@ -5,11 +5,11 @@
 namespace dsv2 {
 
 IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tok, bool skip_special)
-    : tok_(&tok), skip_special_(skip_special) {}
+    : tok_(tok), skip_special_(skip_special) {}
 
 std::string IncrementalDetokenizer::push(int32_t id) {
-  if (!tok_->has_token(id) || (skip_special_ && tok_->is_special(id))) return "";
-  pending_ += tok_->token_bytes(id);
+  if (!tok_.has_token(id) || (skip_special_ && tok_.is_special(id))) return "";
+  pending_ += tok_.token_bytes(id);
   std::string out;
   size_t i = 0;
   while (i < pending_.size()) {

@@ -11,7 +11,7 @@ namespace dsv2 {
 
 class IncrementalDetokenizer {
  public:
-  // The tokenizer must outlive the detokenizer.
+  // Keeps its own (cheap, shared) copy of the tokenizer.
   explicit IncrementalDetokenizer(const Tokenizer& tok, bool skip_special);
   // Text that became complete with this token ("" while a character is still incomplete).
   std::string push(int32_t id);
@@ -21,7 +21,7 @@ class IncrementalDetokenizer {
   size_t pending() const { return pending_.size(); }
 
  private:
-  const Tokenizer* tok_;
+  Tokenizer tok_;
   bool skip_special_;
   std::string pending_;
 };
