@@ -97,6 +97,7 @@ struct Expr {
   std::string name;  // Name / Attr / Filter / Test name, Unary and Binary operator
   std::vector<ExprPtr> args;  // operands, list items, dict keys/values interleaved, call/filter args
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
+  int depth = 1;         // height of the tree below, bounded by the parser
   bool negated = false;  // "is not"; for a List, a tuple literal
 };
 

@@ -10,6 +10,9 @@
 namespace dsv2::jinja {
 namespace {
 
+constexpr uint64_t kMaxRepeatUnits = uint64_t(1) << 26;  // bytes or items that '*' may produce
+constexpr int kMaxCallDepth = 100;                        // nested macro calls
+
 [[noreturn]] void type_error(const std::string& op, const Value& a, const Value& b, int line) {
   if (a.is_undefined()) fail("chat template: '{}' is undefined (line {})", a.s, line);
   if (b.is_undefined()) fail("chat template: '{}' is undefined (line {})", b.s, line);
@@ -42,6 +45,10 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, int line
     const Value* count = seq == &a ? &b : &a;
     if (seq && (count->kind == Value::Kind::Int || count->kind == Value::Kind::Bool)) {
       int64_t n = std::max<int64_t>(0, as_int(*count));
+      size_t unit = seq->is_string() ? seq->s.size() : seq->list->size();
+      if (unit > 0 && uint64_t(n) > kMaxRepeatUnits / unit) {
+        fail("chat template: repetition of a {} {} times is too large (line {})", seq->type_name(), n, line);
+      }
       if (seq->is_string()) {
         std::string s;
         for (int64_t k = 0; k < n; ++k) s += seq->s;
@@ -59,9 +66,12 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, int line
   }
   if (both_int(a, b)) {
     int64_t x = as_int(a), y = as_int(b);
-    if (op == "+") return Value::integer(x + y);
-    if (op == "-") return Value::integer(x - y);
-    if (op == "*") return Value::integer(x * y);
+    int64_t r;
+    // Python integers do not overflow; rather than wrap around, refuse.
+    auto overflow = [&] { fail("chat template: integer overflow in {} (line {})", op, line); };
+    if (op == "+") return __builtin_add_overflow(x, y, &r) ? overflow(), Value() : Value::integer(r);
+    if (op == "-") return __builtin_sub_overflow(x, y, &r) ? overflow(), Value() : Value::integer(r);
+    if (op == "*") return __builtin_mul_overflow(x, y, &r) ? overflow(), Value() : Value::integer(r);
     if (op == "//" || op == "%") {
       if (y == 0) fail("chat template: integer division or modulo by zero (line {})", line);
       int64_t q = floor_div(x, y);
@@ -69,9 +79,12 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, int line
     }
     if (op == "**") {
       if (y >= 0) {
-        int64_t r = 1;
-        for (int64_t k = 0; k < y; ++k) r *= x;
-        return Value::integer(r);
+        int64_t acc = 1, base = x;
+        for (int64_t e = y; e > 0; e >>= 1) {
+          if ((e & 1) && __builtin_mul_overflow(acc, base, &acc)) overflow();
+          if (e > 1 && __builtin_mul_overflow(base, base, &base)) overflow();
+        }
+        return Value::integer(acc);
       }
       return Value::number(std::pow(double(x), double(y)));
     }
@@ -313,15 +326,21 @@ class Evaluator {
       for (const auto& p : m.params) known = known || p.first == key;
       if (!known) fail("chat template: macro '{}' has no parameter '{}' (line {})", m.text, key, m.line);
     }
+    if (call_depth_ >= kMaxCallDepth) {
+      fail("chat template: macro calls nested deeper than {} (recursion in '{}'?)", kMaxCallDepth, m.text);
+    }
     std::vector<std::map<std::string, Value>> saved = std::move(frames_);
     frames_ = {saved.front(), std::move(args)};
     std::string out;
+    ++call_depth_;
     try {
       exec(m.body, out);
     } catch (...) {
+      --call_depth_;
       frames_ = std::move(saved);
       throw;
     }
+    --call_depth_;
     frames_ = std::move(saved);
     return Value::string(out);
   }
@@ -488,6 +507,7 @@ class Evaluator {
   }
 
   std::vector<std::map<std::string, Value>> frames_;
+  int call_depth_ = 0;
 };
 
 }  // namespace

@@ -75,6 +75,7 @@ class Parser {
 
   // Parses nodes until a {% name %} with name in `until` (left unconsumed) or the end.
   Body parse_body(const std::set<std::string>& until) {
+    DepthGuard guard(depth_, peek().line);
     Body body;
     while (true) {
       const Token& t = peek();
@@ -207,21 +208,45 @@ class Parser {
   }
   ExprPtr binary(const std::string& op, ExprPtr a, ExprPtr b) {
     auto e = make(Expr::Kind::Binary, a->line, op);
-    e->args.push_back(std::move(a));
-    e->args.push_back(std::move(b));
+    add(*e, std::move(a));
+    add(*e, std::move(b));
     return e;
   }
 
+  // Bounds the recursion of the descent, so a pathological template is an error, not a crash.
+  struct DepthGuard {
+    int& depth;
+    DepthGuard(int& d, int line) : depth(d) {
+      if (++depth > kMaxNesting) fail("chat template: nesting deeper than {} at line {}", kMaxNesting, line);
+    }
+    ~DepthGuard() { --depth; }
+  };
+  static constexpr int kMaxNesting = 200;
+
+  // Adds an operand and tracks the tree's depth: long left-nested chains (a.b.c..., 1+1+1...) are
+  // built by loops, not recursion, but evaluating or destroying them recurses.
+  void add(Expr& parent, ExprPtr child) {
+    if (child) {
+      parent.depth = std::max(parent.depth, child->depth + 1);
+      if (parent.depth > kMaxExprDepth) {
+        fail("chat template: expression nested deeper than {} at line {}", kMaxExprDepth, parent.line);
+      }
+    }
+    parent.args.push_back(std::move(child));
+  }
+  static constexpr int kMaxExprDepth = 400;
+
   ExprPtr parse_expr(bool with_cond = true) {
+    DepthGuard guard(depth_, peek().line);
     ExprPtr e = parse_or();
     if (with_cond && is_name("if")) {
       ++k_;
       auto c = make(Expr::Kind::Cond, e->line);
       ExprPtr cond = parse_or();
       ExprPtr other = accept_name("else") ? parse_expr() : nullptr;
-      c->args.push_back(std::move(cond));
-      c->args.push_back(std::move(e));
-      c->args.push_back(std::move(other));
+      add(*c, std::move(cond));
+      add(*c, std::move(e));
+      add(*c, std::move(other));
       return c;
     }
     return e;
@@ -237,10 +262,11 @@ class Parser {
     return e;
   }
   ExprPtr parse_not() {
+    DepthGuard guard(depth_, peek().line);
     if (is_name("not")) {
       int line = next().line;
       auto e = make(Expr::Kind::Unary, line, "not");
-      e->args.push_back(parse_not());
+      add(*e, parse_not());
       return e;
     }
     return parse_compare();
@@ -295,11 +321,12 @@ class Parser {
     return e;
   }
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(depth_, peek().line);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       Token op = next();
       e = make(Expr::Kind::Unary, op.line, op.s);
-      e->args.push_back(parse_unary(false));
+      add(*e, parse_unary(false));
     } else {
       e = parse_postfix(parse_primary());
     }
@@ -331,10 +358,10 @@ class Parser {
       if (is_op(",")) {
         auto tuple = make(Expr::Kind::List, t.line);
         tuple->negated = true;  // a tuple literal
-        tuple->args.push_back(std::move(e));
+        add(*tuple, std::move(e));
         while (accept_op(",")) {
           if (is_op(")")) break;
-          tuple->args.push_back(parse_expr());
+          add(*tuple, parse_expr());
         }
         e = std::move(tuple);
       }
@@ -348,7 +375,7 @@ class Parser {
           expect_op(",");
           if (accept_op("]")) break;
         }
-        e->args.push_back(parse_expr());
+        add(*e, parse_expr());
       }
       return e;
     }
@@ -359,9 +386,9 @@ class Parser {
           expect_op(",");
           if (accept_op("}")) break;
         }
-        e->args.push_back(parse_expr());
+        add(*e, parse_expr());
         expect_op(":");
-        e->args.push_back(parse_expr());
+        add(*e, parse_expr());
       }
       return e;
     }
@@ -381,13 +408,13 @@ class Parser {
         int line = next().line;
         if (peek().type == Token::Int) {
           auto idx = make(Expr::Kind::Index, line);
-          idx->args.push_back(std::move(e));
-          idx->args.push_back(literal(Value::integer(next().i), line));
+          add(*idx, std::move(e));
+          add(*idx, literal(Value::integer(next().i), line));
           e = std::move(idx);
           continue;
         }
         auto a = make(Expr::Kind::Attr, line, expect_name());
-        a->args.push_back(std::move(e));
+        add(*a, std::move(e));
         e = std::move(a);
       } else if (is_op("[")) {
         int line = next().line;
@@ -405,13 +432,13 @@ class Parser {
         if (colons == 0) {
           if (!parts[0]) unexpected("a subscript");
           auto idx = make(Expr::Kind::Index, line);
-          idx->args.push_back(std::move(e));
-          idx->args.push_back(std::move(parts[0]));
+          add(*idx, std::move(e));
+          add(*idx, std::move(parts[0]));
           e = std::move(idx);
         } else {
           auto sl = make(Expr::Kind::Slice, line);
-          sl->args.push_back(std::move(e));
-          for (auto& p : parts) sl->args.push_back(std::move(p));
+          add(*sl, std::move(e));
+          for (auto& p : parts) add(*sl, std::move(p));
           e = std::move(sl);
         }
       } else if (is_op("(")) {
@@ -434,10 +461,12 @@ class Parser {
       if (peek().type == Token::Name && is_op("=", 1)) {
         std::string key = next().s;
         ++k_;
-        e.kwargs.emplace_back(key, parse_expr());
+        ExprPtr value = parse_expr();
+        e.depth = std::max(e.depth, value->depth + 1);
+        e.kwargs.emplace_back(key, std::move(value));
       } else {
         if (!e.kwargs.empty()) fail("chat template: positional argument after keyword argument at line {}", e.line);
-        e.args.push_back(parse_expr());
+        add(e, parse_expr());
       }
     }
   }
@@ -453,7 +482,7 @@ class Parser {
     } else {
       fail("chat template: unsupported call of a computed value at line {}", callee->line);
     }
-    c->args.push_back(std::move(callee));
+    add(*c, std::move(callee));
     parse_args(*c);
     return c;
   }
@@ -470,7 +499,7 @@ class Parser {
         }
         if (!is_known_filter(fname)) fail("chat template: unsupported filter '{}' at line {}", fname, name.line);
         auto f = make(Expr::Kind::Filter, name.line, fname);
-        f->args.push_back(std::move(e));
+        add(*f, std::move(e));
         if (is_op("(")) parse_args(*f);
         e = std::move(f);
       } else if (is_name("is")) {
@@ -481,7 +510,7 @@ class Parser {
         if (!is_known_test(name.s)) fail("chat template: unsupported test '{}' at line {}", name.s, name.line);
         auto t = make(Expr::Kind::Test, line, name.s);
         t->negated = negated;
-        t->args.push_back(std::move(e));
+        add(*t, std::move(e));
         if (is_op("(")) {
           parse_args(*t);
         } else {
@@ -490,7 +519,7 @@ class Parser {
                            (a.type == Token::Op && (a.s == "[" || a.s == "{")) ||
                            (a.type == Token::Name && a.s != "else" && a.s != "or" && a.s != "and" &&
                             a.s != "if" && a.s != "in" && a.s != "not" && a.s != "is");
-          if (arg_start) t->args.push_back(parse_postfix(parse_primary()));
+          if (arg_start) add(*t, parse_postfix(parse_primary()));
         }
         e = std::move(t);
       } else {
@@ -501,6 +530,7 @@ class Parser {
 
   std::vector<Token> t_;
   size_t k_ = 0;
+  int depth_ = 0;
   std::set<std::string> macros_;
   std::vector<std::pair<std::string, int>> called_;
 };

@@ -174,6 +174,23 @@ TEST(ChatTemplate, RenderErrorsAreReported) {
   EXPECT_THROW(render("{{ 1 // 0 }}"), dsv2::Error);
   EXPECT_THROW(render("{% for a, b in [[1, 2, 3]] %}{% endfor %}"), dsv2::Error);
   EXPECT_THROW(render("{{ messages.append(1) }}"), dsv2::Error);
+  // Limits instead of crashes or runaway memory.
+  EXPECT_THROW(render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), dsv2::Error);
+  EXPECT_THROW(render("{{ 'ab' * 100000000 }}"), dsv2::Error);
+  EXPECT_THROW(render("{{ 3 ** 100 }}"), dsv2::Error);
+  EXPECT_THROW(render("{{ 9223372036854775807 + 1 }}"), dsv2::Error);
+  EXPECT_EQ(render("{{ 3 ** 39 }} {{ (-2) ** 63 }}"), "4052555153018976267 -9223372036854775808");
+  EXPECT_THROW(ChatTemplate::parse("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"), dsv2::Error);
+  EXPECT_THROW(ChatTemplate::parse("{{ " + std::string(5000, '[') + " }}"), dsv2::Error);
+  std::string chain = "{{ 1", attrs = "{{ messages";
+  for (int k = 0; k < 100000; ++k) {
+    chain += " + 1";
+    attrs += ".x";
+  }
+  EXPECT_THROW(ChatTemplate::parse(chain + " }}"), dsv2::Error);
+  EXPECT_THROW(ChatTemplate::parse(attrs + " }}"), dsv2::Error);
+  EXPECT_THROW(ChatTemplate::parse("{{ " + std::string(100000, '-') + "1 }}"), dsv2::Error);
+  EXPECT_THROW(ChatTemplate::parse(std::string(100000, '{') + "% if x %}"), dsv2::Error);
   // Undefined values print as nothing, as in jinja2's default mode.
   EXPECT_EQ(render("[{{ nothing }}][{{ messages[5] }}][{{ messages[0].nope }}]"), "[][][]");
 }
