@@ -4,6 +4,12 @@
 //
 // The template is parsed once (unsupported Jinja constructs are a dsv2::Error at parse time,
 // naming the construct and line) and can be rendered concurrently from several threads.
+//
+// Reference behaviour is Python's jinja2 as transformers configures it (see tokenizer/jinja.h).
+// Where @huggingface/jinja differs from it (it prints booleans as true/false and None as an empty
+// string, uses JavaScript's % on negatives, ignores strip()'s argument, has no str < str), dsv2
+// follows jinja2; the committed conversations (tests/data/chat) avoid those corners, so both
+// engines produce identical text for them and dsv2 is checked against each.
 #include <filesystem>
 #include <memory>
 #include <string>
