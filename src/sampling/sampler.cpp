@@ -14,7 +14,9 @@ Sampler::Sampler(const SamplingParams& params, int32_t n_valid_vocab) : params_(
   if (n_valid_vocab <= 0) fail("sampler: vocabulary size must be positive, got {}", n_valid_vocab);
   seed_ = params_.has_seed ? params_.seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
   rng_.seed(seed_);
-  counts_.assign(size_t(n_valid_), 0);
+  if (params_.repetition_penalty != 1.f || params_.presence_penalty != 0.f || params_.frequency_penalty != 0.f) {
+    counts_.assign(size_t(n_valid_), 0);  // only requests with penalties pay for the table
+  }
 }
 
 double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }

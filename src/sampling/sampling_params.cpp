@@ -57,6 +57,7 @@ GenerationConfig GenerationConfig::from_json(const nlohmann::json& j, const std:
   g.repetition_penalty = number_field<float>(j, "repetition_penalty", origin);
   g.top_k = number_field<int>(j, "top_k", origin);
   g.max_new_tokens = number_field<int>(j, "max_new_tokens", origin);
+  if (g.max_new_tokens && *g.max_new_tokens < 1) fail("{}: 'max_new_tokens' must be >= 1, got {}", origin, *g.max_new_tokens);
   g.bos_token_id = number_field<int32_t>(j, "bos_token_id", origin);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
     if (it->is_number_integer()) {

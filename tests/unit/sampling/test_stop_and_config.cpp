@@ -163,6 +163,7 @@ TEST(GenerationConfig, BadValuesNameFileAndKey) {
   expect_error(R"({"eos_token_id": "x"})", "eos_token_id");
   expect_error(R"({"eos_token_id": [1, "x"]})", "eos_token_id");
   expect_error(R"({"repetition_penalty": 0})", "repetition_penalty");
+  expect_error(R"({"max_new_tokens": 0})", "max_new_tokens");
   expect_error(R"([1, 2])", "object");
   expect_error(R"({"temperature": )", "invalid JSON");
 }
