@@ -121,9 +121,7 @@ Value split(const std::string& s, const Value* sep, int64_t maxsplit, int line) 
       while (k < u.size() && is_space(u[k])) ++k;
       if (k >= u.size()) break;
       if (maxsplit >= 0 && int64_t(out.size()) == maxsplit) {
-        size_t e = u.size();
-        while (e > k && is_space(u[e - 1])) --e;
-        out.push_back(Value::string(utf8_encode(u.substr(k, e - k))));
+        out.push_back(Value::string(utf8_encode(u.substr(k))));  // the rest keeps its trailing spaces
         break;
       }
       size_t a = k;

@@ -84,6 +84,9 @@ FIXED = [
     "{% for x in nothing %}{% endfor %}",
     "{{ lst[5] }}|{{ lst[-1] }}|{{ s[1] }}|{{ d['k'] }}|{{ d.nested['a'][1] }}",
     "{{ u|upper }} {{ u|lower }} {{ u.title() }} {{ u|title }}",
+    "{{ '  a b  c  '.split(None, 1) }} {{ 'a,b,,c'.split(',', 2) }} {{ '  x y '.split(None, 0) }} {{ ''.split() }}",
+    "{{ 'abcabc'.replace('b', 'X', 1) }} {{ 'abc'.replace('', '-') }} {{ 'abc'|replace('', '-', 2) }}",
+    "{{ 'aXbXc'.split('X') }} {{ 'a  b'.split(' ') }} {{ 'héllo'.find('l') }} {{ 'héllo'[1:3] }}",
 ]
 
 
