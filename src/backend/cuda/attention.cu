@@ -210,35 +210,45 @@ __global__ void __launch_bounds__(kThreads) mla_attn_kernel(AttnParams p, int D,
   }
 }
 
-// One block per (item, row): merges the split partials of that row.
+// One block per (item, row): merges the split partials of that row. The split weights are computed
+// once into shared memory; each thread then sums its columns over the non-empty splits.
 __global__ void mla_combine_kernel(AttnParams p, int DV) {
-  const int item = blockIdx.x, r = blockIdx.y;
+  extern __shared__ float sw[];  // [n_splits] weights, then [1] 1 / sum
+  const int item = blockIdx.x, r = blockIdx.y, tid = threadIdx.x;
   const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
   const int tok0 = p.chunks[chunk * 4 + 0], nq = p.chunks[chunk * 4 + 1];
   const int nrows = min(kAttnRows, nq * p.heads - row0);
   if (r >= nrows) return;
   const float sl2 = p.scale * 1.4426950408889634f;
   const size_t base = size_t(item) * p.n_splits * kAttnRows;
-  float M = -INFINITY;
-  for (int s = 0; s < p.n_splits; ++s) {
-    const float l = p.part_ml[(base + size_t(s) * kAttnRows + r) * 2 + 1];
-    if (l > 0.0f) M = fmaxf(M, p.part_ml[(base + size_t(s) * kAttnRows + r) * 2]);
-  }
-  float Lsum = 0.0f;
-  for (int s = 0; s < p.n_splits; ++s) {
-    const float l = p.part_ml[(base + size_t(s) * kAttnRows + r) * 2 + 1];
-    if (l > 0.0f) Lsum += l * exp2f((p.part_ml[(base + size_t(s) * kAttnRows + r) * 2] - M) * sl2);
-  }
-  const size_t orow = size_t(tok0) * p.heads + row0 + r;
-  for (int c = threadIdx.x; c < DV; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < p.n_splits; ++s) {
-      const float l = p.part_ml[(base + size_t(s) * kAttnRows + r) * 2 + 1];
-      if (l > 0.0f)
-        acc += p.part_o[(base + size_t(s) * kAttnRows + r) * DV + c] *
-               exp2f((p.part_ml[(base + size_t(s) * kAttnRows + r) * 2] - M) * sl2);
+  const float* ml = p.part_ml + (base + r) * 2;  // split s at ml[s * kAttnRows * 2]
+  if (tid < 32) {
+    float M = -INFINITY;
+    for (int s = tid; s < p.n_splits; s += 32)
+      if (ml[size_t(s) * kAttnRows * 2 + 1] > 0.0f) M = fmaxf(M, ml[size_t(s) * kAttnRows * 2]);
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0.0f;
+    for (int s = tid; s < p.n_splits; s += 32) {
+      const float l = ml[size_t(s) * kAttnRows * 2 + 1];
+      const float w = l > 0.0f ? exp2f((ml[size_t(s) * kAttnRows * 2] - M) * sl2) : 0.0f;
+      sw[s] = w;
+      L += l * w;
     }
-    p.out[orow * DV + c] = __float2bfloat16(Lsum > 0.0f ? acc / Lsum : 0.0f);
+    for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (tid == 0) sw[p.n_splits] = L > 0.0f ? 1.0f / L : 0.0f;
+  }
+  __syncthreads();
+  const float inv = sw[p.n_splits];
+  const size_t orow = size_t(tok0) * p.heads + row0 + r;
+  const float* po = p.part_o + (base + r) * DV;
+  for (int c = tid; c < DV; c += blockDim.x) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int s = 0; s < p.n_splits; ++s) {
+      const float w = sw[s];
+      if (w != 0.0f) acc += w * po[size_t(s) * kAttnRows * DV + c];
+    }
+    p.out[orow * DV + c] = __float2bfloat16(acc * inv);
   }
 }
 
@@ -256,7 +266,7 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s) {
   mla_attn_kernel<<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
   DSV2_CUDA_LAUNCHED();
   if (p.n_splits > 1) {
-    mla_combine_kernel<<<dim3(p.n_items, kAttnRows), 128, 0, s>>>(p, DV);
+    mla_combine_kernel<<<dim3(p.n_items, kAttnRows), 256, size_t(p.n_splits + 1) * sizeof(float), s>>>(p, DV);
     DSV2_CUDA_LAUNCHED();
   }
 }

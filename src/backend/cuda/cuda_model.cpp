@@ -114,6 +114,7 @@ class CudaModelImpl final : public CudaModel {
     DSV2_CUDA_CHECK(cudaMemcpy(inv_freq_.p, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev0_));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
+    DSV2_CUDA_CHECK(cudaMallocHost(&host_offsets_, size_t(c_.n_routed_experts + 1) * sizeof(int32_t)));
   }
 
   ~CudaModelImpl() override {
@@ -127,6 +128,7 @@ class CudaModelImpl final : public CudaModel {
     }
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     if (host_meta_) cudaFreeHost(host_meta_);
+    if (host_offsets_) cudaFreeHost(host_offsets_);
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (cache_) cudaFree(cache_);
@@ -166,6 +168,7 @@ class CudaModelImpl final : public CudaModel {
   void attention(int l, int T, int n_items, int n_splits, int n_chunks);
   void ffn(int l, int T);
   void gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
+  void gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
   void reserve_scratch(int T, int R, int n_items, int n_splits);
   bf16* alloc_matrix(DevBuf<bf16>& b, size_t rows, size_t cols) {
     b.reserve(rows * cols);
@@ -212,7 +215,12 @@ class CudaModelImpl final : public CudaModel {
   };
   std::map<std::pair<int, int>, Graph> graphs_;
   bool graphs_on_ = true;
-  bool gemv_on_ = std::getenv("DSV2_CUDA_NO_GEMV") == nullptr;  // A/B switch against cuBLAS
+  // The few-rows GEMV measured slower than cuBLAS at batch 1 on an H200 (4.6 vs 4.0 ms per step):
+  // off unless DSV2_CUDA_GEMV is set.
+  bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
+  static constexpr int kMoeCublasRows = 2048;  // routed rows from which per-expert cuBLAS products win
+  int32_t* host_offsets_ = nullptr;
+  bool capturing_ = false;
 
   // DSV2_CUDA_PROFILE=1: eager steps with events between the stages; totals logged at exit.
   bool prof_on_ = std::getenv("DSV2_CUDA_PROFILE") != nullptr;
@@ -488,6 +496,11 @@ void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, in
     gemv_rows(X, ldx, M, W, N, K, Y, yf32, ldy, stream_);
     return;
   }
+  gemm_cublas(X, M, K, ldx, W, N, Y, yf32, ldy);
+}
+
+void CudaModelImpl::gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32,
+                                int ldy) {
   const float one = 1.0f, zero = 0.0f;
   // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T = W^T(op T) X^T.
   CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16BF, K, X, CUDA_R_16BF, ldx,
@@ -661,9 +674,12 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     if (!g.exec && ++g.seen >= 2) {  // the first time runs eagerly (lazy initialization stays out)
       cudaGraph_t graph = nullptr;
       DSV2_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      capturing_ = true;
       try {
         layers_forward(T, R, I, n_splits, C);
+        capturing_ = false;
       } catch (...) {
+        capturing_ = false;
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
         throw;
@@ -824,7 +840,26 @@ void CudaModelImpl::ffn(int l, int T) {
   moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
   mark("dispatch");
   const int R = T * K;
-  if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0) {
+  if (R >= kMoeCublasRows && !capturing_) {
+    // Prefill-sized: per-expert cuBLAS products over the permuted rows (the counts are read back
+    // once per layer; prefill passes are not captured in graphs).
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(host_offsets_, d.offsets, size_t(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                    stream_));
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (int e = 0; e < E; ++e) {
+      const int off = host_offsets_[e], cnt = host_offsets_[e + 1] - off;
+      if (cnt == 0) continue;
+      gemm_cublas(xp_.p + size_t(off) * H_, cnt, H_, H_, L.exp_gu.p + size_t(e) * 2 * Im * H_, 2 * Im,
+                  gup_.p + size_t(off) * 2 * Im, false, 2 * Im);
+    }
+    silu_mul(gup_.p, R, Im, actp_.p, stream_);
+    for (int e = 0; e < E; ++e) {
+      const int off = host_offsets_[e], cnt = host_offsets_[e + 1] - off;
+      if (cnt == 0) continue;
+      gemm_cublas(actp_.p + size_t(off) * Im, cnt, Im, Im, L.exp_down.p + size_t(e) * H_ * Im, H_,
+                  yp_.p + size_t(off) * H_, true, H_);
+    }
+  } else if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0) {
     moe_gemm_rows(xp_.p, L.exp_gu.p, d.row_expert, R, 2 * Im, H_, gup_.p, false, stream_);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
     moe_gemm_rows(actp_.p, L.exp_down.p, d.row_expert, R, H_, Im, yp_.p, true, stream_);

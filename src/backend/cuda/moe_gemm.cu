@@ -14,7 +14,7 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int BN = 128, BK = 32, LDT = BK + 8, STAGES = 4, THREADS = 256;
+constexpr int BN = 128, BK = 64, LDT = BK + 8, STAGES = 3, THREADS = 256;
 constexpr int LDC = BN + 4;
 template <int BM>
 struct Tile {
@@ -58,15 +58,20 @@ __global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restric
     bf16* sA = st + stage * kStageElems;
     bf16* sB = sA + BM * LDT;
     const int k0 = kt * BK;
-    if (tid < BM * 4) {  // A: BM rows x 4 pieces
-      const int r = tid >> 2, c = (tid & 3) * 8;
-      const bool ok = r < rows && k0 + c < K;
-      cp_async16(sA + r * LDT + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
+    constexpr int P = BK / 8;  // 16-byte pieces per row
+#pragma unroll
+    for (int i = 0; i < (BM * P + THREADS - 1) / THREADS; ++i) {  // A: BM rows
+      const int idx = tid + i * THREADS;
+      if (idx < BM * P) {
+        const int r = idx / P, c = (idx % P) * 8;
+        const bool ok = r < rows && k0 + c < K;
+        cp_async16(sA + r * LDT + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
+      }
     }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // B: 128 rows x 4 pieces
+    for (int i = 0; i < BN * P / THREADS; ++i) {  // B: 128 weight rows, 128 contiguous bytes each
       const int idx = tid + i * THREADS;
-      const int r = idx >> 2, c = (idx & 3) * 8;
+      const int r = idx / P, c = (idx % P) * 8;
       const bool ok = n0 + r < N && k0 + c < K;
       cp_async16(sB + r * LDT + c, ok ? we + size_t(n0 + r) * K + k0 + c : we, ok);
     }
