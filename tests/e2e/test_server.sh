@@ -67,7 +67,7 @@ run_node() {
 }
 
 export DSV2_API_KEY="test-key-$RANDOM"
-start_server --api-key "$DSV2_API_KEY" --max-body-bytes 1048576
+start_server --api-key "$DSV2_API_KEY" --max-body-bytes 1048576 --cache-tokens 65536
 run_node openai_client.mjs
 run_node raw_http.mjs
 run_node concurrency.mjs

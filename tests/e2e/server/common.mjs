@@ -71,13 +71,12 @@ export function rawRequest(chunks, { delayMs = 0, timeoutMs = 20000 } = {}) {
     }, timeoutMs);
     const finish = () => {
       clearTimeout(timer);
-      const text = data.toString('utf8');
-      const sep = text.indexOf('\r\n\r\n');
-      if (sep < 0) return resolve({ status: 0, headers: '', body: text });
-      const head = text.slice(0, sep);
-      let body = text.slice(sep + 4);
+      const sep = data.indexOf('\r\n\r\n');
+      if (sep < 0) return resolve({ status: 0, headers: '', body: data.toString('utf8') });
+      const head = data.subarray(0, sep).toString('latin1');
+      let body = data.subarray(sep + 4);
       if (/transfer-encoding: chunked/i.test(head)) body = dechunk(body);
-      resolve({ status: Number(head.split(' ')[1]), headers: head, body });
+      resolve({ status: Number(head.split(' ')[1]), headers: head, body: body.toString('utf8') });
     };
     sock.on('data', (d) => {
       data = Buffer.concat([data, d]);
@@ -102,21 +101,19 @@ export function rawRequest(chunks, { delayMs = 0, timeoutMs = 20000 } = {}) {
   });
 }
 
-function dechunk(s) {
-  let out = '';
+// Removes chunked transfer framing, on bytes (a chunk may end inside a character).
+function dechunk(buf) {
+  const parts = [];
   let i = 0;
-  while (i < s.length) {
-    const nl = s.indexOf('\r\n', i);
+  while (i < buf.length) {
+    const nl = buf.indexOf('\r\n', i);
     if (nl < 0) break;
-    const n = parseInt(s.slice(i, nl), 16);
+    const n = parseInt(buf.subarray(i, nl).toString('latin1'), 16);
     if (!n) break;
-    // Sizes count bytes: slice by bytes.
-    const rest = Buffer.from(s.slice(nl + 2), 'utf8');
-    out += rest.subarray(0, n).toString('utf8');
-    s = rest.subarray(n + 2).toString('utf8');
-    i = 0;
+    parts.push(buf.subarray(nl + 2, nl + 2 + n));
+    i = nl + 2 + n + 2;
   }
-  return out;
+  return Buffer.concat(parts);
 }
 
 export function post(pathname, obj, extraHeaders = {}) {
