@@ -218,7 +218,11 @@ class CudaModelImpl final : public CudaModel {
   // The few-rows GEMV measured slower than cuBLAS at batch 1 on an H200 (4.6 vs 4.0 ms per step):
   // off unless DSV2_CUDA_GEMV is set.
   bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
-  static constexpr int kMoeCublasRows = 2048;  // routed rows from which per-expert cuBLAS products win
+  // Per-expert cuBLAS products for prefill-sized MoE (DSV2_CUDA_MOE_CUBLAS=1). Measured on an H200:
+  // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
+  // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
+  bool moe_cublas_ = std::getenv("DSV2_CUDA_MOE_CUBLAS") != nullptr;
+  static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
 
@@ -840,7 +844,7 @@ void CudaModelImpl::ffn(int l, int T) {
   moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
   mark("dispatch");
   const int R = T * K;
-  if (R >= kMoeCublasRows && !capturing_) {
+  if (moe_cublas_ && R >= kMoeCublasRows && !capturing_) {
     // Prefill-sized: per-expert cuBLAS products over the permuted rows (the counts are read back
     // once per layer; prefill passes are not captured in graphs).
     DSV2_CUDA_CHECK(cudaMemcpyAsync(host_offsets_, d.offsets, size_t(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
