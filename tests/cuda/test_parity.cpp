@@ -182,8 +182,11 @@ TEST(CudaParity, RealWidthsRandomWeights) {
   for (bool v2 : {false, true}) {
     auto w = ModelWeights::synthetic(wide_config(v2), 11);
     auto cpu = make_cpu_model(w, CacheOptions{});
+    // the v2-style model takes the opt-in per-expert cuBLAS path for its 2400 routed rows
+    if (v2) setenv("DSV2_CUDA_MOE_CUBLAS", "1", 1);
     auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
-    // 400 tokens: 2400 routed rows, past the threshold where the experts go through cuBLAS
+    unsetenv("DSV2_CUDA_MOE_CUBLAS");
+    // 400 tokens: 2400 routed rows (64-row expert tiles, or per-expert cuBLAS products)
     std::vector<int32_t> ids;
     for (int i = 0; i < 400; ++i) ids.push_back(int32_t((i * 7919 + 13) % 3000));
     const auto lc = full_logits(*cpu, ids);
