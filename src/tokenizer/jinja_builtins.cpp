@@ -2,7 +2,9 @@
 // (jinja2 filters call Python str methods). Case mapping covers ASCII, Latin-1, Latin Extended-A,
 // Greek, Cyrillic and fullwidth Latin; other scripts are left unchanged (one-to-many mappings such
 // as German sharp s are not applied).
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 
 #include "common/error.h"
@@ -14,7 +16,7 @@ namespace {
 const std::set<std::string> kFilters = {
     "trim",  "length", "count", "string", "default", "d",    "upper",      "lower",     "capitalize", "title",
     "replace", "join", "first", "last",   "items",   "list", "reverse",    "tojson",    "safe",       "int",
-    "float", "abs",    "map",   "select", "reject",  "selectattr", "rejectattr", "unique"};
+    "float", "abs",    "map",   "select", "reject",  "selectattr", "rejectattr", "unique", "sort"};
 const std::set<std::string> kTests = {"defined", "undefined", "none",    "string",  "number",  "integer", "float",
                                       "boolean", "true",      "false",   "mapping", "iterable", "sequence",
                                       "callable", "even",     "odd",     "divisibleby", "equalto", "eq", "ne",
@@ -319,6 +321,43 @@ Value apply_filter(const std::string& name, const Value& v, const CallArgs& a, i
       for (const auto& o : out) seen = seen || equals(o, e);
       if (!seen) out.push_back(e);
     }
+    return Value::make_list(std::move(out));
+  }
+  if (name == "sort") {
+    // jinja2: sorted(value, reverse=..., key=case-folded strings unless case_sensitive), stable.
+    const Value* reverse = arg(a, 0, "reverse");
+    const Value* case_sensitive = arg(a, 1, "case_sensitive");
+    const Value* attr = arg(a, 2, "attribute");
+    bool fold = !(case_sensitive && case_sensitive->truthy());
+    List items = as_list(v, "sort", line);
+    std::vector<Value> keys;
+    for (const auto& e : items) {
+      Value k = attr ? attribute_of(e, to_str(*attr)) : e;
+      if (fold && k.is_string()) k = Value::string(map_case(k.s, 1));
+      keys.push_back(std::move(k));
+    }
+    std::vector<size_t> idx(items.size());
+    for (size_t k = 0; k < idx.size(); ++k) idx[k] = k;
+    std::function<bool(const Value&, const Value&)> lt = [&](const Value& x, const Value& y) -> bool {
+      bool xn = x.is_number() || x.kind == Value::Kind::Bool, yn = y.is_number() || y.kind == Value::Kind::Bool;
+      if (xn && yn) {
+        double dx = x.kind == Value::Kind::Bool ? x.b : x.as_double(), dy = y.kind == Value::Kind::Bool ? y.b : y.as_double();
+        return dx < dy;
+      }
+      if (x.is_string() && y.is_string()) return x.s < y.s;
+      if (x.is_list() && y.is_list()) {
+        size_t n = std::min(x.list->size(), y.list->size());
+        for (size_t k = 0; k < n; ++k) {
+          if (!equals((*x.list)[k], (*y.list)[k])) return lt((*x.list)[k], (*y.list)[k]);
+        }
+        return x.list->size() < y.list->size();
+      }
+      fail("chat template: sort: '<' not supported between '{}' and '{}' (line {})", x.type_name(), y.type_name(), line);
+    };
+    bool rev = reverse && reverse->truthy();
+    std::stable_sort(idx.begin(), idx.end(), [&](size_t x, size_t y) { return rev ? lt(keys[y], keys[x]) : lt(keys[x], keys[y]); });
+    List out;
+    for (size_t k : idx) out.push_back(items[k]);
     return Value::make_list(std::move(out));
   }
   if (name == "int" || name == "float") {

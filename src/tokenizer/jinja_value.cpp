@@ -239,6 +239,8 @@ static void json_value(std::string& out, const Value& v, int indent, int depth) 
   const char* item_sep = indent >= 0 ? "," : ", ";
   switch (v.kind) {
     case Value::Kind::Undefined:
+      // json.dumps raises for jinja2's Undefined (@huggingface/jinja would write null).
+      fail("chat template: tojson: an undefined value ('{}') is not JSON serializable", v.s);
     case Value::Kind::None: out += "null"; return;
     case Value::Kind::Bool: out += v.b ? "true" : "false"; return;
     case Value::Kind::Int: out += std::to_string(v.i); return;

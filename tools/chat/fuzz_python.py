@@ -186,7 +186,17 @@ class Gen:
             return "(messages|%s)" % self.pick(MSG_FILTERS)
         return self.pick(ANY_ATOMS + ["d.get('k')", "d.get('zz', 5)", "d|items|list", "d.keys()|list",
                                       "d.values()|list", "d|tojson", "d.nested|tojson(indent=2)", "lst|tojson(indent=1)",
-                                      "(x * 2)", "(x / 2)", "(7 / 2)", "(n / 7)", "(x // 1)", "(1e3)", "(0.1 + 0.2)"])
+                                      "(x * 2)", "(x / 2)", "(7 / 2)", "(n / 7)", "(x // 1)", "(1e3)", "(0.1 + 0.2)",
+                                      "('ab' * 3)", "(2 * [1, 'a'])", "('7'|float)", "('x'|float(1.5))", "(x|int)",
+                                      "(e|default('E', true))", "(nothing|default('N'))", "('v' if flag)",
+                                      "{'a': n, 'b': [s, none]}|tojson", "{'a': {'b': x}}", "(lst|sort if false else lst)|length",
+                                      "messages[-1].role", "messages[0]['content'][:4]", "(d.nested.a|last)",
+                                      "(1, 'x')", "(words|map('upper')|join)", "(lst|select('even')|list)",
+                                      "(messages|map(attribute='content')|map('length')|list)", "('%s' ~ n)",
+                                      "(s is in 'xx ' ~ s)", "(n is in lst)", "(3 is in lst)", "(words|unique|list)", "(lst|sort)", "(words|sort(reverse=true))",
+                                      "(['b', 'A', 'a', 'B']|sort)", "(['b', 'A', 'a']|sort(case_sensitive=true))",
+                                      "(messages|sort(attribute='role')|map(attribute='content')|join(','))",
+                                      "([[2, 'a'], [1, 'b'], [1, 'a']]|sort)", "([1, 'a']|sort)"])
 
     def ws(self):
         return self.pick(["", "", " ", "\n", "\n  ", "  \n", "\n\n", "\t"])
