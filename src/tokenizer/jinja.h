@@ -8,6 +8,15 @@
 // dsv2::Error when the template is parsed, never something skipped at render time.
 //
 // Strings are UTF-8; length, indexing and slicing count code points, as Python does.
+//
+// The subset: {{ }}, {% %}, {# #}, whitespace control (-, +, trim_blocks, lstrip_blocks); if/elif/
+// else; for (tuple targets, `if` filter, else, loop.index/index0/revindex/revindex0/first/last/
+// length/previtem/nextitem, break/continue); set (names, namespace attributes, set blocks); macros
+// with defaults and keyword arguments; literals (str, int, float, bool, none, list, tuple, dict);
+// and/or/not, comparisons, in/not in, + - * / // % **, ~, conditional expressions, attributes,
+// subscripts, slices; the filters, tests, methods and functions listed in jinja_builtins.cpp.
+// Not supported (an error at parse): extends/block/include/import, call, filter blocks, with, raw,
+// recursive loops, loop.cycle and other unknown methods, unknown filters, tests and functions.
 #include <cstdint>
 #include <functional>
 #include <map>
