@@ -236,7 +236,8 @@ int run_bench(BenchArgs& a) {
   int64_t need = 0;
   for (auto b : batches) need = std::max(need, b * (a.prompt + a.gen + kCacheBlockSize));
   for (auto c : contexts) need = std::max(need, c + a.gen + kCacheBlockSize);
-  need = std::max<int64_t>(need, a.prefill + kCacheBlockSize);
+  const int warm_len = std::min(256, std::max(a.prefill, 1));
+  need = std::max<int64_t>(need, a.prefill + 1 + warm_len + 2 * kCacheBlockSize);
   CacheOptions cache{a.cache_tokens, 0.9};
   if (device < 0 && cache.max_tokens == 0) cache.max_tokens = need;
 
@@ -326,8 +327,8 @@ int run_bench(BenchArgs& a) {
     const auto ids = prompt_ids(a.prefill, 7, V);
     std::vector<int32_t> next;
     {  // warm-up on a short prompt of another sequence
-      Seqs w(*model, 1, 256);
-      const auto wid = prompt_ids(256, 9, V);
+      Seqs w(*model, 1, warm_len);
+      const auto wid = prompt_ids(warm_len, 9, V);
       std::vector<SeqChunk> wb = {{&w.s[0], wid, false}};
       run.step(wb, next);
     }

@@ -1,0 +1,69 @@
+// `dsv2 bench` end to end on a tiny config: JSON lines with the fields the results tables use, on the
+// CPU (runs everywhere, CI included) and on the GPU (skipped without one).
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "backend/cuda/cuda_model.h"
+
+namespace {
+
+std::vector<nlohmann::json> run_bench(const std::string& args) {
+  const std::string cfg = std::string(DSV2_TEST_DATA) + "/golden/lite/model/config.json";
+  const std::string cmd = std::string(DSV2_BINARY) + " bench --synthetic " + cfg + " " + args + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  EXPECT_NE(p, nullptr);
+  std::vector<nlohmann::json> out;
+  if (!p) return out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out.push_back(nlohmann::json::parse(buf));
+  EXPECT_EQ(pclose(p), 0) << cmd;
+  return out;
+}
+
+void check_lines(const std::vector<nlohmann::json>& lines, size_t decode_rows) {
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines[0]["bench"], "env");
+  EXPECT_GT(lines[0]["copy_GBps"].get<double>(), 0.0);
+  size_t dec = 0, pre = 0, ctx = 0;
+  for (auto& j : lines) {
+    if (j["bench"] == "decode") {
+      ++dec;
+      for (const char* k : {"decode_tok_s", "prefill_tok_s", "ms_per_step", "bytes_per_step", "achieved_GBps",
+                            "pct_roofline"}) {
+        ASSERT_TRUE(j.contains(k)) << k;
+        const double v = j[k].get<double>();
+        EXPECT_TRUE(std::isfinite(v) && v > 0) << k << " = " << v;
+      }
+      // tokens/s and ms/step describe the same steps
+      EXPECT_NEAR(j["decode_tok_s"].get<double>() * j["ms_per_step"].get<double>() / 1e3, j["batch"].get<double>(),
+                  1e-6 * j["batch"].get<double>());
+    } else if (j["bench"] == "prefill") {
+      ++pre;
+      EXPECT_GT(j["prefill_tok_s"].get<double>(), 0.0);
+    } else if (j["bench"] == "long_context") {
+      ++ctx;
+      EXPECT_GT(j["decode_tok_s"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_EQ(dec, decode_rows);
+  EXPECT_EQ(pre, 1u);
+  EXPECT_EQ(ctx, 1u);
+}
+
+TEST(Bench, CpuSyntheticJsonLines) {
+  check_lines(run_bench("--device cpu --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100"), 2);
+}
+
+TEST(Bench, CudaSyntheticJsonLines) {
+  if (!dsv2::cuda::available()) GTEST_SKIP() << "no CUDA device";
+  check_lines(run_bench("--device cuda --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100 --cache-tokens 4096"),
+              2);
+}
+
+}  // namespace
