@@ -3,19 +3,25 @@
 # references, whole-model parity with the CPU backend) and the V2-Lite-shaped benchmark, then prints
 # a short summary. Logs go to $OUT when set (the device runner), else build-gpu/logs.
 #
-# Usage: scripts/gpu-check.sh [--prebuilt DIR] [--no-tests] [--no-bench] [--peers PEERS_DIR]
+# Usage: scripts/gpu-check.sh [--prebuilt DIR] [--no-tests] [--no-bench] [--transformers] [--peers PEERS_DIR]
+#        scripts/gpu-check.sh --pack DIR      (on a build machine: see below)
 #   --prebuilt DIR   use DIR/dsv2 and DIR/test_cuda instead of building (DIR/lib is added to the
 #                    library path); by default builds build-gpu with -DCMAKE_CUDA_ARCHITECTURES=90a
+#   --pack DIR       build dsv2 and test_cuda for sm_90a here (build-gpu-pack) and copy them with the
+#                    shared libraries they need beyond glibc/libstdc++/CUDA into DIR and DIR/lib, then
+#                    exit: for GPU machines whose image lacks the Debian -dev packages (fmt, PCRE2,
+#                    nlohmann-json, CLI11, cpp-httplib, GoogleTest). Copy DIR there and use --prebuilt.
 #   --transformers   also measure transformers (bench/gpu/peer_transformers.py)
 #   --peers DIR      also measure transformers and llama.cpp (bench/gpu/peer_*.{py,sh}); DIR holds
 #                    llama-batched-bench-cuda-sm90.xz, gguf-py, the vocab GGUF and mk_gguf_ds2.py
 #   BENCH_ARGS       environment: replaces the default benchmark arguments
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PREBUILT="" TESTS=1 BENCH=1 PEERS="" HF=0
+PREBUILT="" TESTS=1 BENCH=1 PEERS="" HF=0 PACK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=$(cd "$2" && pwd); shift 2 ;;
+    --pack) PACK=$2; shift 2 ;;
     --no-tests) TESTS=0; shift ;;
     --no-bench) BENCH=0; shift ;;
     --peers) PEERS=$(cd "$2" && pwd); HF=1; shift 2 ;;
@@ -23,13 +29,26 @@ while [ $# -gt 0 ]; do
     *) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$PACK" ]; then
+  B=$ROOT/build-gpu-pack
+  cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null || exit 1
+  ninja -C "$B" -j"$(nproc)" dsv2 test_cuda || exit 1
+  mkdir -p "$PACK/lib"
+  cp "$B/src/dsv2" "$B/tests/test_cuda" "$PACK/"
+  for l in $(ldd "$B/src/dsv2" "$B/tests/test_cuda" | awk '/=>/ {print $3}' | sort -u |
+             grep -vE 'libc\.so|libm\.so|libgcc_s|libstdc|ld-linux|libdl|libpthread|librt|libcudart|libcublas'); do
+    cp -L "$l" "$PACK/lib/"
+  done
+  echo "packed into $PACK: $(ls "$PACK" "$PACK/lib" | tr '\n' ' ')"
+  exit 0
+fi
 LOG=${OUT:-$ROOT/build-gpu/logs}
 mkdir -p "$LOG"
 export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export DSV2_TEST_DATA=$ROOT/tests/data
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$LOG/gpu.txt"
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=${DSV2_COMMIT:-$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "commit $COMMIT" | tee -a "$LOG/gpu.txt"
 
 if [ -n "$PREBUILT" ]; then

@@ -258,10 +258,13 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s) {
   if (p.n_items == 0) return;
   const int D = kv_lora + rope, DV = kv_lora;
   const Layout L = make_layout(D, DV);
-  static size_t configured = 0;
-  if (L.bytes > 48 * 1024 && L.bytes > configured) {
+  // The shared-memory limit is a per-device attribute of the kernel: raise it once per device.
+  static size_t configured[64] = {};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (L.bytes > 48 * 1024 && dev < 64 && L.bytes > configured[dev]) {
     DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)));
-    configured = L.bytes;
+    configured[dev] = L.bytes;
   }
   mla_attn_kernel<<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
   DSV2_CUDA_LAUNCHED();

@@ -496,7 +496,7 @@ double CudaModelImpl::copy_bandwidth() {
 
 void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy) {
   if (M == 0) return;
-  if (M <= kGemvRows && gemv_on_ && K % 8 == 0 && ldx % 8 == 0) {
+  if (M <= kGemvRows && gemv_on_ && K % 8 == 0 && ldx % 8 == 0 && size_t(M) * K * 2 <= 48 * 1024) {
     gemv_rows(X, ldx, M, W, N, K, Y, yf32, ldy, stream_);
     return;
   }
@@ -863,7 +863,7 @@ void CudaModelImpl::ffn(int l, int T) {
       gemm_cublas(actp_.p + size_t(off) * Im, cnt, Im, Im, L.exp_down.p + size_t(e) * H_ * Im, H_,
                   yp_.p + size_t(off) * H_, true, H_);
     }
-  } else if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0) {
+  } else if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0 && size_t(std::max(H_, Im)) * 2 <= 48 * 1024) {
     moe_gemm_rows(xp_.p, L.exp_gu.p, d.row_expert, R, 2 * Im, H_, gup_.p, false, stream_);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
     moe_gemm_rows(actp_.p, L.exp_down.p, d.row_expert, R, H_, Im, yp_.p, true, stream_);

@@ -306,13 +306,15 @@ template <int BM>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
                          bool out_f32, cudaStream_t s) {
   constexpr size_t smem = Tile<BM>::kSmemBytes;
-  static bool configured = false;
-  if (!configured) {
+  static bool configured[64] = {};  // per device
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && !configured[dev]) {
     DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          int(smem)));
     DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          int(smem)));
-    configured = true;
+    configured[dev] = true;
   }
   const dim3 grid((N + BN - 1) / BN, max_tiles);
   if (out_f32)
