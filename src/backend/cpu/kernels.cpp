@@ -46,28 +46,49 @@ void tile_generic(const W* w, int64_t K, int64_t rows, const float* x, int64_t x
 // ---------------------------------------------------------------- AVX-512 versions
 #define DSV2_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
-DSV2_AVX512 inline __m512 load16(const uint16_t* p, __mmask16 m) {
+DSV2_AVX512 inline __attribute__((always_inline)) __m512 load16(const uint16_t* p, __mmask16 m) {
   __m256i h = _mm256_maskz_loadu_epi16(m, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-DSV2_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+DSV2_AVX512 inline __attribute__((always_inline)) __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 
 // Up to 4 weight rows x 4 tokens per pass: each widened weight vector feeds 4 FMAs.
 template <typename W, int R, int TT>
-DSV2_AVX512 void micro(const W* w, int64_t K, const float* x, int64_t xs, float* y, int64_t ys) {
+DSV2_AVX512 inline __attribute__((always_inline)) void micro(const W* w, int64_t K, const float* x, int64_t xs,
+                                                              float* y, int64_t ys) {
+  // The accumulators must live in registers: every loop over them is fully unrolled.
   __m512 acc[R][TT];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < K; i += 16) {
-    __mmask16 m = K - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - i)) - 1);
+  int64_t i = 0;
+  for (; i + 16 <= K; i += 16) {
     __m512 xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * xs + i);
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + t * xs + i);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      __m512 wv = load16(w + r * K + i, m);
+      __m512 wv = load16(w + r * K + i, __mmask16(0xffff));
+#pragma GCC unroll 4
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
+  if (i < K) {
+    __mmask16 m = __mmask16((1u << (K - i)) - 1);
+    __m512 xv[TT];
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * xs + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m512 wv = load16(w + r * K + i, m);
+#pragma GCC unroll 4
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int t = 0; t < TT; ++t) y[t * ys + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
@@ -75,7 +96,11 @@ template <typename W, int R>
 DSV2_AVX512 void rows_avx512(const W* w, int64_t K, const float* x, int64_t xs, int64_t T, float* y, int64_t ys) {
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) micro<W, R, 4>(w, K, x + t * xs, xs, y + t * ys, ys);
-  for (; t < T; ++t) micro<W, R, 1>(w, K, x + t * xs, xs, y + t * ys, ys);
+  if (T - t >= 2) {
+    micro<W, R, 2>(w, K, x + t * xs, xs, y + t * ys, ys);
+    t += 2;
+  }
+  if (t < T) micro<W, R, 1>(w, K, x + t * xs, xs, y + t * ys, ys);
 }
 
 template <typename W>
