@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string>
 #include <vector>
 
 #include <cublas_v2.h>
@@ -83,6 +85,19 @@ struct PassChunk {
   int n;
   bool logits_all, logits_last;
 };
+
+// A chunk of the current pass that attends in the decompressed form.
+struct DecompChunk {
+  int t0;       // first token of the chunk in the pass
+  int n;        // new tokens
+  int len0;     // cached positions before the chunk
+  size_t boff;  // offset of its block table in the pass metadata
+};
+
+// Decompressed attention bounds: the fp32 score block (heads x query block x keys) and the
+// materialized [keys, heads, nope + v] rows; longer contexts take the absorbed form.
+constexpr size_t kDecompScoreElems = size_t(64) << 20;
+constexpr size_t kDecompKvElems = size_t(512) << 20;
 
 class CudaModelImpl final : public CudaModel {
  public:
@@ -166,6 +181,7 @@ class CudaModelImpl final : public CudaModel {
                 uint64_t step);
   void layers_forward(int T, int R, int n_items, int n_splits, int n_chunks);
   void attention(int l, int T, int n_items, int n_splits, int n_chunks);
+  void attend_decompressed(const DevLayer& L, const bf16* q, int q_stride, const bf16* cache_l, const DecompChunk& dc);
   void ffn(int l, int T);
   void gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
   void gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
@@ -201,6 +217,15 @@ class CudaModelImpl final : public CudaModel {
   DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_, router_logits_;
   DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
   DevBuf<float> yp_;
+  // Decompressed prefill attention: gathered cache rows, materialized K/V, scores, probabilities.
+  DevBuf<bf16> dlat_, dkv_, dprob_;
+  DevBuf<float> dscore_;
+  std::vector<DecompChunk> decomp_;
+  // Chunks of at least this many new tokens attend decompressed (CacheOptions::decompress_min_tokens;
+  // 0 = never). DSV2_CUDA_DECOMPRESS=0 turns the decompressed form off (A/B measurements).
+  int64_t decompress_min_ = 0;
+  // At most this many queries per score block (DSV2_CUDA_DECOMPRESS_QBLOCK; 0 = from kDecompScoreElems).
+  int decomp_qblock_ = 0;
   DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, moe_row_expert_, sampled_;
   int32_t* host_meta_ = nullptr;
   size_t host_meta_n_ = 0;
@@ -435,6 +460,9 @@ void CudaModelImpl::randomize(uint64_t seed) {
 }
 
 void CudaModelImpl::init_cache(const CacheOptions& opts, bool random_fill, uint64_t seed) {
+  decompress_min_ = opts.decompress_min_tokens;
+  if (const char* e = std::getenv("DSV2_CUDA_DECOMPRESS"); e && std::string(e) == "0") decompress_min_ = 0;
+  if (const char* e = std::getenv("DSV2_CUDA_DECOMPRESS_QBLOCK")) decomp_qblock_ = std::max(0, std::atoi(e));
   const size_t per_block = size_t(kCacheBlockSize) * cache_bytes_per_token();
   size_t free_b = 0, total_b = 0;
   DSV2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
@@ -443,7 +471,10 @@ void CudaModelImpl::init_cache(const CacheOptions& opts, bool random_fill, uint6
   const size_t reserve_b = (size_t(1) << 30) +
                            (T * (size_t(H_) * 24 + size_t(heads_) * size_t(D_ + kvl_) * 2 + size_t(qkv_out_) * 2) +
                             T * K * (size_t(H_) * 6 + size_t(c_.moe_intermediate_size) * 6) +
-                            T * size_t(c_.vocab_size) * 4);
+                            T * size_t(c_.vocab_size) * 4) +
+                           // decompressed prefill scratch: scores and probabilities, K/V and latents of 2 passes
+                           kDecompScoreElems * 6 + 2 * T * size_t(heads_) * size_t(nope_ + vdim_) * 2 +
+                           2 * T * size_t(D_) * 2;
   int64_t n_blocks;
   if (opts.max_tokens > 0) {
     n_blocks = (opts.max_tokens + kCacheBlockSize - 1) / kCacheBlockSize;
@@ -601,22 +632,42 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   int T = 0, R = 0, I = 0, max_tiles = 0;
   size_t nblk = 0;
   bool decode_only = true;
-  const int row_tiles_per_token_rows = kAttnRows;
-  for (auto& pc : pcs) {
+  for (auto& pc : pcs) decode_only &= pc.n == 1 && (pc.logits_all || pc.logits_last);
+  // Long chunks attend decompressed (never in decode-only passes: those are captured as graphs
+  // keyed by batch shape, and one-token chunks gain nothing); the rest share the absorbed kernel.
+  std::vector<char> decomp(pcs.size(), 0);
+  decomp_.clear();
+  {
+    size_t boff = 0;
+    int t = 0;
+    for (size_t ci = 0; ci < pcs.size(); ++ci) {
+      const PassChunk& pc = pcs[ci];
+      const int64_t P = pc.seq->length + pc.n;
+      if (!decode_only && decompress_min_ > 0 && pc.n >= decompress_min_ &&
+          size_t(P) * size_t(heads_) * size_t(nope_ + vdim_) <= kDecompKvElems) {
+        decomp[ci] = 1;
+        decomp_.push_back({t, pc.n, int(pc.seq->length), boff});
+      }
+      boff += pc.seq->blocks.size();
+      t += pc.n;
+    }
+  }
+  for (size_t ci = 0; ci < pcs.size(); ++ci) {
+    const PassChunk& pc = pcs[ci];
     T += pc.n;
     R += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
-    I += (pc.n * heads_ + row_tiles_per_token_rows - 1) / kAttnRows;
     nblk += pc.seq->blocks.size();
+    if (decomp[ci]) continue;
+    I += (pc.n * heads_ + kAttnRows - 1) / kAttnRows;
     const int64_t kvlen = pc.seq->length + pc.n;
     max_tiles = std::max<int>(max_tiles, int((kvlen + kAttnTile - 1) / kAttnTile));
-    decode_only &= pc.n == 1 && (pc.logits_all || pc.logits_last);
   }
   const int C = int(pcs.size());
   if (T == 0) return;
   // Split the cache range over blocks when the batch alone would not fill the GPU.
   int n_splits = 1;
   // Powers of two only, so that few distinct decode graphs exist.
-  if (I < 2 * sms_) {
+  if (I > 0 && I < 2 * sms_) {
     const int want = std::clamp(std::min((2 * sms_ + I - 1) / I, (max_tiles + 1) / 2), 1, 128);
     while (n_splits * 2 <= want) n_splits *= 2;
   }
@@ -652,7 +703,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     hm[m_chunks_ + 4 * size_t(ci) + 1] = pc.n;
     hm[m_chunks_ + 4 * size_t(ci) + 2] = int32_t(len0 + pc.n);
     hm[m_chunks_ + 4 * size_t(ci) + 3] = int32_t(boff);
-    for (int row = 0; row < pc.n * heads_; row += kAttnRows) {
+    for (int row = 0; !decomp[size_t(ci)] && row < pc.n * heads_; row += kAttnRows) {
       hm[m_items_ + 4 * size_t(it) + 0] = ci;
       hm[m_items_ + 4 * size_t(it) + 1] = row;
       hm[m_items_ + 4 * size_t(it) + 2] = 0;
@@ -771,35 +822,85 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   rp.cache = cache_l;
   rope_and_cache(rp, stream_);
   mark("rope_cache");
-  // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
   const float one = 1.0f, zero = 0.0f;
-  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
-      (long long)(nope_ + vdim_) * kvl_, q, CUDA_R_16BF, q_stride, qd_, &zero, qfull_.p, CUDA_R_16BF, heads_ * D_, D_,
-      heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  mark("absorb_uk");
-  AttnParams ap{};
-  ap.q = qfull_.p;
-  ap.cache = cache_l;
-  ap.items = meta + m_items_;
-  ap.chunks = meta + m_chunks_;
-  ap.blocks = meta + m_blocks_;
-  ap.n_items = n_items;
-  ap.n_splits = n_splits;
-  ap.heads = heads_;
-  ap.scale = float(c_.softmax_scale());
-  ap.out = olat_.p;
-  ap.part_o = part_o_.p;
-  ap.part_ml = part_ml_.p;
-  mla_attention(ap, kvl_, rope_, stream_);
-  mark("attention");
-  // o[t, h, 0:v] = W_UV_h olat[t, h]
-  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      cublas_, CUBLAS_OP_T, CUBLAS_OP_N, vdim_, T, kvl_, &one, L.kv_b.p + size_t(nope_) * kvl_, CUDA_R_16BF, kvl_,
-      (long long)(nope_ + vdim_) * kvl_, olat_.p, CUDA_R_16BF, heads_ * kvl_, kvl_, &zero, o_.p, CUDA_R_16BF,
-      heads_ * vdim_, vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (n_items > 0) {
+    // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
+        (long long)(nope_ + vdim_) * kvl_, q, CUDA_R_16BF, q_stride, qd_, &zero, qfull_.p, CUDA_R_16BF, heads_ * D_, D_,
+        heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    mark("absorb_uk");
+    AttnParams ap{};
+    ap.q = qfull_.p;
+    ap.cache = cache_l;
+    ap.items = meta + m_items_;
+    ap.chunks = meta + m_chunks_;
+    ap.blocks = meta + m_blocks_;
+    ap.n_items = n_items;
+    ap.n_splits = n_splits;
+    ap.heads = heads_;
+    ap.scale = float(c_.softmax_scale());
+    ap.out = olat_.p;
+    ap.part_o = part_o_.p;
+    ap.part_ml = part_ml_.p;
+    mla_attention(ap, kvl_, rope_, stream_);
+    mark("attention");
+    // o[t, h, 0:v] = W_UV_h olat[t, h]
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        cublas_, CUBLAS_OP_T, CUBLAS_OP_N, vdim_, T, kvl_, &one, L.kv_b.p + size_t(nope_) * kvl_, CUDA_R_16BF, kvl_,
+        (long long)(nope_ + vdim_) * kvl_, olat_.p, CUDA_R_16BF, heads_ * kvl_, kvl_, &zero, o_.p, CUDA_R_16BF,
+        heads_ * vdim_, vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    mark("uv");
+  }
+  // Decompressed chunks write their rows of o after the absorbed ones (whose W_UV product covers
+  // all rows of the pass).
+  for (const DecompChunk& dc : decomp_) attend_decompressed(L, q, q_stride, cache_l, dc);
+  if (!decomp_.empty()) mark("decomp_attention");
   gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
-  mark("uv_o_proj");
+  mark("o_proj");
+}
+
+// The CPU's attend_decompressed on the device: the chunk's P = len0 + n cache rows gathered,
+// [k_nope | v] per head for every row from one product with kv_b_proj, then per block of queries
+// S = scale (q_nope K_nope^T + q_pe k_pe^T) (two strided-batched products over the heads, fp32),
+// the causal softmax to bf16 probabilities and O = P V straight into o's rows.
+void CudaModelImpl::attend_decompressed(const DevLayer& L, const bf16* q, int q_stride, const bf16* cache_l,
+                                        const DecompChunk& dc) {
+  const int P = dc.len0 + dc.n;
+  const int kw = nope_ + vdim_, kvw = heads_ * kw;
+  dlat_.reserve(size_t(P) * size_t(D_));
+  dkv_.reserve(size_t(P) * size_t(kvw));
+  gather_cache_rows(cache_l, meta_.p + m_blocks_ + dc.boff, P, D_, dlat_.p, stream_);
+  gemm_cublas(dlat_.p, P, kvl_, D_, L.kv_b.p, kvw, dkv_.p, false, kvw);
+  const size_t ldP = (size_t(P) + 7) / 8 * 8;
+  int qb = int(std::clamp<size_t>(kDecompScoreElems / (size_t(heads_) * ldP), 1, size_t(dc.n)));
+  if (decomp_qblock_ > 0) qb = std::min(qb, decomp_qblock_);
+  dscore_.reserve(size_t(heads_) * size_t(qb) * ldP);
+  dprob_.reserve(size_t(heads_) * size_t(qb) * ldP);
+  const float scale = float(c_.softmax_scale()), one = 1.0f, zero = 0.0f;
+  for (int q0 = 0; q0 < dc.n; q0 += qb) {
+    const int nq = std::min(qb, dc.n - q0);
+    const int Pk = dc.len0 + q0 + nq;  // keys visible to the block's last query
+    const int ld = (Pk + 7) / 8 * 8;
+    const size_t t = size_t(dc.t0 + q0);
+    // S^T[h] (column-major [Pk, nq]) = K_nope_h Q_nope_h^T, then += k_pe Q_pe_h^T
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, Pk, nq, nope_, &scale, dkv_.p,
+                                            CUDA_R_16BF, kvw, kw, q + t * size_t(q_stride), CUDA_R_16BF, q_stride, qd_,
+                                            &zero, dscore_.p, CUDA_R_32F, ld, (long long)nq * ld, heads_,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (rope_ > 0)
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, Pk, nq, rope_, &scale,
+                                              dlat_.p + kvl_, CUDA_R_16BF, D_, 0,
+                                              qfull_.p + t * size_t(heads_) * size_t(D_) + kvl_, CUDA_R_16BF,
+                                              heads_ * D_, D_, &one, dscore_.p, CUDA_R_32F, ld, (long long)nq * ld,
+                                              heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    causal_softmax(dscore_.p, ld, heads_ * nq, nq, Pk, dc.len0 + q0, dprob_.p, stream_);
+    // O^T[h] (column-major [v, nq]) = V_h^T P_h^T, written into o[t, h, 0:v]
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, vdim_, nq, Pk, &one, dkv_.p + nope_,
+                                            CUDA_R_16BF, kvw, kw, dprob_.p, CUDA_R_16BF, ld, (long long)nq * ld, &zero,
+                                            o_.p + t * size_t(heads_) * size_t(vdim_), CUDA_R_16BF, heads_ * vdim_,
+                                            vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
 }
 
 void CudaModelImpl::ffn(int l, int T) {

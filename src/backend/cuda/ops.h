@@ -72,6 +72,15 @@ constexpr int kAttnTile = 64;   // cache positions per step (= one cache block)
 // 512 columns of the same rows), causal per row, split over the cache length when n_splits > 1.
 void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s);
 
+// ---- decompressed prefill attention (prefill_attention.cu; the products are cuBLAS calls) ----
+
+// out[j, 0:D] = cache row j of a sequence (block blocks[j / 64], row j % 64) for j < P.
+void gather_cache_rows(const bf16* cache, const int32_t* blocks, int P, int D, bf16* out, cudaStream_t s);
+// Causal softmax over `rows` fp32 score rows (row r = head * nq + query i, row stride ld): query i
+// sees keys j <= first_pos + i (and j < Pk); probs[r, j] = bf16 normalized weight, 0 for j beyond,
+// for all j < Pk.
+void causal_softmax(const float* S, int ld, int rows, int nq, int Pk, int first_pos, bf16* probs, cudaStream_t s);
+
 // ---- MoE (kernels.cu, moe_gemm.cu) ----
 
 struct RouterParams {
