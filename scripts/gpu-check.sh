@@ -69,7 +69,7 @@ fi
 
 status=0
 if [ $TESTS = 1 ]; then
-  timeout 300 "$BIN/test_cuda" --gtest_output=json:"$LOG/test_cuda.json" >"$LOG/test_cuda.log" 2>&1 || status=1
+  DSV2="$BIN/dsv2" timeout 300 "$BIN/test_cuda" --gtest_output=json:"$LOG/test_cuda.json" >"$LOG/test_cuda.log" 2>&1 || status=1
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[parity\]|Failure|Expected|Which is|actual" "$LOG/test_cuda.log" | head -60
   tail -3 "$LOG/test_cuda.log"
 fi

@@ -2,6 +2,7 @@
 // CPU (runs everywhere, CI included) and on the GPU (skipped without one).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -13,9 +14,17 @@
 
 namespace {
 
+// The dsv2 binary: DSV2 in the environment (a packed build run elsewhere), else the build tree's.
+std::string dsv2_binary() {
+  if (const char* env = std::getenv("DSV2")) return env;
+  return DSV2_BINARY;
+}
+
 std::vector<nlohmann::json> run_bench(const std::string& args) {
-  const std::string cfg = std::string(DSV2_TEST_DATA) + "/golden/lite/model/config.json";
-  const std::string cmd = std::string(DSV2_BINARY) + " bench --synthetic " + cfg + " " + args + " 2>/dev/null";
+  std::string data = DSV2_TEST_DATA;
+  if (const char* env = std::getenv("DSV2_TEST_DATA")) data = env;
+  const std::string cfg = data + "/golden/lite/model/config.json";
+  const std::string cmd = dsv2_binary() + " bench --synthetic " + cfg + " " + args + " 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   EXPECT_NE(p, nullptr);
   std::vector<nlohmann::json> out;
