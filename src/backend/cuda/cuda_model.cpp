@@ -141,7 +141,10 @@ class CudaModelImpl final : public CudaModel {
       for (auto& [n, ms] : prof_ms_)
         log::info("cuda-profile", "{:>20}: {:10.2f} ms ({:4.1f}%)", n, ms, 100.0 * ms / std::max(tot, 1e-9));
     }
-    for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
+    // A shape seen once has a graph entry but no captured graph yet: destroying a null exec would
+    // leave "invalid argument" as the thread's last error for the next model's first launch check.
+    for (auto& [k, g] : graphs_)
+      if (g.exec) cudaGraphExecDestroy(g.exec);
     if (host_meta_) cudaFreeHost(host_meta_);
     if (host_offsets_) cudaFreeHost(host_offsets_);
     if (cublas_) cublasDestroy(cublas_);
@@ -150,6 +153,7 @@ class CudaModelImpl final : public CudaModel {
     cudaEventDestroy(ev0_);
     cudaEventDestroy(ev1_);
     cudaStreamDestroy(stream_);
+    cudaGetLastError();  // teardown errors are not reported; leave no error behind for later checks
   }
 
   // ---- construction ----
