@@ -5,13 +5,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/thread_pool.h"
-#if defined(DSV2_HAVE_CUDA) && __has_include("backend/cuda/cuda_model.h")
-#include "backend/cuda/cuda_model.h"
-#define DSV2_CLI_CUDA 1
-#endif
-#if __has_include("io/model_path.h")
 #include "io/model_path.h"
-#define DSV2_CLI_MODEL_PATH 1
+#ifdef DSV2_HAVE_CUDA
+#include "backend/cuda/cuda_model.h"
 #endif
 
 namespace dsv2::cli {
@@ -48,12 +44,7 @@ fs::path prepare(const ModelArgs& a) {
     log::info("load", "no --model given: using the embedded default model at {}", d.string());
     return d;
   }
-#ifdef DSV2_CLI_MODEL_PATH
   return resolve_model_path(a.model);
-#else
-  if (!fs::is_directory(a.model)) fail("model folder {} does not exist", a.model);
-  return a.model;
-#endif
 }
 
 LoadedModel load_model(const ModelArgs& a, const CacheOptions& cache) {
@@ -79,7 +70,7 @@ LoadedModel load_model(const ModelArgs& a, const CacheOptions& cache) {
   if (device < 0) {
     m.model = make_cpu_model(m.weights, cache);
   } else {
-#ifdef DSV2_CLI_CUDA
+#ifdef DSV2_HAVE_CUDA
     if (!cuda::available()) fail("--device {}: no usable CUDA GPU was found", a.device);
     log::info("load", "GPU: {}", cuda::device_summary(device));
     m.model = cuda::make_model(m.weights, device, cache);
