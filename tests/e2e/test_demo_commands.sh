@@ -50,3 +50,8 @@ printf 'Who are you?\nWhat is a hacker?\n' | "$DSV2" chat --temperature 0 --max-
 [[ $(grep -c "reply" "$tmp/chat.log") -eq 2 ]] || { cat "$tmp/chat.log"; exit 1; }
 [[ -s "$tmp/chat.txt" ]]
 echo "chat answered two turns:"; cat "$tmp/chat.txt"
+
+# bench also defaults to the embedded model.
+"$DSV2" bench --batch 1 --prompt 8 --gen 4 --no-progress >"$tmp/bench.jsonl" 2>"$tmp/bench.log"
+grep -q "embedded default model" "$tmp/bench.log"
+$PY -c "import json;rows=[json.loads(l) for l in open('$tmp/bench.jsonl')];assert rows[0]['bench']=='env' and any(r['bench']=='decode' and r['decode_tok_s']>0 for r in rows), rows;print('bench on the default model ok')"
