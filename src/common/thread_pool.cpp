@@ -1,7 +1,10 @@
 #include "common/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
+
+#include <immintrin.h>
 
 #include <unistd.h>
 
@@ -9,6 +12,20 @@ namespace dsv2 {
 
 namespace {
 thread_local bool t_in_worker = false;
+
+// A forward pass is a chain of short parallel loops: a worker that slept between two of them
+// costs a futex wake-up each time. Workers and the caller spin this long before blocking.
+constexpr auto kSpin = std::chrono::microseconds(100);
+
+template <typename Pred>
+bool spin_until(Pred done) {
+  auto until = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    _mm_pause();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
+  }
+}
 std::unique_ptr<ThreadPool> g_pool;
 int g_threads = 0;
 std::mutex g_pool_mu;
@@ -36,10 +53,11 @@ void ThreadPool::worker(int index) {
   t_in_worker = true;
   uint64_t seen = 0;
   for (;;) {
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     std::unique_lock<std::mutex> lock(mu_);
-    cv_work_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    cv_work_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
     if (stop_) return;
-    seen = generation_;
+    seen = generation_.load(std::memory_order_relaxed);
     while (next_chunk_ < job_chunks_) {
       int64_t c = next_chunk_++;
       auto* fn = job_;
@@ -47,7 +65,7 @@ void ThreadPool::worker(int index) {
       lock.unlock();
       (*fn)(b, e, index);
       lock.lock();
-      if (++done_chunks_ == job_chunks_) cv_done_.notify_all();
+      if (done_chunks_.fetch_add(1) + 1 == job_chunks_) cv_done_.notify_all();
     }
   }
 }
@@ -70,8 +88,8 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   job_chunk_ = chunk;
   job_chunks_ = chunks;
   next_chunk_ = 0;
-  done_chunks_ = 0;
-  ++generation_;
+  done_chunks_.store(0);
+  generation_.fetch_add(1, std::memory_order_release);
   cv_work_.notify_all();
   t_in_worker = true;
   while (next_chunk_ < job_chunks_) {
@@ -80,10 +98,14 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     lock.unlock();
     fn(b, e, 0);
     lock.lock();
-    ++done_chunks_;
+    done_chunks_.fetch_add(1);
   }
   t_in_worker = false;
-  cv_done_.wait(lock, [&] { return done_chunks_ == job_chunks_; });
+  const int64_t chunks_total = job_chunks_;
+  lock.unlock();
+  spin_until([&] { return done_chunks_.load(std::memory_order_acquire) == chunks_total; });
+  lock.lock();
+  cv_done_.wait(lock, [&] { return done_chunks_.load() == chunks_total; });
   job_ = nullptr;
 }
 

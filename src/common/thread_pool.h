@@ -2,6 +2,7 @@
 // A fixed pool of worker threads for data-parallel loops. parallel_for splits [0, n) into
 // contiguous chunks, runs them on the workers and the calling thread, and returns when all
 // are done. Nested calls from inside a worker run serially.
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -35,8 +36,9 @@ class ThreadPool {
   std::condition_variable cv_work_, cv_done_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t job_n_ = 0, job_chunk_ = 0, job_chunks_ = 0;
-  int64_t next_chunk_ = 0, done_chunks_ = 0;
-  uint64_t generation_ = 0;
+  int64_t next_chunk_ = 0;
+  std::atomic<int64_t> done_chunks_{0};
+  std::atomic<uint64_t> generation_{0};  // read without the lock while spinning
   bool stop_ = false;
   std::mutex run_mu_;  // one parallel_for at a time
 };
