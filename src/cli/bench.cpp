@@ -38,6 +38,7 @@ struct BenchArgs {
   int gen = 64;
   int prefill = 0;                  // > 0: also one sequence prefill of this many tokens
   std::string contexts;             // decode at these context lengths (batch 1)
+  bool context_prefill = false;     // fill long contexts by a real (chunked) prefill, also for random weights
   int layers = 0;                   // > 0: override num_hidden_layers (a scaled V2 on one GPU)
   uint64_t seed = 1;
   int64_t cache_tokens = 0;
@@ -347,10 +348,17 @@ int run_bench(BenchArgs& a) {
     Seqs seqs(*model, 1, ctx + a.gen + a.warmup);
     std::vector<int32_t> next;
     std::vector<int32_t> cur = {1};
-    if (a.synthetic.empty() || device < 0) {
+    double prefill_s = 0;
+    if (a.synthetic.empty() || device < 0 || a.context_prefill) {
+      // Chunks of 8192 tokens, as a server's chunked prefill would feed them.
       const auto ids = prompt_ids(ctx, 3, V);
-      std::vector<SeqChunk> batch = {{&seqs.s[0], ids, false}};
-      run.step(batch, next);
+      auto t0 = clock_type::now();
+      for (int64_t b = 0; b < ctx; b += 8192) {
+        std::vector<SeqChunk> batch = {
+            {&seqs.s[0], std::span<const int32_t>(ids.data() + b, size_t(std::min<int64_t>(8192, ctx - b))), false}};
+        run.step(batch, next);
+      }
+      prefill_s = std::chrono::duration<double>(clock_type::now() - t0).count();
       cur = next;
     } else {
       seqs.s[0].length = ctx;
@@ -367,6 +375,8 @@ int run_bench(BenchArgs& a) {
     const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
     const double bytes = decode_weight_bytes(c, 1) + (double(ctx) + a.gen / 2.0) * cache_bpt;
     emit({{"bench", "long_context"}, {"context", ctx}, {"gen", a.gen}, {"decode_tok_s", a.gen / s},
+          {"context_prefilled", prefill_s > 0}, {"prefill_tok_s", prefill_s > 0 ? double(ctx) / prefill_s : 0.0},
+          {"last_token_id", next.empty() ? -1 : next[0]},
           {"ms_per_step", s / a.gen * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / (s / a.gen) / 1e9},
           {"pct_roofline", 100.0 * bytes / (s / a.gen) / bw}});
   }
@@ -382,6 +392,9 @@ DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdo
   app.add_option("--gen", a->gen, "Decode steps timed")->capture_default_str();
   app.add_option("--prefill", a->prefill, "Also time one prefill of this many tokens");
   app.add_option("--context", a->contexts, "Also time batch-1 decode at these context lengths, comma-separated");
+  app.add_flag("--context-prefill", a->context_prefill,
+               "Fill the --context lengths by a real prefill in chunks of 8192 (random weights start from a random "
+               "cache otherwise)");
   app.add_option("--layers", a->layers, "Override num_hidden_layers of the synthetic shape");
   app.add_option("--seed", a->seed, "Seed of the synthetic weights")->capture_default_str();
   app.add_option("--cache-tokens", a->cache_tokens, "Latent cache capacity (default: from free memory)");
