@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <atomic>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "backend/cpu/kernels.h"
 #include "common/bf16.h"
@@ -117,6 +120,27 @@ TEST(ThreadPool, CoversEveryIndexOnce) {
     });
     for (int h : hits) EXPECT_EQ(h, 1);
   }
+}
+
+// Many short loops back to back (the spin-then-sleep hand-off between them), nested calls running
+// serially inside a worker, and pauses long enough for the workers to fall asleep in between.
+TEST(ThreadPool, BackToBackNestedAndAfterSleep) {
+  ThreadPool pool(3);
+  std::vector<int64_t> sums;
+  for (int round = 0; round < 2000; ++round) {
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(17, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) sum += i + round;
+    });
+    ASSERT_EQ(sum.load(), 136 + 17 * round) << round;
+    if (round % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::atomic<int64_t> inner{0};
+  pool.parallel_for(4, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i)
+      pool.parallel_for(10, [&](int64_t ib, int64_t ie, int) { inner += ie - ib; });
+  });
+  EXPECT_EQ(inner.load(), 40);
 }
 
 }  // namespace
