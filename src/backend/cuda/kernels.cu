@@ -28,6 +28,19 @@ __device__ float block_sum(float v, float* red) {
   return t;
 }
 
+// Warp-wide argmax of (value, index) pairs: the highest value, the lowest index on ties; every
+// lane ends with the result.
+__device__ __forceinline__ void warp_argmax(float& bv, int& bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+
 __device__ float block_max(float v, float* red) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -206,14 +219,7 @@ __global__ void route_kernel(RouterParams p) {
         bi = e;
       }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
+    warp_argmax(bv, bi);
     if (lane == 0) sel[k] = bi;
     __syncwarp();
   }
@@ -332,14 +338,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
       bv = l[i];
       bi = i;
     }
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
+  warp_argmax(bv, bi);
   if ((tid & 31) == 0) {
     red[tid >> 5] = bv;
     ired[tid >> 5] = bi;
@@ -348,14 +347,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
   if (tid < 32) {
     bv = red[tid];
     bi = ired[tid];
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
+    warp_argmax(bv, bi);
     if (tid == 0) {
       red[0] = bv;
       ired[0] = bi;
