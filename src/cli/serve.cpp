@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "cli/model_args.h"
+#include "cli/text_gen.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "runtime/engine.h"
@@ -83,9 +84,7 @@ std::function<int()> setup(CLI::App& app) {
     }
     GenerationConfig gc = GenerationConfig::from_folder(m.dir);
     sm.defaults = gc.defaults();
-    sm.eos_ids = gc.eos_token_ids;
-    if (sm.eos_ids.empty() && sm.tokenizer.eos_id() >= 0) sm.eos_ids.push_back(sm.tokenizer.eos_id());
-    if (sm.eos_ids.empty() && c.eos_token_id >= 0) sm.eos_ids.push_back(int32_t(c.eos_token_id));
+    sm.eos_ids = eos_ids_for(m.dir, c, &sm.tokenizer);  // the same stop ids as generate and chat
     std::error_code ec;
     auto mtime = std::filesystem::last_write_time(m.dir / "config.json", ec);
     sm.created = ec ? 0
