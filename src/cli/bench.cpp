@@ -114,17 +114,6 @@ json shape_json(const std::string& name) {
   return j;
 }
 
-int parse_device(const std::string& d) {
-  if (d == "cpu") return -1;
-  if (d == "cuda") return 0;
-  if (d.rfind("cuda:", 0) == 0) {
-    char* end = nullptr;
-    const long v = std::strtol(d.c_str() + 5, &end, 10);
-    if (*end == '\0' && v >= 0 && d.size() > 5) return int(v);
-  }
-  fail("--device must be cpu, cuda or cuda:N, got '{}'", d);
-}
-
 // Host memcpy bandwidth over all threads, (bytes read + written) / s.
 double host_copy_bandwidth() {
   const size_t bytes = size_t(1) << 30;

@@ -50,17 +50,7 @@ fs::path prepare(const ModelArgs& a) {
 LoadedModel load_model(const ModelArgs& a, const CacheOptions& cache) {
   LoadedModel m;
   m.dir = prepare(a);
-  int device = -1;
-  if (a.device == "cpu") {
-  } else if (a.device == "cuda") {
-    device = 0;
-  } else if (a.device.rfind("cuda:", 0) == 0) {
-    auto s = a.device.substr(5);
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), device);
-    if (ec != std::errc() || p != s.data() + s.size() || device < 0) fail("--device: cannot parse '{}'", a.device);
-  } else {
-    fail("--device must be cpu, cuda or cuda:N, got '{}'", a.device);
-  }
+  const int device = parse_device(a.device);
   m.weights = ModelWeights::load(m.dir, !a.no_progress);
   const ModelConfig& c = m.weights->config;
   log::info("load", "{}: {}", m.dir.filename().string(), c.summary());
@@ -83,6 +73,17 @@ LoadedModel load_model(const ModelArgs& a, const CacheOptions& cache) {
             cache_tokens, m.model->cache_bytes_per_token(),
             double(cache_tokens) * double(m.model->cache_bytes_per_token()) / 1e6);
   return m;
+}
+
+int parse_device(const std::string& d) {
+  if (d == "cpu") return -1;
+  if (d == "cuda") return 0;
+  if (d.rfind("cuda:", 0) == 0) {
+    int v = -1;
+    auto [p, ec] = std::from_chars(d.data() + 5, d.data() + d.size(), v);
+    if (ec == std::errc() && p == d.data() + d.size() && v >= 0) return v;
+  }
+  fail("--device must be cpu, cuda or cuda:N, got '{}'", d);
 }
 
 std::vector<int32_t> parse_ids(const std::string& csv) {

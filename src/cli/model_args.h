@@ -33,5 +33,7 @@ struct LoadedModel {
 LoadedModel load_model(const ModelArgs& a, const CacheOptions& cache);
 
 std::vector<int32_t> parse_ids(const std::string& csv);
+// --device: -1 for cpu, N for cuda / cuda:N.
+int parse_device(const std::string& device);
 
 }  // namespace dsv2::cli
