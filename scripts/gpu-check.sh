@@ -15,6 +15,8 @@
 #   --peers DIR      also measure transformers and llama.cpp (bench/gpu/peer_*.{py,sh}); DIR holds
 #                    llama-batched-bench-cuda-sm90.xz, gguf-py, the vocab GGUF and mk_gguf_ds2.py
 #   BENCH_ARGS       environment: replaces the default benchmark arguments
+#   PROFILE_ARGS     environment: when set, also runs `dsv2 bench --device cuda $PROFILE_ARGS` with
+#                    DSV2_CUDA_PROFILE=1 and prints the GPU time per stage of each timed phase
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREBUILT="" TESTS=1 BENCH=1 PEERS="" HF=0 PACK=""
@@ -82,6 +84,14 @@ if [ $BENCH = 1 ]; then
   grep -E "cuda|cache" "$LOG/bench.err" | head -5
 fi
 
+if [ -n "${PROFILE_ARGS:-}" ]; then
+  echo "profile: dsv2 bench --device cuda $PROFILE_ARGS"
+  # shellcheck disable=SC2086
+  DSV2_CUDA_PROFILE=1 timeout 300 "$BIN/dsv2" bench --device cuda $PROFILE_ARGS >"$LOG/profile.jsonl" \
+    2>"$LOG/profile.err" || { status=1; tail -20 "$LOG/profile.err"; }
+  grep "cuda-profile" "$LOG/profile.err" | sed 's/^.*cuda-profile[^ ]* //'
+fi
+
 if [ $HF = 1 ]; then
   echo "peers: transformers"
   PYTHONUNBUFFERED=1 timeout 300 python3 "$ROOT/bench/gpu/peer_transformers.py" >"$LOG/peer_transformers.jsonl" \
@@ -106,7 +116,8 @@ for r in rows:
         print(f"decode  batch {r['batch']:4d}: {r['decode_tok_s']:10.0f} tok/s  {r['ms_per_step']:7.2f} ms/step  "
               f"{r['achieved_GBps']:6.0f} GB/s = {r['pct_roofline']:5.1f}% roofline  (prefill {r['prefill_tok_s']:.0f} tok/s)")
     elif b == "prefill":
-        print(f"prefill {r['prompt']} tokens: {r['prefill_tok_s']:.0f} tok/s ({r['ms']:.1f} ms)")
+        print(f"prefill {r['prompt']} tokens: {r['prefill_tok_s']:.0f} tok/s ({r['ms']:.1f} ms, median of "
+              f"{len(r.get('runs_ms', [0]))}; cold run {r.get('cold_prefill_tok_s', 0):.0f} tok/s)")
     elif b == "long_context":
         print(f"decode at context {r['context']}: {r['decode_tok_s']:.0f} tok/s  {r['ms_per_step']:.2f} ms/step  "
               f"{r['pct_roofline']:.1f}% roofline")

@@ -37,6 +37,7 @@ struct BenchArgs {
   int prompt = 128;
   int gen = 64;
   int prefill = 0;                  // > 0: also one sequence prefill of this many tokens
+  int prefill_reps = 3;             // timed prefills after the cold one (median reported)
   std::string contexts;             // decode at these context lengths (batch 1)
   bool context_prefill = false;     // fill long contexts by a real (chunked) prefill, also for random weights
   int layers = 0;                   // > 0: override num_hidden_layers (a scaled V2 on one GPU)
@@ -226,8 +227,7 @@ int run_bench(BenchArgs& a) {
   int64_t need = 0;
   for (auto b : batches) need = std::max(need, b * (a.prompt + a.gen + kCacheBlockSize));
   for (auto c : contexts) need = std::max(need, c + a.gen + kCacheBlockSize);
-  const int warm_len = std::min(256, std::max(a.prefill, 1));
-  need = std::max<int64_t>(need, a.prefill + 1 + warm_len + 2 * kCacheBlockSize);
+  need = std::max<int64_t>(need, a.prefill + 1 + 2 * kCacheBlockSize);
   CacheOptions cache{a.cache_tokens, 0.9};
   if (device < 0 && cache.max_tokens == 0) cache.max_tokens = need;
 
@@ -259,6 +259,14 @@ int run_bench(BenchArgs& a) {
   const ModelConfig& c = model->config();
   double bw = 0;
   double wbytes = 0;
+  // DSV2_CUDA_PROFILE: the per-stage GPU time of each timed phase (warm-up discarded).
+  auto profile = [&](const std::string& label) {
+#if defined(DSV2_HAVE_CUDA)
+    if (auto* cm = cuda::as_cuda(model.get())) cm->profile_report(label);
+#else
+    (void)label;
+#endif
+  };
 #if defined(DSV2_HAVE_CUDA)
   if (auto* cm = cuda::as_cuda(model.get())) {
     cm->set_graphs(!a.no_graphs);
@@ -296,10 +304,12 @@ int run_bench(BenchArgs& a) {
       cur = next;
     };
     for (int w = 0; w < a.warmup; ++w) decode_batch();  // graph capture stays out of the timing
+    profile("");
     const int64_t ctx0 = seqs.s[0].length;
     t0 = clock_type::now();
     for (int g = 0; g < a.gen; ++g) decode_batch();
     const double dec_s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    profile(fmt::format("decode batch {}", B));
     const double step_s = dec_s / a.gen;
     const double avg_ctx = double(ctx0) + (a.gen + 1) / 2.0;
     const double bytes = decode_weight_bytes(c, B) + double(B) * avg_ctx * cache_bpt;
@@ -311,22 +321,34 @@ int run_bench(BenchArgs& a) {
           {"roofline_tok_s", double(B) * bw / bytes}});
   }
 
-  // One long prompt.
+  // One long prompt: a first (cold) run of the same length on another sequence, then
+  // `prefill_reps` timed runs on fresh sequences; the median is the steady-state figure.
   if (a.prefill > 0) {
-    Seqs seqs(*model, 1, a.prefill + 1);
     const auto ids = prompt_ids(a.prefill, 7, V);
     std::vector<int32_t> next;
-    {  // warm-up on a short prompt of another sequence
-      Seqs w(*model, 1, warm_len);
-      const auto wid = prompt_ids(warm_len, 9, V);
-      std::vector<SeqChunk> wb = {{&w.s[0], wid, false}};
-      run.step(wb, next);
-    }
-    std::vector<SeqChunk> batch = {{&seqs.s[0], ids, false}};
-    auto t0 = clock_type::now();
-    run.step(batch, next);
-    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
-    emit({{"bench", "prefill"}, {"prompt", a.prefill}, {"prefill_tok_s", double(a.prefill) / s}, {"ms", s * 1e3}});
+    auto one_prefill = [&](uint64_t salt) {
+      Seqs seqs(*model, 1, a.prefill + 1);
+      const auto p = salt == 0 ? ids : prompt_ids(a.prefill, 7 + salt, V);
+      std::vector<SeqChunk> batch = {{&seqs.s[0], p, false}};
+      auto t0 = clock_type::now();
+      run.step(batch, next);
+      return std::chrono::duration<double>(clock_type::now() - t0).count();
+    };
+    const double cold = one_prefill(100);
+    profile("");
+    std::vector<double> times;
+    for (int r = 0; r < std::max(a.prefill_reps, 1); ++r) times.push_back(one_prefill(uint64_t(r)));
+    profile(fmt::format("prefill {} tokens", a.prefill));
+    std::vector<double> sorted = times;
+    std::sort(sorted.begin(), sorted.end());
+    const double s = sorted[sorted.size() / 2];
+    emit({{"bench", "prefill"}, {"prompt", a.prefill}, {"prefill_tok_s", double(a.prefill) / s}, {"ms", s * 1e3},
+          {"runs_ms", [&] {
+             json j = json::array();
+             for (double t : times) j.push_back(t * 1e3);
+             return j;
+           }()},
+          {"cold_ms", cold * 1e3}, {"cold_prefill_tok_s", double(a.prefill) / cold}});
   }
 
   // Decode at long contexts (batch 1). Random-weight models start from a random cache of that
@@ -379,7 +401,10 @@ DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdo
   app.add_option("--batch", a->batches, "Decode batch sizes, comma-separated")->capture_default_str();
   app.add_option("--prompt", a->prompt, "Prompt tokens per sequence")->capture_default_str();
   app.add_option("--gen", a->gen, "Decode steps timed")->capture_default_str();
-  app.add_option("--prefill", a->prefill, "Also time one prefill of this many tokens");
+  app.add_option("--prefill", a->prefill,
+                 "Also time the prefill of one prompt of this many tokens: a cold run, then --prefill-reps runs "
+                 "(median reported)");
+  app.add_option("--prefill-reps", a->prefill_reps, "Timed prefill runs after the cold one")->capture_default_str();
   app.add_option("--context", a->contexts, "Also time batch-1 decode at these context lengths, comma-separated");
   app.add_flag("--context-prefill", a->context_prefill,
                "Fill the --context lengths by a real prefill in chunks of 8192 (random weights start from a random "

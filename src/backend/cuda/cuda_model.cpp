@@ -135,12 +135,7 @@ class CudaModelImpl final : public CudaModel {
   ~CudaModelImpl() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
-    if (prof_on_) {
-      double tot = 0;
-      for (auto& [n, ms] : prof_ms_) tot += ms;
-      for (auto& [n, ms] : prof_ms_)
-        log::info("cuda-profile", "{:>20}: {:10.2f} ms ({:4.1f}%)", n, ms, 100.0 * ms / std::max(tot, 1e-9));
-    }
+    if (prof_on_ && !prof_ms_.empty()) profile_report("at exit");
     // A shape seen once has a graph entry but no captured graph yet: destroying a null exec would
     // leave "invalid argument" as the thread's last error for the next model's first launch check.
     for (auto& [k, g] : graphs_)
@@ -175,6 +170,20 @@ class CudaModelImpl final : public CudaModel {
     run(batch, nullptr, tokens, opt, step);
   }
   void set_graphs(bool on) override { graphs_on_ = on; }
+  void profile_report(const std::string& label) override {
+    if (!prof_on_) return;
+    if (!label.empty()) {
+      double tot = 0;
+      for (auto& [n, ms] : prof_ms_) tot += ms;
+      const double passes = std::max(prof_passes_, 1);
+      log::info("cuda-profile", "{}: {} passes, {:.3f} ms of GPU time per pass", label, prof_passes_, tot / passes);
+      for (auto& [n, ms] : prof_ms_)
+        log::info("cuda-profile", "  {:>24}: {:9.3f} ms per pass ({:4.1f}%)", n, ms / passes,
+                  100.0 * ms / std::max(tot, 1e-9));
+    }
+    prof_ms_.clear();
+    prof_passes_ = 0;
+  }
   double copy_bandwidth() override;
   size_t weight_bytes() const override { return weight_bytes_; }
   int64_t cache_tokens() const override { return int64_t(alloc_.total()) * kCacheBlockSize; }
@@ -259,6 +268,7 @@ class CudaModelImpl final : public CudaModel {
   bool prof_on_ = std::getenv("DSV2_CUDA_PROFILE") != nullptr;
   std::vector<std::pair<const char*, cudaEvent_t>> prof_marks_;
   std::map<std::string, double> prof_ms_;
+  int prof_passes_ = 0;
   std::string prof_prefix_;
   void mark(const char* name) {
     if (!prof_on_) return;
@@ -275,6 +285,7 @@ class CudaModelImpl final : public CudaModel {
     }
     for (auto& [n, e] : prof_marks_) cudaEventDestroy(e);
     prof_marks_.clear();
+    ++prof_passes_;
   }
 };
 
@@ -771,7 +782,8 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
 
 void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int n_chunks) {
   const int32_t* meta = meta_.p;
-  if (prof_on_) gpu_sleep(30000, stream_);
+  // The host queues the whole pass behind a 20 ms sleep, so that the events time the GPU alone.
+  if (prof_on_) gpu_sleep(20000, stream_);
   mark("start");
   embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
   const float eps = float(c_.rms_norm_eps);

@@ -48,6 +48,10 @@ class CudaModel : public Model {
   virtual size_t weight_bytes() const = 0;
   // Capacity of the latent cache in tokens.
   virtual int64_t cache_tokens() const = 0;
+  // With DSV2_CUDA_PROFILE set (eager passes, events between the stages): logs the GPU time per
+  // stage and per pass accumulated since the last call under `label`, then starts again; an empty
+  // label discards (warm-up). Without DSV2_CUDA_PROFILE it does nothing.
+  virtual void profile_report(const std::string& label) = 0;
 };
 
 // The CUDA model behind `m`, or nullptr when `m` is another backend.
