@@ -222,9 +222,10 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     int T, E, K, H, N, tile_m;
   };
   // N x H = expert matrix; the second product maps N back to H for the combine.
-  for (Case cs : {Case{1, 64, 6, 2048, 2816, 16}, Case{7, 8, 3, 64, 32, 64}, Case{300, 64, 6, 256, 384, 64},
-                  Case{300, 64, 6, 256, 384, 16}, Case{33, 16, 2, 36, 24, 16}, Case{130, 4, 2, 128, 200, 16},
-                  Case{130, 4, 2, 128, 200, 64}, Case{8, 64, 6, 2048, 2816, 16}, Case{5, 16, 3, 512, 1408, 64}}) {
+  for (Case cs : {Case{1, 64, 6, 2048, 2816, 32}, Case{7, 8, 3, 64, 32, 128}, Case{300, 64, 6, 256, 384, 128},
+                  Case{300, 64, 6, 256, 384, 32}, Case{33, 16, 2, 36, 24, 32}, Case{130, 4, 2, 128, 200, 32},
+                  Case{130, 4, 2, 128, 200, 128}, Case{8, 64, 6, 2048, 2816, 32}, Case{5, 16, 3, 512, 1408, 128},
+                  Case{700, 8, 2, 256, 1408, 128}, Case{64, 64, 6, 2048, 1408, 32}, Case{90, 4, 3, 72, 136, 128}}) {
     std::vector<int32_t> ids(size_t(cs.T) * cs.K);
     std::vector<float> wts(size_t(cs.T) * cs.K);
     for (int t = 0; t < cs.T; ++t) {
