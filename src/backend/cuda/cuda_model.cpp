@@ -73,10 +73,10 @@ struct DevLayer {
   DevBuf<bf16> gate_up;   // dense [2I, H]: gate rows then up rows
   DevBuf<bf16> down;      // dense [H, I]
   DevBuf<float> router;   // [E, H] fp32: the routing decision is made in fp32 (reference section 3)
-  DevBuf<bf16> exp_gu;    // [E, 2 * moe_inter, H]
-  DevBuf<bf16> exp_down;  // [E, H, moe_inter]
-  DevBuf<bf16> sh_gu;     // [2S, H]
-  DevBuf<bf16> sh_down;   // [H, S]
+  // Routed experts 0..E-1, then the shared MLP as n_shared pseudo-experts of the same shapes
+  // (piece s = its intermediate columns [s*moe_inter, (s+1)*moe_inter)).
+  DevBuf<bf16> exp_gu;    // [E + n_shared, 2 * moe_inter, H]: gate rows then up rows per expert
+  DevBuf<bf16> exp_down;  // [E + n_shared, H, moe_inter]
 };
 
 struct PassChunk {
@@ -197,7 +197,9 @@ class CudaModelImpl final : public CudaModel {
   void attend_decompressed(const DevLayer& L, const bf16* q, int q_stride, const bf16* cache_l, const DecompChunk& dc);
   void ffn(int l, int T);
   void gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
-  void gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy);
+  // Y = X W^T (accumulate: Y += X W^T; only for f32 Y).
+  void gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy,
+                   bool accumulate = false);
   void reserve_scratch(int T, int R, int n_items, int n_splits);
   bf16* alloc_matrix(DevBuf<bf16>& b, size_t rows, size_t cols) {
     b.reserve(rows * cols);
@@ -260,6 +262,8 @@ class CudaModelImpl final : public CudaModel {
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
   bool moe_cublas_ = std::getenv("DSV2_CUDA_MOE_CUBLAS") != nullptr;
+  // Decode-sized MoE in two kernels (moe_rows); DSV2_CUDA_NO_MOE_ROWS=1 takes the dispatch path.
+  bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
@@ -317,17 +321,21 @@ void CudaModelImpl::alloc_weights() {
       alloc_matrix(L.down, H, I);
     } else {
       const size_t E = size_t(c_.n_routed_experts), I = size_t(c_.moe_intermediate_size);
-      const size_t S = size_t(c_.n_shared_experts) * I;
+      const size_t ES = E + size_t(c_.n_shared_experts);
       L.router.reserve(E * H);
       weight_bytes_ += E * H * sizeof(float);
-      alloc_matrix(L.exp_gu, E * 2 * I, H);
-      alloc_matrix(L.exp_down, E * H, I);
-      if (S > 0) {
-        alloc_matrix(L.sh_gu, 2 * S, H);
-        alloc_matrix(L.sh_down, H, S);
-      }
+      alloc_matrix(L.exp_gu, ES * 2 * I, H);
+      alloc_matrix(L.exp_down, ES * H, I);
     }
   }
+}
+
+// Rows [r0, r0 + n) of m.
+Matrix row_slice(const Matrix& m, size_t r0, size_t n) {
+  Matrix s = m;
+  s.rows = int64_t(n);
+  s.data = static_cast<const char*>(m.data) + r0 * size_t(m.cols) * dtype_size(m.dtype);
+  return s;
 }
 
 // Copies matrix `m` (bf16 or f32 on the host) as bf16 to dst, through a pinned staging buffer.
@@ -377,6 +385,19 @@ class Uploader {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, f.data(), n * sizeof(float), cudaMemcpyHostToDevice, s_));
     DSV2_CUDA_CHECK(cudaStreamSynchronize(s_));
     bar_.add(n * sizeof(float));
+  }
+  // Columns [c0, c0 + n) of m as a [rows, n] bf16 matrix.
+  void matrix_cols(const Matrix& m, size_t c0, size_t n, bf16* dst) {
+    std::vector<uint16_t> b(size_t(m.rows) * n);
+    for (size_t r = 0; r < size_t(m.rows); ++r)
+      for (size_t c = 0; c < n; ++c) {
+        const size_t i = r * size_t(m.cols) + c0 + c;
+        b[r * n + c] = m.dtype == DType::bf16 ? static_cast<const uint16_t*>(m.data)[i]
+                                               : f32_to_bf16(static_cast<const float*>(m.data)[i]);
+      }
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, b.data(), b.size() * 2, cudaMemcpyHostToDevice, s_));
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(s_));
+    bar_.add(b.size() * 2);
   }
   void vec(const std::vector<float>& v, float* dst) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, s_));
@@ -428,11 +449,10 @@ void CudaModelImpl::upload(const ModelWeights& w) {
         up.matrix(s.exp_up[e], d.exp_gu.p + (e * 2 + 1) * I * H);
         up.matrix(s.exp_down[e], d.exp_down.p + e * H * I);
       }
-      if (c_.n_shared_experts > 0) {
-        const size_t S = size_t(c_.n_shared_experts) * I;
-        up.matrix(s.sh_gate, d.sh_gu.p);
-        up.matrix(s.sh_up, d.sh_gu.p + S * H);
-        up.matrix(s.sh_down, d.sh_down.p);
+      for (size_t sp = 0; sp < size_t(c_.n_shared_experts); ++sp) {  // pseudo-expert E + sp
+        up.matrix(row_slice(s.sh_gate, sp * I, I), d.exp_gu.p + (E + sp) * 2 * I * H);
+        up.matrix(row_slice(s.sh_up, sp * I, I), d.exp_gu.p + ((E + sp) * 2 + 1) * I * H);
+        up.matrix_cols(s.sh_down, sp * I, I, d.exp_down.p + (E + sp) * H * I);
       }
     }
   }
@@ -468,8 +488,6 @@ void CudaModelImpl::randomize(uint64_t seed) {
     if (L.router.p) fill_random_f32(L.router.p, L.router.n, ++k, float(std::sqrt(3.0 / double(H))), 0.0f, stream_);
     mat(L.exp_gu, H);
     mat(L.exp_down, size_t(c_.moe_intermediate_size));
-    mat(L.sh_gu, H);
-    mat(L.sh_down, size_t(c_.n_shared_experts * c_.moe_intermediate_size));
   }
   DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
@@ -550,11 +568,11 @@ void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, in
 }
 
 void CudaModelImpl::gemm_cublas(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32,
-                                int ldy) {
-  const float one = 1.0f, zero = 0.0f;
+                                int ldy, bool accumulate) {
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T = W^T(op T) X^T.
   CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16BF, K, X, CUDA_R_16BF, ldx,
-                            &zero, Y, yf32 ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                            &beta, Y, yf32 ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
@@ -589,7 +607,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_offsets_.reserve(E + 1);
     grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), 16)) * 3 + 1);
     grown |= xp_.reserve(rows * H);
-    grown |= gup_.reserve(rows * 2 * Im);
+    grown |= gup_.reserve((rows + t * size_t(c_.n_shared_experts)) * 2 * Im);
     grown |= actp_.reserve(rows * Im);
     grown |= yp_.reserve(rows * H);
   }
@@ -930,7 +948,6 @@ void CudaModelImpl::ffn(int l, int T) {
     return;
   }
   const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
-  const int S = int(c_.n_shared_experts) * Im;
   {  // router logits in fp32: [T, H] x [E, H]^T
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, E, T, H_, &one, L.router.p, H_, xnf_.p, H_, &zero,
@@ -950,6 +967,27 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.weights = moe_w_.p;
   moe_route(rp, stream_);
   mark("router");
+  const int NS = int(c_.n_shared_experts);
+  if (moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im)) {
+    // Decode-sized: routed and shared experts together in two kernels, no dispatch or combine.
+    MoeRowsParams mp{};
+    mp.x = xn_.p;
+    mp.ids = moe_ids_.p;
+    mp.weights = moe_w_.p;
+    mp.T = T;
+    mp.K = K;
+    mp.S = NS;
+    mp.E = E;
+    mp.H = H_;
+    mp.I = Im;
+    mp.w_gu = L.exp_gu.p;
+    mp.w_down = L.exp_down.p;
+    mp.gu = gup_.p;
+    mp.y = delta_.p;
+    moe_rows(mp, stream_);
+    mark("experts");
+    return;
+  }
   MoeDispatch d{};
   d.counts = moe_counts_.p;
   d.offsets = moe_offsets_.p;
@@ -980,20 +1018,21 @@ void CudaModelImpl::ffn(int l, int T) {
       gemm_cublas(actp_.p + size_t(off) * Im, cnt, Im, Im, L.exp_down.p + size_t(e) * H_ * Im, H_,
                   yp_.p + size_t(off) * H_, true, H_);
     }
-  } else if (R <= kMoeSkinnyMaxRows && H_ % 8 == 0 && Im % 8 == 0 && size_t(std::max(H_, Im)) * 2 <= 48 * 1024) {
-    moe_gemm_rows(xp_.p, L.exp_gu.p, d.row_expert, R, 2 * Im, H_, gup_.p, false, stream_);
-    silu_mul(gup_.p, R, Im, actp_.p, stream_);
-    moe_gemm_rows(actp_.p, L.exp_down.p, d.row_expert, R, H_, Im, yp_.p, true, stream_);
   } else {
     moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false, stream_);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
     moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
   }
   mark("experts");
-  if (S > 0) {
-    gemm(xn_.p, T, H_, H_, L.sh_gu.p, 2 * S, gu_.p, false, 2 * S);
-    silu_mul(gu_.p, T, S, act_.p, stream_);
-    gemm(act_.p, T, S, S, L.sh_down.p, H_, delta_.p, true, H_);
+  if (NS > 0) {
+    // The pseudo-experts E..E+NS-1 are consecutive [2I, H] blocks: one product gives [T, NS, 2I],
+    // i.e. NS*T rows of [gate | up]; their activations are [T, NS*I] in the shared MLP's column
+    // order, and the down product sums the pieces.
+    gemm(xn_.p, T, H_, H_, L.exp_gu.p + size_t(E) * 2 * Im * H_, NS * 2 * Im, gu_.p, false, NS * 2 * Im);
+    silu_mul(gu_.p, T * NS, Im, act_.p, stream_);
+    for (int sp = 0; sp < NS; ++sp)
+      gemm_cublas(act_.p + size_t(sp) * Im, T, Im, NS * Im, L.exp_down.p + size_t(E + sp) * H_ * Im, H_, delta_.p,
+                  true, H_, sp > 0);
   } else {
     DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
   }

@@ -2,8 +2,8 @@
 // tile list names, for each 64-row tile, its expert, first row and row count. The grid is sized for
 // the worst case (rows/64 + experts tiles) so that the launch needs no host synchronization and can
 // be captured in a CUDA graph; blocks past the real tile count return at once.
-// bf16 tensor-core products (WMMA 16x16x16), fp32 accumulation, 4-stage cp.async pipeline.
-#include <mma.h>
+// bf16 tensor-core products (mma.sync m16n8k16, ldmatrix fragments), fp32 accumulation, 4-stage
+// cp.async pipeline; 32-row tiles for decode-sized groups, 128-row tiles for prefill-sized ones.
 
 #include "backend/cuda/ops.h"
 #include "common/error.h"
@@ -12,18 +12,24 @@ namespace dsv2::cuda {
 
 namespace {
 
-using namespace nvcuda;
-
-constexpr int BN = 128, BK = 64, LDT = BK + 8, STAGES = 3, THREADS = 256;
-constexpr int LDC = BN + 4;
-template <int BM>
-struct Tile {
-  static constexpr int WARPS_M = BM == 64 ? 2 : 1, WARPS_N = 8 / WARPS_M;
-  static constexpr int FM = BM / 16 / WARPS_M, FN = BN / 16 / WARPS_N;  // fragments per warp
-  static constexpr size_t kStageElems = size_t(BM + BN) * LDT;
-  static constexpr size_t kSmemBytes =
-      STAGES * kStageElems * 2 > size_t(BM) * LDC * 4 ? STAGES * kStageElems * 2 : size_t(BM) * LDC * 4;
+// Tensor-core tiles: mma.sync m16n8k16 (bf16 in, fp32 accumulate) on fragments read from shared
+// memory with ldmatrix; A = BM rows of permuted activations, B = BN weight rows of the tile's expert,
+// both [row][k] with rows padded by 8 elements (16 bytes) so that ldmatrix hits distinct banks.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_>
+struct MmaCfg {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, STAGES = STAGES_;
+  static constexpr int THREADS = WM * WN * 32;
+  static constexpr int WTM = BM / WM, WTN = BN / WN;  // warp tile
+  static constexpr int MI = WTM / 16, NI = WTN / 8;   // mma tiles per warp
+  static constexpr int LDS = BK + 8;
+  static constexpr size_t kStageElems = size_t(BM + BN) * LDS;
+  static constexpr size_t kSmemBytes = STAGES * kStageElems * sizeof(bf16);
+  static_assert(NI % 2 == 0 && WTM % 16 == 0 && BK % 16 == 0, "tile shape");
 };
+// Decode-sized groups (a few to a few dozen rows per expert): memory-bound, deep pipeline.
+using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
+// Prefill-sized groups: 64 x 64 warp tiles (32 products per 8 fragment loads).
+using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
 
 __device__ inline void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned sa = unsigned(__cvta_generic_to_shared(smem));
@@ -35,102 +41,126 @@ template <int N>
 __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
-template <int BM, bool kF32Out>
-__global__ void __launch_bounds__(THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                           const int32_t* __restrict__ tiles, int max_tiles, int N,
-                                                           int K, void* y) {
+template <class C, bool kF32Out>
+__global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                              const int32_t* __restrict__ tiles, int max_tiles, int N,
+                                                              int K, void* y) {
   extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
   const int tile = blockIdx.y;
   if (tile >= tiles[max_tiles * 3]) return;
   const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
   const int n0 = blockIdx.x * BN;
   const bf16* we = w + size_t(e) * N * K;
   bf16* st = reinterpret_cast<bf16*>(smem);
-  using TL = Tile<BM>;
-  constexpr size_t kStageElems = TL::kStageElems;
-  constexpr int FM = TL::FM, FN = TL::FN;
-  const int tid = threadIdx.x, warp = tid >> 5;
-  const int wm = warp / TL::WARPS_N, wn = warp % TL::WARPS_N;  // warp tile (16 FM) x (16 FN)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wm = warp / C::WN, wn = warp % C::WN;
   const int nk = (K + BK - 1) / BK;
 
   auto load = [&](int kt, int stage) {
-    bf16* sA = st + stage * kStageElems;
-    bf16* sB = sA + BM * LDT;
+    bf16* sA = st + stage * C::kStageElems;
+    bf16* sB = sA + BM * LDS;
     const int k0 = kt * BK;
     constexpr int P = BK / 8;  // 16-byte pieces per row
 #pragma unroll
-    for (int i = 0; i < (BM * P + THREADS - 1) / THREADS; ++i) {  // A: BM rows
-      const int idx = tid + i * THREADS;
+    for (int i = 0; i < (BM * P + C::THREADS - 1) / C::THREADS; ++i) {
+      const int idx = tid + i * C::THREADS;
       if (idx < BM * P) {
         const int r = idx / P, c = (idx % P) * 8;
         const bool ok = r < rows && k0 + c < K;
-        cp_async16(sA + r * LDT + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
+        cp_async16(sA + r * LDS + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
       }
     }
 #pragma unroll
-    for (int i = 0; i < BN * P / THREADS; ++i) {  // B: 128 weight rows, 128 contiguous bytes each
-      const int idx = tid + i * THREADS;
+    for (int i = 0; i < BN * P / C::THREADS; ++i) {
+      const int idx = tid + i * C::THREADS;
       const int r = idx / P, c = (idx % P) * 8;
       const bool ok = n0 + r < N && k0 + c < K;
-      cp_async16(sB + r * LDT + c, ok ? we + size_t(n0 + r) * K + k0 + c : we, ok);
+      cp_async16(sB + r * LDS + c, ok ? we + size_t(n0 + r) * K + k0 + c : we, ok);
     }
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+  float acc[MI][NI][4];
 #pragma unroll
-  for (int i = 0; i < FM; ++i)
+  for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < C::STAGES - 1; ++s) {
     if (s < nk) load(s, s);
     cp_async_commit();
   }
+  // Per-lane ldmatrix offsets (elements) within a stage: A rows (lane & 15), k half (lane >> 4);
+  // B rows (lane & 7) + 8 * (lane >> 4), k half ((lane >> 3) & 1).
+  const int a_off = (wm * C::WTM + (lane & 15)) * LDS + (lane >> 4) * 8;
+  const int b_off = BM * LDS + (wn * C::WTN + (lane & 7) + ((lane >> 4) << 3)) * LDS + ((lane >> 3) & 1) * 8;
+  const unsigned s_base = unsigned(__cvta_generic_to_shared(st));
   for (int kt = 0; kt < nk; ++kt) {
-    cp_async_wait<STAGES - 2>();
+    cp_async_wait<C::STAGES - 2>();
     __syncthreads();
     {
-      const int nxt = kt + STAGES - 1;
-      if (nxt < nk) load(nxt, nxt % STAGES);
+      const int nxt = kt + C::STAGES - 1;
+      if (nxt < nk) load(nxt, nxt % C::STAGES);
       cp_async_commit();
     }
-    const bf16* sA = st + (kt % STAGES) * kStageElems;
-    const bf16* sB = sA + BM * LDT;
+    const unsigned stage = s_base + unsigned((kt % C::STAGES) * C::kStageElems * sizeof(bf16));
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[FM];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[FN];
+      uint32_t af[MI][4], bfr[NI][2];
 #pragma unroll
-      for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], sA + (wm * FM * 16 + i * 16) * LDT + kk, LDT);
+      for (int i = 0; i < MI; ++i) ldmatrix_x4(af[i], stage + unsigned((a_off + i * 16 * LDS + kk) * 2));
 #pragma unroll
-      for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], sB + (wn * FN * 16 + j * 16) * LDT + kk, LDT);
+      for (int j = 0; j < NI / 2; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4(r, stage + unsigned((b_off + j * 16 * LDS + kk) * 2));
+        bfr[2 * j][0] = r[0];
+        bfr[2 * j][1] = r[1];
+        bfr[2 * j + 1][0] = r[2];
+        bfr[2 * j + 1][1] = r[3];
+      }
 #pragma unroll
-      for (int i = 0; i < FM; ++i)
+      for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int j = 0; j < NI; ++j) mma_bf16(acc[i][j], af[i], bfr[j][0], bfr[j][1]);
     }
   }
   cp_async_wait<0>();
-  __syncthreads();
-  float* sC = reinterpret_cast<float*>(smem);
+  // Accumulator (i, j): rows g and g + 8 of the 16-row tile, columns 2 * (lane & 3) + {0, 1}.
+  const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
-  for (int i = 0; i < FM; ++i)
+  for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < FN; ++j)
-      wmma::store_matrix_sync(sC + (wm * FM * 16 + i * 16) * LDC + (wn * FN + j) * 16, acc[i][j], LDC,
-                              wmma::mem_row_major);
-  __syncthreads();
-  for (int i = tid; i < rows * BN; i += THREADS) {
-    const int r = i / BN, c = i % BN;
-    if (n0 + c >= N) continue;
-    const float v = sC[r * LDC + c];
-    if constexpr (kF32Out)
-      static_cast<float*>(y)[size_t(r0 + r) * N + n0 + c] = v;
-    else
-      static_cast<bf16*>(y)[size_t(r0 + r) * N + n0 + c] = __float2bfloat16(v);
-  }
+    for (int j = 0; j < NI; ++j) {
+      const int col = n0 + wn * C::WTN + j * 8 + c2;
+      if (col >= N) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * C::WTM + i * 16 + g + h * 8;
+        if (r >= rows) continue;
+        const size_t o = size_t(r0 + r) * N + col;
+        if constexpr (kF32Out)
+          *reinterpret_cast<float2*>(static_cast<float*>(y) + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        else
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + o) =
+              __floats2bfloat162_rn(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+      }
+    }
 }
 
 // Any K: one thread per output element (small test shapes only).
@@ -302,42 +332,188 @@ void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int 
   DSV2_CUDA_LAUNCHED();
 }
 
-template <int BM>
+// ---------------------------------------------------------------------------------------------
+// Decode-sized MoE (T <= kMoeRowsMaxTokens) without dispatch: the routed rows read the router's ids
+// directly, the shared experts are the pseudo-experts E..E+S-1 applied to every token, and the
+// down product sums each token's rows with their weights straight into y.
+
+// Gate/up: block (32 outputs, row). Rows y < T*K are routed rows (one token each); rows T*K + s are
+// shared piece s for all T tokens, so that its weights are read once.
+__global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
+  extern __shared__ __align__(16) unsigned char smem_rows[];
+  bf16* sx = reinterpret_cast<bf16*>(smem_rows);
+  const int y = blockIdx.y, n0 = blockIdx.x * kSkinnyOut;
+  const int H = p.H, N = 2 * p.I, TK = p.T * p.K;
+  const bool routed = y < TK;
+  const int e = routed ? p.ids[y] : p.E + (y - TK);
+  const int t0 = routed ? y / p.K : 0, nr = routed ? 1 : p.T;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  for (int i = tid; i < nr * (H / 8); i += blockDim.x) {
+    const int r = i / (H / 8), c = i % (H / 8);
+    reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
+  }
+  __syncthreads();
+  float acc[4][kMoeRowsMaxTokens];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int r = 0; r < kMoeRowsMaxTokens; ++r) acc[j][r] = 0.f;
+  const bf16* we = p.w_gu + size_t(e) * N * H;
+  const int nb = n0 + warp * 4;
+  for (int k = lane * 8; k < H; k += 256) {
+    uint4 wv[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      wv[j] = nb + j < N ? *reinterpret_cast<const uint4*>(we + size_t(nb + j) * H + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
+      if (r >= nr) break;
+      const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(r) * H + k);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+          acc[j][r] += wf.x * xf.x + wf.y * xf.y;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
+      if (r >= nr) break;
+      float v = acc[j][r];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      const int n = nb + j;
+      if (lane == 0 && n < N) {
+        const size_t row = routed ? size_t(y) : size_t(TK) + size_t(y - TK) * p.T + r;
+        p.gu[row * N + n] = __float2bfloat16(v);
+      }
+    }
+}
+
+// Down + combine: block (kRowsDownCols outputs, token t). The token's K + S activation rows
+// (bf16(silu(gate) * up), as silu_mul rounds them) go to shared memory; warp j takes row j and
+// every output column of the block; the weighted sum over the rows runs in a fixed order (shared
+// pieces first, then the routed rows in router order).
+constexpr int kRowsDownCols = 8;
+__global__ void __launch_bounds__(256) moe_rows_down_kernel(MoeRowsParams p) {
+  extern __shared__ __align__(16) unsigned char smem_rows[];
+  const int t = blockIdx.y, n0 = blockIdx.x * kRowsDownCols;
+  const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
+  bf16* sa = reinterpret_cast<bf16*>(smem_rows);                          // [nrow, I]
+  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);          // [nrow, kRowsDownCols]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
+  // row j < S: shared piece j; else routed row j - S
+  auto src_row = [&](int j) { return j < p.S ? size_t(TK) + size_t(j) * p.T + t : size_t(t) * p.K + (j - p.S); };
+  for (int i = tid; i < nrow * I; i += blockDim.x) {
+    const int j = i / I, c = i % I;
+    const bf16* g = p.gu + src_row(j) * 2 * I;
+    const float gv = __bfloat162float(g[c]), uv = __bfloat162float(g[I + c]);
+    sa[i] = __float2bfloat16(gv / (1.0f + __expf(-gv)) * uv);
+  }
+  __syncthreads();
+  for (int j = warp; j < nrow; j += nwarps) {
+    const int e = j < p.S ? p.E + j : p.ids[t * p.K + (j - p.S)];
+    const bf16* we = p.w_down + size_t(e) * H * I;
+    float acc[kRowsDownCols];
+#pragma unroll
+    for (int c = 0; c < kRowsDownCols; ++c) acc[c] = 0.f;
+    for (int k = lane * 8; k < I; k += 256) {
+      const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j) * I + k);
+      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+      uint4 wv[kRowsDownCols];
+#pragma unroll
+      for (int c = 0; c < kRowsDownCols; ++c)
+        wv[c] = n0 + c < H ? *reinterpret_cast<const uint4*>(we + size_t(n0 + c) * I + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int c = 0; c < kRowsDownCols; ++c) {
+        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[c]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
+          acc[c] += wf.x * af.x + wf.y * af.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kRowsDownCols; ++c) {
+      float v = acc[c];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) part[j * kRowsDownCols + c] = v;
+    }
+  }
+  __syncthreads();
+  if (tid < kRowsDownCols && n0 + tid < H) {
+    float v = 0.f;
+    for (int j = 0; j < nrow; ++j) {
+      const float wgt = j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)];
+      v += wgt * part[j * kRowsDownCols + tid];
+    }
+    p.y[size_t(t) * H + n0 + tid] = v;
+  }
+}
+
+bool moe_rows_supported(int T, int K, int S, int H, int I) {
+  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + size_t(K + S) * kRowsDownCols * sizeof(float);
+  return T >= 1 && T <= kMoeRowsMaxTokens && H % 8 == 0 && I % 8 == 0 &&
+         size_t(kMoeRowsMaxTokens) * H * sizeof(bf16) <= 48 * 1024 && down_smem <= 48 * 1024;
+}
+
+void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
+  DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
+             p.K, p.S, p.H, p.I);
+  const int N = 2 * p.I;
+  moe_rows_gu_kernel<<<dim3((N + kSkinnyOut - 1) / kSkinnyOut, p.T * p.K + p.S), 256,
+                       size_t(p.T) * p.H * sizeof(bf16), s>>>(p);
+  DSV2_CUDA_LAUNCHED();
+  const int nrow = p.K + p.S;
+  moe_rows_down_kernel<<<dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T), 256,
+                         size_t(nrow) * p.I * sizeof(bf16) + size_t(nrow) * kRowsDownCols * sizeof(float), s>>>(p);
+  DSV2_CUDA_LAUNCHED();
+}
+
+template <class C>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
                          bool out_f32, cudaStream_t s) {
-  constexpr size_t smem = Tile<BM>::kSmemBytes;
+  constexpr size_t smem = C::kSmemBytes;
   static bool configured[64] = {};  // per device
   int dev = 0;
   DSV2_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 64 && !configured[dev]) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(smem)));
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(smem)));
+    DSV2_CUDA_CHECK(
+        cudaFuncSetAttribute(moe_gemm_kernel<C, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    DSV2_CUDA_CHECK(
+        cudaFuncSetAttribute(moe_gemm_kernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured[dev] = true;
   }
-  const dim3 grid((N + BN - 1) / BN, max_tiles);
+  const dim3 grid((N + C::BN - 1) / C::BN, max_tiles);
   if (out_f32)
-    moe_gemm_kernel<BM, true><<<grid, THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    moe_gemm_kernel<C, true><<<grid, C::THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
   else
-    moe_gemm_kernel<BM, false><<<grid, THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    moe_gemm_kernel<C, false><<<grid, C::THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
   DSV2_CUDA_LAUNCHED();
 }
 
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
               void* y, bool out_f32, cudaStream_t s) {
   if (max_tiles == 0) return;
-  DSV2_CHECK(tile_m == 16 || tile_m == 64, "moe_gemm: tile rows {} (16 or 64)", tile_m);
-  if (K % 8 != 0) {
+  DSV2_CHECK(tile_m == CfgSmall::BM || tile_m == CfgLarge::BM, "moe_gemm: tile rows {} ({} or {})", tile_m,
+             CfgSmall::BM, CfgLarge::BM);
+  if (K % 8 != 0 || N % 2 != 0) {
     moe_gemm_naive_kernel<<<dim3(std::min(64, (tile_m * N + 255) / 256), max_tiles), 256, 0, s>>>(
         x, w, tile_info, max_tiles, N, K, y, out_f32);
     DSV2_CUDA_LAUNCHED();
     return;
   }
-  if (tile_m == 16)
-    launch_tiles<16>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
+  if (tile_m == CfgSmall::BM)
+    launch_tiles<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
   else
-    launch_tiles<64>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
+    launch_tiles<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
 }
 
 }  // namespace dsv2::cuda

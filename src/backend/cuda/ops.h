@@ -66,8 +66,10 @@ struct AttnParams {
   float* part_o;            // [n_items, n_splits, kAttnRows, kv_lora] split partials (n_splits > 1)
   float* part_ml;           // [n_items, n_splits, kAttnRows, 2] max and sum
 };
-constexpr int kAttnRows = 32;   // (token, head) rows per block
-constexpr int kAttnTile = 64;   // cache positions per step (= one cache block)
+// (token, head) rows per block: one m16 tile (V2-Lite's 16 heads of a token; V2's 128 heads make
+// 8 items per token; with other head counts an item straddles tokens).
+constexpr int kAttnRows = 16;
+constexpr int kAttnTile = 64;   // cache block size the kernel's block tables index (it steps 32 positions)
 // MQA flash attention over the paged latent cache with QK width 576 and V width 512 (V = the first
 // 512 columns of the same rows), causal per row, split over the cache length when n_splits > 1.
 void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s);
@@ -80,6 +82,22 @@ void gather_cache_rows(const bf16* cache, const int32_t* blocks, int P, int D, b
 // sees keys j <= first_pos + i (and j < Pk); probs[r, j] = bf16 normalized weight, 0 for j beyond,
 // for all j < Pk.
 void causal_softmax(const float* S, int ld, int rows, int nq, int Pk, int first_pos, bf16* probs, cudaStream_t s);
+
+// Fused causal attention over decompressed keys for one chunk (flash_prefill.cu): query i (position
+// len0 + i) of head h attends keys j <= len0 + i; score = scale * (q_nope . k_nope + q_pe . k_pe);
+// out = softmax(score) V. All strides are in elements; every pointer and stride is a multiple of 8.
+struct FlashPrefillParams {
+  const bf16* q;    int q_tok, q_head;      // q_nope of (i, h) at q + i*q_tok + h*q_head, `nope` values
+  const bf16* q_pe; int qpe_tok, qpe_head;  // roped q_pe of (i, h), `rope` values
+  const bf16* kv;   int kv_tok, kv_head;    // key j, head h: k_nope (nope values) then v (v values)
+  const bf16* k_pe; int kpe_tok;            // key j: k_pe (rope values), shared by all heads
+  int n_q, len0, heads;
+  float scale;
+  bf16* out;        int out_tok, out_head;  // (i, h): v values
+};
+// True for the head widths the fused kernel handles (at least nope = 128, rope = 64, v = 128).
+bool flash_prefill_supported(int nope, int rope, int v);
+void flash_prefill(const FlashPrefillParams& p, int nope, int rope, int v, cudaStream_t s);
 
 // ---- MoE (kernels.cu, moe_gemm.cu) ----
 
@@ -94,9 +112,9 @@ struct RouterParams {
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
 
-// Rows of one expert per GEMM tile: 64, or 16 when experts get few rows each (decode batches),
-// where 64-row tiles would spend most of their products on padding.
-inline int moe_tile_rows(int R, int E) { return R <= 16 * E ? 16 : 64; }
+// Rows of one expert per GEMM tile: 32 when experts get fewer than ~96 rows on average (decode
+// batches: 128-row tiles would spend most of their products on padding), else 128.
+inline int moe_tile_rows(int R, int E) { return R < 96 * E ? 32 : 128; }
 struct MoeDispatch {
   int32_t* counts;      // [E]  (zeroed by moe_dispatch itself)
   int32_t* offsets;     // [E + 1]
@@ -104,7 +122,7 @@ struct MoeDispatch {
   int32_t* slot_of;     // [T*K] permuted row of each (token, k)
   int32_t* row_expert;  // [T*K] expert of each permuted row
   int max_tiles;
-  int tile_m;           // 16 or 64
+  int tile_m;           // 32 or 128 (moe_tile_rows)
 };
 inline int moe_max_tiles(int R, int E, int tile_m) { return (R + tile_m - 1) / tile_m + E; }
 // Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major).
@@ -124,6 +142,25 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
 void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
                    bool out_f32, cudaStream_t s);
 constexpr int kMoeSkinnyMaxRows = 48;
+
+// The whole MoE block of a decode-sized batch (T <= kMoeRowsMaxTokens tokens) in two kernels and
+// without dispatch: y[t] = sum_s down_{E+s}(act) + sum_k weights[t, k] * down_{ids[t, k]}(act), where
+// act = silu(gate) * up of the same expert (rounded to bf16 as silu_mul does). The S shared experts
+// are stored as pseudo-experts E..E+S-1 of w_gu / w_down (piece s = intermediate columns
+// [s*I, (s+1)*I) of the shared MLP), so that every expert has the routed experts' shapes.
+constexpr int kMoeRowsMaxTokens = 8;
+struct MoeRowsParams {
+  const bf16* x;          // [T, H] post-attention normalized hidden states
+  const int32_t* ids;     // [T, K] routed experts
+  const float* weights;   // [T, K] their weights
+  int T, K, S, E, H, I;   // S shared pieces (pseudo-experts E..E+S-1), I = moe_intermediate_size
+  const bf16* w_gu;       // [E + S, 2I, H]: gate rows then up rows per expert
+  const bf16* w_down;     // [E + S, H, I]
+  bf16* gu;               // scratch [T*K + S*T, 2I]
+  float* y;               // [T, H], overwritten
+};
+bool moe_rows_supported(int T, int K, int S, int H, int I);
+void moe_rows(const MoeRowsParams& p, cudaStream_t s);
 
 // Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
 // rows (ldx % 8 == 0). y row stride ldy; bf16 or f32 out.
