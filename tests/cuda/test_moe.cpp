@@ -5,6 +5,8 @@
 #include <numeric>
 
 #include "cuda_test_util.h"
+#include "model/config.h"
+#include "model/router.h"
 
 namespace dsv2::test {
 namespace {
@@ -82,6 +84,64 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     }
     EXPECT_LT(rel_err(dy.get(), ref), 5e-3)
         << "T=" << cs.T << " E=" << cs.E << " K=" << cs.K << " S=" << cs.S << " H=" << cs.H << " I=" << cs.I;
+  }
+}
+
+// The few-token router (logits and routing in one launch, last block routes) against the CPU
+// router on logits computed in double; launched twice on the same ticket to show it resets.
+TEST(CudaMoe, RouteSmallFusedLogits) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(12);
+  struct Case {
+    int T, E, K, n_group, topk_group, H;
+    bool group, norm;
+    double scaling;
+  };
+  for (Case cs : {Case{1, 64, 6, 1, 1, 2048, false, false, 1.0}, Case{8, 160, 6, 8, 3, 512, true, false, 16.0},
+                  Case{3, 8, 3, 1, 1, 64, false, true, 1.0}, Case{5, 16, 3, 4, 2, 128, true, false, 2.5}}) {
+    ModelConfig c;
+    c.n_routed_experts = cs.E;
+    c.num_experts_per_tok = cs.K;
+    c.topk_method = cs.group ? TopkMethod::group_limited_greedy : TopkMethod::greedy;
+    c.n_group = cs.n_group;
+    c.topk_group = cs.topk_group;
+    c.norm_topk_prob = cs.norm;
+    c.routed_scaling_factor = cs.scaling;
+    const auto x = randn(size_t(cs.T) * cs.H, g);
+    const auto w = randn(size_t(cs.E) * cs.H, g, 0.05f);
+    Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * cs.E), dwts(size_t(cs.T) * cs.K);
+    Dev<int32_t> dids(size_t(cs.T) * cs.K);
+    Dev<unsigned> ticket(std::vector<unsigned>{0u});
+    for (int rep = 0; rep < 2; ++rep) {
+      dwts.poison();
+      dids.poison();
+      RouterParams p{dlog.p, cs.T, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling),
+                     dids.p, dwts.p};
+      moe_route_small(p, dx.p, dw.p, cs.H, ticket.p, 0);
+      ASSERT_EQ(ticket.get()[0], 0u) << "ticket not reset";
+      const auto ids = dids.get();
+      const auto wts = dwts.get();
+      int mismatched = 0;
+      for (int t = 0; t < cs.T; ++t) {
+        std::vector<float> logits(size_t(cs.E)), scratch(size_t(2 * cs.E + 8)), rw(size_t(cs.K));
+        std::vector<int32_t> rid(size_t(cs.K));
+        for (int e = 0; e < cs.E; ++e) {
+          double acc = 0;
+          for (int h = 0; h < cs.H; ++h) acc += double(x[size_t(t) * cs.H + h]) * w[size_t(e) * cs.H + h];
+          logits[size_t(e)] = float(acc);
+        }
+        route_token(c, logits.data(), rid.data(), rw.data(), scratch.data());
+        bool same = true;
+        for (int k = 0; k < cs.K; ++k) same &= ids[size_t(t) * cs.K + k] == rid[size_t(k)];
+        if (!same) {
+          ++mismatched;
+          continue;
+        }
+        for (int k = 0; k < cs.K; ++k)
+          EXPECT_NEAR(wts[size_t(t) * cs.K + k], rw[size_t(k)], 1e-4 * (1 + rw[size_t(k)]));
+      }
+      EXPECT_LE(mismatched, cs.T > 4 ? 1 : 0) << "E=" << cs.E << " K=" << cs.K << " T=" << cs.T;
+    }
   }
 }
 

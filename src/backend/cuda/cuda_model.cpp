@@ -130,6 +130,8 @@ class CudaModelImpl final : public CudaModel {
     DSV2_CUDA_CHECK(cudaEventCreate(&ev0_));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
     DSV2_CUDA_CHECK(cudaMallocHost(&host_offsets_, size_t(c_.n_routed_experts + 1) * sizeof(int32_t)));
+    route_ticket_.reserve(1);
+    DSV2_CUDA_CHECK(cudaMemset(route_ticket_.p, 0, sizeof(unsigned)));
   }
 
   ~CudaModelImpl() override {
@@ -230,6 +232,7 @@ class CudaModelImpl final : public CudaModel {
 
   // Scratch (grown on demand; growth invalidates captured graphs).
   DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_, router_logits_;
+  DevBuf<unsigned> route_ticket_;  // moe_route_small's counter (zero between launches)
   DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
   DevBuf<float> yp_;
   // Decompressed prefill attention: gathered cache rows, materialized K/V, scores, probabilities.
@@ -948,11 +951,6 @@ void CudaModelImpl::ffn(int l, int T) {
     return;
   }
   const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
-  {  // router logits in fp32: [T, H] x [E, H]^T
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, E, T, H_, &one, L.router.p, H_, xnf_.p, H_, &zero,
-                             router_logits_.p, E));
-  }
   RouterParams rp{};
   rp.logits = router_logits_.p;
   rp.T = T;
@@ -965,7 +963,15 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.scaling = float(c_.routed_scaling_factor);
   rp.ids = moe_ids_.p;
   rp.weights = moe_w_.p;
-  moe_route(rp, stream_);
+  if (T <= kRouteSmallMaxTokens && H_ % 4 == 0) {
+    moe_route_small(rp, xnf_.p, L.router.p, H_, route_ticket_.p, stream_);  // logits and routing, one launch
+  } else {
+    // router logits in fp32: [T, H] x [E, H]^T
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, E, T, H_, &one, L.router.p, H_, xnf_.p, H_, &zero,
+                             router_logits_.p, E));
+    moe_route(rp, stream_);
+  }
   mark("router");
   const int NS = int(c_.n_shared_experts);
   if (moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im)) {

@@ -161,14 +161,12 @@ __global__ void rope_cache_kernel(RopeCacheParams p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// MoE router: one block per token. Logits in fp32 from the f32 normalized hidden state.
-__global__ void route_kernel(RouterParams p) {
-  extern __shared__ float s[];  // [E] scores, then [n_group] group scores
-  __shared__ float red[32];
-  __shared__ int sel[64];
-  const int t = blockIdx.x, E = p.E;
+// MoE router: softmax, (group-limited) top-k and weights of token t from its fp32 logits row. Called
+// by every thread of the block (any multiple of 32 threads); s holds E + n_group floats.
+__device__ void route_token(const RouterParams& p, int t, const float* logits_row, float* s, float* red, int* sel) {
+  const int E = p.E;
   const int lane = threadIdx.x & 31;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) s[e] = p.logits[size_t(t) * E + e];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s[e] = logits_row[e];
   __syncthreads();
   float mx = -FLT_MAX;
   for (int e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, s[e]);
@@ -182,56 +180,109 @@ __global__ void route_kernel(RouterParams p) {
   sum = block_sum(sum, red);
   for (int e = threadIdx.x; e < E; e += blockDim.x) s[e] = s[e] / sum;
   __syncthreads();
-  if (threadIdx.x >= 32) return;
-  // One warp does the selection: group limit, then K rounds of argmax (highest score, lowest id).
-  if (p.group_limited && p.n_group > 1) {
-    float* g = s + E;
-    const int per = E / p.n_group;
-    for (int gi = lane; gi < p.n_group; gi += 32) {
-      float m = -FLT_MAX;
-      for (int e = gi * per; e < (gi + 1) * per; ++e) m = fmaxf(m, s[e]);
-      g[gi] = m;
-    }
-    __syncwarp();
-    if (lane == 0) {
-      // keep topk_group groups (ties: lower group first), zero the others' experts
-      unsigned long long kept[4] = {0, 0, 0, 0};
-      for (int r = 0; r < p.topk_group; ++r) {
-        int best = -1;
+  if (threadIdx.x < 32) {
+    // One warp does the selection: group limit, then K rounds of argmax (highest score, lowest id).
+    if (p.group_limited && p.n_group > 1) {
+      float* g = s + E;
+      const int per = E / p.n_group;
+      for (int gi = lane; gi < p.n_group; gi += 32) {
+        float m = -FLT_MAX;
+        for (int e = gi * per; e < (gi + 1) * per; ++e) m = fmaxf(m, s[e]);
+        g[gi] = m;
+      }
+      __syncwarp();
+      if (lane == 0) {
+        // keep topk_group groups (ties: lower group first), zero the others' experts
+        unsigned long long kept[4] = {0, 0, 0, 0};
+        for (int r = 0; r < p.topk_group; ++r) {
+          int best = -1;
+          for (int gi = 0; gi < p.n_group; ++gi)
+            if (!(kept[gi >> 6] >> (gi & 63) & 1ull) && (best < 0 || g[gi] > g[best])) best = gi;
+          kept[best >> 6] |= 1ull << (best & 63);
+        }
         for (int gi = 0; gi < p.n_group; ++gi)
-          if (!(kept[gi >> 6] >> (gi & 63) & 1ull) && (best < 0 || g[gi] > g[best])) best = gi;
-        kept[best >> 6] |= 1ull << (best & 63);
+          if (!(kept[gi >> 6] >> (gi & 63) & 1ull))
+            for (int e = gi * per; e < (gi + 1) * per; ++e) s[e] = 0.0f;
       }
-      for (int gi = 0; gi < p.n_group; ++gi)
-        if (!(kept[gi >> 6] >> (gi & 63) & 1ull))
-          for (int e = gi * per; e < (gi + 1) * per; ++e) s[e] = 0.0f;
+      __syncwarp();
     }
-    __syncwarp();
-  }
-  for (int k = 0; k < p.K; ++k) {
-    float bv = -1.0f;
-    int bi = 0x7fffffff;
-    for (int e = lane; e < E; e += 32) {
-      bool taken = false;
-      for (int q = 0; q < k; ++q) taken |= sel[q] == e;
-      if (!taken && s[e] > bv) {  // ascending e per lane: first max kept
-        bv = s[e];
-        bi = e;
-      }
-    }
-    warp_argmax(bv, bi);
-    if (lane == 0) sel[k] = bi;
-    __syncwarp();
-  }
-  if (lane == 0) {
-    float tot = 0;
-    for (int k = 0; k < p.K; ++k) tot += s[sel[k]];
     for (int k = 0; k < p.K; ++k) {
-      const float v = s[sel[k]];
-      p.ids[size_t(t) * p.K + k] = sel[k];
-      p.weights[size_t(t) * p.K + k] = (p.K > 1 && p.norm_topk) ? v / (tot + 1e-20f) : v * p.scaling;
+      float bv = -1.0f;
+      int bi = 0x7fffffff;
+      for (int e = lane; e < E; e += 32) {
+        bool taken = false;
+        for (int q = 0; q < k; ++q) taken |= sel[q] == e;
+        if (!taken && s[e] > bv) {  // ascending e per lane: first max kept
+          bv = s[e];
+          bi = e;
+        }
+      }
+      warp_argmax(bv, bi);
+      if (lane == 0) sel[k] = bi;
+      __syncwarp();
+    }
+    if (lane == 0) {
+      float tot = 0;
+      for (int k = 0; k < p.K; ++k) tot += s[sel[k]];
+      for (int k = 0; k < p.K; ++k) {
+        const float v = s[sel[k]];
+        p.ids[size_t(t) * p.K + k] = sel[k];
+        p.weights[size_t(t) * p.K + k] = (p.K > 1 && p.norm_topk) ? v / (tot + 1e-20f) : v * p.scaling;
+      }
     }
   }
+  __syncthreads();  // s and sel are reused by the next token
+}
+
+// One block per token over precomputed logits.
+__global__ void route_kernel(RouterParams p) {
+  extern __shared__ float s[];  // [E] scores, then [n_group] group scores
+  __shared__ float red[32];
+  __shared__ int sel[64];
+  route_token(p, blockIdx.x, p.logits + size_t(blockIdx.x) * p.E, s, red, sel);
+}
+
+// Few tokens: the logits and the routing in one launch. Warp w of block b computes expert
+// b * 8 + w for every token (fp32 dot products over H); the block that finishes last (a ticket
+// counter, reset by that block for the next launch) routes all tokens.
+constexpr int kRouteSmallWarps = 8;
+__global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
+                                                                            const float* w, int H,
+                                                                            unsigned* ticket) {
+  extern __shared__ float s[];
+  __shared__ float red[32];
+  __shared__ int sel[64];
+  __shared__ bool last;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int e = blockIdx.x * kRouteSmallWarps + warp;
+  float* logits = const_cast<float*>(p.logits);
+  if (e < p.E) {
+    const float4* wr = reinterpret_cast<const float4*>(w + size_t(e) * H);
+    for (int t = 0; t < p.T; ++t) {
+      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
+      float acc = 0.f;
+#pragma unroll 4
+      for (int i = lane; i < H / 4; i += 32) {
+        const float4 a = xr[i], b = wr[i];
+        acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) logits[size_t(t) * p.E + e] = acc;
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int t = 0; t < p.T; ++t) {
+    // Other blocks' logits: read through L2 (__ldcg), never from this block's L1.
+    for (int i = threadIdx.x; i < p.E; i += blockDim.x) s[p.E + p.n_group + i] = __ldcg(logits + size_t(t) * p.E + i);
+    __syncthreads();
+    route_token(p, t, s + p.E + p.n_group, s, red, sel);
+  }
+  if (threadIdx.x == 0) *ticket = 0u;
 }
 
 __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
@@ -478,6 +529,17 @@ void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s) {
 void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
   if (p.T == 0) return;
   rope_cache_kernel<<<p.T, 256, size_t(p.rope) * sizeof(float), s>>>(p);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
+                     cudaStream_t s) {
+  if (p.T == 0) return;
+  DSV2_CHECK(p.K <= 64 && p.n_group <= 256 && H % 4 == 0, "router: top_k {}, n_group {} or H {} unsupported", p.K,
+             p.n_group, H);
+  const unsigned blocks = unsigned((p.E + kRouteSmallWarps - 1) / kRouteSmallWarps);
+  route_small_kernel<<<blocks, kRouteSmallWarps * 32, size_t(2 * p.E + p.n_group) * sizeof(float), s>>>(p, x, w, H,
+                                                                                                        ticket);
   DSV2_CUDA_LAUNCHED();
 }
 

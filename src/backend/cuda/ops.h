@@ -111,6 +111,12 @@ struct RouterParams {
 };
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
+// The same for a few tokens with the logits computed in the same launch: p.logits [T, E] is
+// written (scratch), x [T, H] fp32, w [E, H] fp32 router weights, H % 4 == 0; `ticket` is one
+// device counter, zero before the first launch (each launch leaves it zero).
+constexpr int kRouteSmallMaxTokens = 8;
+void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
+                     cudaStream_t s);
 
 // Rows of one expert per GEMM tile: 32 when experts get fewer than ~96 rows on average (decode
 // batches: 128-row tiles would spend most of their products on padding), else 128.
