@@ -265,6 +265,9 @@ class CudaModelImpl final : public CudaModel {
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
   bool moe_cublas_ = std::getenv("DSV2_CUDA_MOE_CUBLAS") != nullptr;
+  // Decompressed prefill attention as one fused kernel where the head widths allow;
+  // DSV2_CUDA_NO_FLASH=1 takes the cuBLAS score-matrix path.
+  bool flash_on_ = std::getenv("DSV2_CUDA_NO_FLASH") == nullptr;
   // Decode-sized MoE in two kernels (moe_rows); DSV2_CUDA_NO_MOE_ROWS=1 takes the dispatch path.
   bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
   static constexpr int kMoeCublasRows = 2048;
@@ -898,7 +901,8 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
 }
 
 // The CPU's attend_decompressed on the device: the chunk's P = len0 + n cache rows gathered,
-// [k_nope | v] per head for every row from one product with kv_b_proj, then per block of queries
+// [k_nope | v] per head for every row from one product with kv_b_proj, then the fused causal
+// kernel (flash_prefill) where the head widths allow; otherwise per block of queries
 // S = scale (q_nope K_nope^T + q_pe k_pe^T) (two strided-batched products over the heads, fp32),
 // the causal softmax to bf16 probabilities and O = P V straight into o's rows.
 void CudaModelImpl::attend_decompressed(const DevLayer& L, const bf16* q, int q_stride, const bf16* cache_l,
@@ -909,6 +913,30 @@ void CudaModelImpl::attend_decompressed(const DevLayer& L, const bf16* q, int q_
   dkv_.reserve(size_t(P) * size_t(kvw));
   gather_cache_rows(cache_l, meta_.p + m_blocks_ + dc.boff, P, D_, dlat_.p, stream_);
   gemm_cublas(dlat_.p, P, kvl_, D_, L.kv_b.p, kvw, dkv_.p, false, kvw);
+  if (flash_on_ && flash_prefill_supported(nope_, rope_, vdim_)) {  // one fused causal kernel
+    const size_t t0 = size_t(dc.t0);
+    FlashPrefillParams fp{};
+    fp.q = q + t0 * size_t(q_stride);
+    fp.q_tok = q_stride;
+    fp.q_head = qd_;
+    fp.q_pe = qfull_.p + t0 * size_t(heads_) * size_t(D_) + kvl_;
+    fp.qpe_tok = heads_ * D_;
+    fp.qpe_head = D_;
+    fp.kv = dkv_.p;
+    fp.kv_tok = kvw;
+    fp.kv_head = kw;
+    fp.k_pe = dlat_.p + kvl_;
+    fp.kpe_tok = D_;
+    fp.n_q = dc.n;
+    fp.len0 = dc.len0;
+    fp.heads = heads_;
+    fp.scale = float(c_.softmax_scale());
+    fp.out = o_.p + t0 * size_t(heads_) * size_t(vdim_);
+    fp.out_tok = heads_ * vdim_;
+    fp.out_head = vdim_;
+    flash_prefill(fp, nope_, rope_, vdim_, stream_);
+    return;
+  }
   const size_t ldP = (size_t(P) + 7) / 8 * 8;
   int qb = int(std::clamp<size_t>(kDecompScoreElems / (size_t(heads_) * ldP), 1, size_t(dc.n)));
   if (decomp_qblock_ > 0) qb = std::min(qb, decomp_qblock_);
