@@ -109,18 +109,38 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
     c.routed_scaling_factor = cs.scaling;
     const auto x = randn(size_t(cs.T) * cs.H, g);
     const auto w = randn(size_t(cs.E) * cs.H, g, 0.05f);
-    Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * cs.E), dwts(size_t(cs.T) * cs.K);
-    Dev<int32_t> dids(size_t(cs.T) * cs.K);
+    // the second launch also appends two fixed entries (shared pseudo-experts) per token
+    const int KS = cs.K + 2;
+    Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * cs.E), dwts(size_t(cs.T) * KS);
+    Dev<int32_t> dids(size_t(cs.T) * KS);
     Dev<unsigned> ticket(std::vector<unsigned>{0u});
     for (int rep = 0; rep < 2; ++rep) {
       dwts.poison();
       dids.poison();
       RouterParams p{dlog.p, cs.T, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling),
                      dids.p, dwts.p};
+      const int stride = rep == 0 ? cs.K : KS;
+      if (rep == 1) {
+        p.ids_stride = KS;
+        p.n_extra = 2;
+      }
       moe_route_small(p, dx.p, dw.p, cs.H, ticket.p, 0);
       ASSERT_EQ(ticket.get()[0], 0u) << "ticket not reset";
-      const auto ids = dids.get();
-      const auto wts = dwts.get();
+      auto ids_all = dids.get();
+      auto wts_all = dwts.get();
+      std::vector<int32_t> ids;
+      std::vector<float> wts;
+      for (int t = 0; t < cs.T; ++t) {
+        for (int k = 0; k < cs.K; ++k) {
+          ids.push_back(ids_all[size_t(t) * stride + k]);
+          wts.push_back(wts_all[size_t(t) * stride + k]);
+        }
+        if (rep == 1)
+          for (int x = 0; x < 2; ++x) {
+            EXPECT_EQ(ids_all[size_t(t) * stride + cs.K + x], cs.E + x);
+            EXPECT_EQ(wts_all[size_t(t) * stride + cs.K + x], 1.0f);
+          }
+      }
       int mismatched = 0;
       for (int t = 0; t < cs.T; ++t) {
         std::vector<float> logits(size_t(cs.E)), scratch(size_t(2 * cs.E + 8)), rw(size_t(cs.K));

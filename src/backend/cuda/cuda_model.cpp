@@ -602,7 +602,9 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
   grown |= gu_.reserve(t * 2 * wide);
   grown |= act_.reserve(t * wide);
   if (c_.n_routed_experts > 0) {
-    const size_t K = size_t(c_.num_experts_per_tok), E = size_t(c_.n_routed_experts);
+    // routed rows plus, when the shared experts join the grouped products, one row per piece
+    const size_t K = size_t(c_.num_experts_per_tok + c_.n_shared_experts);
+    const size_t E = size_t(c_.n_routed_experts + c_.n_shared_experts);
     const size_t rows = t * K;
     grown |= moe_ids_.reserve(rows);
     grown |= moe_w_.reserve(rows);
@@ -991,6 +993,15 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.scaling = float(c_.routed_scaling_factor);
   rp.ids = moe_ids_.p;
   rp.weights = moe_w_.p;
+  const int NS = int(c_.n_shared_experts);
+  const bool rows_path = moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im);
+  // Decode-sized batches on the grouped path: the shared pieces become rows of pseudo-experts
+  // E..E+NS-1 (weight 1) in the same products; prefill-sized ones keep them in cuBLAS.
+  const bool shared_grouped = !rows_path && NS > 0 && T * K < 96 * E && !(moe_cublas_ && T * K >= kMoeCublasRows);
+  if (shared_grouped) {
+    rp.ids_stride = K + NS;
+    rp.n_extra = NS;
+  }
   if (T <= kRouteSmallMaxTokens && H_ % 4 == 0) {
     moe_route_small(rp, xnf_.p, L.router.p, H_, route_ticket_.p, stream_);  // logits and routing, one launch
   } else {
@@ -1001,8 +1012,7 @@ void CudaModelImpl::ffn(int l, int T) {
     moe_route(rp, stream_);
   }
   mark("router");
-  const int NS = int(c_.n_shared_experts);
-  if (moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im)) {
+  if (rows_path) {
     // Decode-sized: routed and shared experts together in two kernels, no dispatch or combine.
     MoeRowsParams mp{};
     mp.x = xn_.p;
@@ -1028,11 +1038,12 @@ void CudaModelImpl::ffn(int l, int T) {
   d.tile_info = moe_tiles_.p;
   d.slot_of = moe_slot_.p;
   d.row_expert = moe_row_expert_.p;
-  d.tile_m = moe_tile_rows(T * K, E);
-  d.max_tiles = moe_max_tiles(T * K, E, d.tile_m);
-  moe_dispatch(moe_ids_.p, T, K, E, xn_.p, H_, d, xp_.p, stream_);
+  const int Kx = shared_grouped ? K + NS : K, Ex = shared_grouped ? E + NS : E;
+  d.tile_m = moe_tile_rows(T * Kx, Ex);
+  d.max_tiles = moe_max_tiles(T * Kx, Ex, d.tile_m);
+  moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, xp_.p, stream_);
   mark("dispatch");
-  const int R = T * K;
+  const int R = T * Kx;
   if (moe_cublas_ && R >= kMoeCublasRows && !capturing_) {
     // Prefill-sized: per-expert cuBLAS products over the permuted rows (the counts are read back
     // once per layer; prefill passes are not captured in graphs).
@@ -1058,7 +1069,9 @@ void CudaModelImpl::ffn(int l, int T) {
     moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
   }
   mark("experts");
-  if (NS > 0) {
+  if (shared_grouped) {
+    DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
+  } else if (NS > 0) {
     // The pseudo-experts E..E+NS-1 are consecutive [2I, H] blocks: one product gives [T, NS, 2I],
     // i.e. NS*T rows of [gate | up]; their activations are [T, NS*I] in the shared MLP's column
     // order, and the down product sums the pieces.
@@ -1071,7 +1084,7 @@ void CudaModelImpl::ffn(int l, int T) {
     DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
   }
   mark("shared_exp");
-  moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, K, H_, delta_.p, stream_);
+  moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, Kx, H_, delta_.p, stream_);
   mark("combine");
 }
 

@@ -224,10 +224,15 @@ __device__ void route_token(const RouterParams& p, int t, const float* logits_ro
     if (lane == 0) {
       float tot = 0;
       for (int k = 0; k < p.K; ++k) tot += s[sel[k]];
+      const size_t row = size_t(t) * (p.ids_stride > 0 ? p.ids_stride : p.K);
       for (int k = 0; k < p.K; ++k) {
         const float v = s[sel[k]];
-        p.ids[size_t(t) * p.K + k] = sel[k];
-        p.weights[size_t(t) * p.K + k] = (p.K > 1 && p.norm_topk) ? v / (tot + 1e-20f) : v * p.scaling;
+        p.ids[row + k] = sel[k];
+        p.weights[row + k] = (p.K > 1 && p.norm_topk) ? v / (tot + 1e-20f) : v * p.scaling;
+      }
+      for (int x = 0; x < p.n_extra; ++x) {
+        p.ids[row + p.K + x] = E + x;
+        p.weights[row + p.K + x] = 1.0f;
       }
     }
   }

@@ -106,8 +106,10 @@ struct RouterParams {
   int T, E, K, n_group, topk_group;
   bool group_limited, norm_topk;
   float scaling;
-  int32_t* ids;           // [T, K]
-  float* weights;         // [T, K]
+  int32_t* ids;           // [T, ids_stride]
+  float* weights;         // [T, ids_stride]
+  int ids_stride = 0;     // row stride of ids / weights (0: K)
+  int n_extra = 0;        // after the K routed entries: experts E..E+n_extra-1 with weight 1
 };
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
