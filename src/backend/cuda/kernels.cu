@@ -66,28 +66,49 @@ __global__ void embed_kernel(const bf16* embed, const int32_t* tokens, int H, fl
   for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
 }
 
-__global__ void add_rmsnorm_kernel(float* x, const float* add, const int32_t* rows, int H, const float* w, float eps,
-                                   bf16* y, float* yf) {
+// Each thread keeps its kNormPer values of the row in registers, so that all loads are issued
+// before the first store (no reloads of x after writing it, no aliasing stalls between the passes).
+constexpr int kNormPer = 16;
+__global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add,
+                                   const int32_t* __restrict__ rows, int H, const float* __restrict__ w, float eps,
+                                   bf16* __restrict__ y, float* __restrict__ yf) {
   __shared__ float red[32];
   const int r = blockIdx.x;
   const int i = rows ? rows[r] : r;
   float* xr = x + size_t(i) * H;
   const float* ar = add ? add + size_t(i) * H : nullptr;
-  float ss = 0;
-  for (int k = threadIdx.x; k < H; k += blockDim.x) {
-    float v = xr[k];
-    if (ar) {
-      v += ar[k];
-      xr[k] = v;
-    }
-    ss += v * v;
+  const int nt = blockDim.x;
+  float v[kNormPer];
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) {
+    const int k = threadIdx.x + j * nt;
+    v[j] = k < H ? xr[k] : 0.0f;
   }
+  if (ar) {
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) {
+      const int k = threadIdx.x + j * nt;
+      if (k < H) v[j] += ar[k];
+    }
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) {
+      const int k = threadIdx.x + j * nt;
+      if (k < H) xr[k] = v[j];
+    }
+  }
+  float ss = 0;
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) ss += v[j] * v[j];
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / float(H) + eps);
-  for (int k = threadIdx.x; k < H; k += blockDim.x) {
-    float v = w[k] * (xr[k] * inv);
-    y[size_t(r) * H + k] = __float2bfloat16(v);
-    if (yf) yf[size_t(r) * H + k] = v;
+#pragma unroll
+  for (int j = 0; j < kNormPer; ++j) {
+    const int k = threadIdx.x + j * nt;
+    if (k < H) {
+      const float o = w[k] * (v[j] * inv);
+      y[size_t(r) * H + k] = __float2bfloat16(o);
+      if (yf) yf[size_t(r) * H + k] = o;
+    }
   }
 }
 
@@ -515,7 +536,10 @@ void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, const float* w, float eps, bf16* y,
                  float* yf, cudaStream_t s) {
   if (R == 0) return;
-  add_rmsnorm_kernel<<<R, H >= 4096 ? 512 : 256, 0, s>>>(x, add, rows, H, w, eps, y, yf);
+  // enough threads for kNormPer values each (H at most 16384)
+  DSV2_CHECK(H <= 1024 * kNormPer, "add_rmsnorm: hidden size {} above {}", H, 1024 * kNormPer);
+  const int threads = std::max(128, (H + kNormPer - 1) / kNormPer + 31) / 32 * 32;
+  add_rmsnorm_kernel<<<R, std::min(threads, 1024), 0, s>>>(x, add, rows, H, w, eps, y, yf);
   DSV2_CUDA_LAUNCHED();
 }
 
