@@ -260,7 +260,8 @@ class CudaModelImpl final : public CudaModel {
   bool graphs_on_ = true;
   // The few-rows GEMV measured slower than cuBLAS at batch 1 on an H200 (4.6 vs 4.0 ms per step):
   // off unless DSV2_CUDA_GEMV is set.
-  bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
+  // Dense products of <= kGemvRows rows through gemv_rows; DSV2_CUDA_NO_GEMV=1 keeps cuBLAS.
+  bool gemv_on_ = std::getenv("DSV2_CUDA_NO_GEMV") == nullptr;
   // Per-expert cuBLAS products for prefill-sized MoE (DSV2_CUDA_MOE_CUBLAS=1). Measured on an H200:
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.

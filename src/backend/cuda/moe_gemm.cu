@@ -234,60 +234,50 @@ __global__ void __launch_bounds__(256) moe_skinny_kernel(const bf16* __restrict_
   }
 }
 
-// Dense products with at most kGemvRows rows (batch-1..4 decode): one block per 32 outputs, every
-// weight row read once with 16-byte loads and applied to all rows held in shared memory.
-template <int MR, bool kF32Out>
-__global__ void __launch_bounds__(256) gemv_kernel(const bf16* __restrict__ x, int ldx, const bf16* __restrict__ w,
-                                                   int N, int K, void* y, int ldy) {
+// Dense products with at most kGemvRows rows (decode): one warp per output column n, 8 per block,
+// so that even N = 2048 spreads over 256 blocks; the warp streams weight row n with 16-byte loads
+// (4 in flight per lane) and applies it to every row of x held in shared memory.
+constexpr int kGemvWarps = 8;
+template <bool kF32Out>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __restrict__ x, int ldx, int M,
+                                                               const bf16* __restrict__ w, int N, int K, void* y,
+                                                               int ldy) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sx = reinterpret_cast<bf16*>(smem);
-  const int n0 = blockIdx.x * kSkinnyOut;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  for (int m = 0; m < MR; ++m)
-    for (int i = tid; i < K / 8; i += blockDim.x)
-      reinterpret_cast<uint4*>(sx + size_t(m) * K)[i] = reinterpret_cast<const uint4*>(x + size_t(m) * ldx)[i];
+  for (int i = tid; i < M * (K / 8); i += blockDim.x) {
+    const int m = i / (K / 8), c = i % (K / 8);
+    reinterpret_cast<uint4*>(sx + size_t(m) * K)[c] = reinterpret_cast<const uint4*>(x + size_t(m) * ldx)[c];
+  }
   __syncthreads();
-  float acc[4][MR];
+  const int n = blockIdx.x * kGemvWarps + warp;
+  if (n >= N) return;
+  float acc[kGemvRows];
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int m = 0; m < MR; ++m) acc[j][m] = 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int n = n0 + warp * 4 + j;
-    if (n >= N) continue;
-    const bf16* wr = w + size_t(n) * K;
+  for (int m = 0; m < kGemvRows; ++m) acc[m] = 0.f;
+  const bf16* wr = w + size_t(n) * K;
 #pragma unroll 4
-    for (int k = lane * 8; k < K; k += 256) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+  for (int k = lane * 8; k < K; k += 256) {
+    const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
+    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
 #pragma unroll
-      for (int m = 0; m < MR; ++m) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(m) * K + k);
-        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+    for (int m = 0; m < kGemvRows; ++m) {
+      if (m >= M) break;
+      const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(m) * K + k);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-          acc[j][m] += wf.x * xf.x + wf.y * xf.y;
-        }
+      for (int q = 0; q < 4; ++q) {
+        const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+        acc[m] += wf.x * xf.x + wf.y * xf.y;
       }
     }
   }
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int m = 0; m < MR; ++m)
-      for (int o = 16; o > 0; o >>= 1) acc[j][m] += __shfl_xor_sync(0xffffffffu, acc[j][m], o);
-  if (lane < 4 * MR) {
-    const int j = lane / MR, m = lane % MR;
-    const int n = n0 + warp * 4 + j;
-    float v = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < 4; ++jj)
-#pragma unroll
-      for (int mm = 0; mm < MR; ++mm)
-        if (jj == j && mm == m) v = acc[jj][mm];
-    if (n < N) {
+  for (int m = 0; m < kGemvRows; ++m) {
+    if (m >= M) break;
+    float v = acc[m];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) {
       if constexpr (kF32Out)
         static_cast<float*>(y)[size_t(m) * ldy + n] = v;
       else
@@ -296,28 +286,20 @@ __global__ void __launch_bounds__(256) gemv_kernel(const bf16* __restrict__ x, i
   }
 }
 
-template <int MR>
-void launch_gemv(const bf16* x, int ldx, const bf16* w, int N, int K, void* y, bool f32, int ldy, cudaStream_t s) {
-  const dim3 grid((N + kSkinnyOut - 1) / kSkinnyOut);
-  const size_t sm = size_t(MR) * K * sizeof(bf16);
-  if (f32)
-    gemv_kernel<MR, true><<<grid, 256, sm, s>>>(x, ldx, w, N, K, y, ldy);
-  else
-    gemv_kernel<MR, false><<<grid, 256, sm, s>>>(x, ldx, w, N, K, y, ldy);
-  DSV2_CUDA_LAUNCHED();
-}
-
 }  // namespace
 
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
                cudaStream_t s) {
-  switch (M) {
-    case 1: launch_gemv<1>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
-    case 2: launch_gemv<2>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
-    case 3: launch_gemv<3>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
-    case 4: launch_gemv<4>(x, ldx, w, N, K, y, out_f32, ldy, s); break;
-    default: DSV2_CHECK(false, "gemv_rows: {} rows (at most {})", M, kGemvRows);
-  }
+  if (M == 0) return;
+  DSV2_CHECK(M <= kGemvRows && K % 8 == 0 && ldx % 8 == 0, "gemv_rows: {} rows (at most {}), K {}, ldx {}", M,
+             kGemvRows, K, ldx);
+  const dim3 grid((N + kGemvWarps - 1) / kGemvWarps);
+  const size_t sm = size_t(M) * K * sizeof(bf16);
+  if (out_f32)
+    gemv_kernel<true><<<grid, kGemvWarps * 32, sm, s>>>(x, ldx, M, w, N, K, y, ldy);
+  else
+    gemv_kernel<false><<<grid, kGemvWarps * 32, sm, s>>>(x, ldx, M, w, N, K, y, ldy);
+  DSV2_CUDA_LAUNCHED();
 }
 
 void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,

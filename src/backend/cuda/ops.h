@@ -172,7 +172,7 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s);
 
 // Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
 // rows (ldx % 8 == 0). y row stride ldy; bf16 or f32 out.
-constexpr int kGemvRows = 4;
+constexpr int kGemvRows = 8;
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
                cudaStream_t s);
 
