@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -60,6 +61,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 // ---------------------------------------------------------------------------------------------
 
 __global__ void embed_kernel(const bf16* embed, const int32_t* tokens, int H, float* x) {
+  pdl_entry();
   const int t = blockIdx.x;
   const bf16* src = embed + size_t(tokens[t]) * H;
   float* dst = x + size_t(t) * H;
@@ -72,6 +74,7 @@ constexpr int kNormPer = 16;
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add,
                                    const int32_t* __restrict__ rows, int H, const float* __restrict__ w, float eps,
                                    bf16* __restrict__ y, float* __restrict__ yf) {
+  pdl_entry();
   __shared__ float red[32];
   const int r = blockIdx.x;
   const int i = rows ? rows[r] : r;
@@ -113,6 +116,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restric
 }
 
 __global__ void rmsnorm_bf16_kernel(const bf16* x, int ldx, int n, const float* w, float eps, bf16* y, int ldy) {
+  pdl_entry();
   __shared__ float red[32];
   const bf16* xr = x + size_t(blockIdx.x) * ldx;
   float ss = 0;
@@ -127,6 +131,7 @@ __global__ void rmsnorm_bf16_kernel(const bf16* x, int ldx, int n, const float* 
 }
 
 __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
+  pdl_entry();
   const size_t n = size_t(R) * I;
   for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < n; idx += size_t(gridDim.x) * blockDim.x) {
     const size_t r = idx / I, i = idx % I;
@@ -138,6 +143,7 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
 
 // One block per token: the cache row (normalized c, roped k_pe) and the roped q_pe of every head.
 __global__ void rope_cache_kernel(RopeCacheParams p) {
+  pdl_entry();
   extern __shared__ float sh[];
   float* cs = sh;               // [rope/2]
   float* sn = sh + p.rope / 2;  // [rope/2]
@@ -262,6 +268,7 @@ __device__ void route_token(const RouterParams& p, int t, const float* logits_ro
 
 // One block per token over precomputed logits.
 __global__ void route_kernel(RouterParams p) {
+  pdl_entry();
   extern __shared__ float s[];  // [E] scores, then [n_group] group scores
   __shared__ float red[32];
   __shared__ int sel[64];
@@ -275,6 +282,7 @@ constexpr int kRouteSmallWarps = 8;
 __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
                                                                             const float* w, int H,
                                                                             unsigned* ticket) {
+  pdl_entry();
   extern __shared__ float s[];
   __shared__ float red[32];
   __shared__ int sel[64];
@@ -312,6 +320,7 @@ __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(Rout
 }
 
 __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
+  pdl_entry();
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&counts[ids[i]], 1);
 }
 
@@ -320,6 +329,7 @@ __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
 constexpr int kScanThreads = 256;
 __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_t* tile_info, int max_tiles,
                                 int tile_m) {
+  pdl_entry();
   __shared__ int rows_scan[kScanThreads], tiles_scan[kScanThreads];
   __shared__ int base_rows, base_tiles;
   const int tid = threadIdx.x;
@@ -364,6 +374,7 @@ __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_
 // One block per (token, k): its permuted row and the copy of the token's hidden row.
 __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* offsets, int32_t* cursor,
                                    int32_t* slot_of, int32_t* row_expert, const bf16* x, int H, bf16* xp) {
+  pdl_entry();
   __shared__ int slot;
   const int i = blockIdx.x;
   if (threadIdx.x == 0) {
@@ -386,6 +397,7 @@ __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* off
 
 __global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, const float* weights, int K, int H,
                                    float* y) {
+  pdl_entry();
   const int t = blockIdx.x;
   for (int k = threadIdx.x; k < H; k += blockDim.x) {
     float acc = y[size_t(t) * H + k];
@@ -401,6 +413,7 @@ constexpr int kSampleThreads = 1024;
 __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, int V, int n, float temperature,
                                                                 float top_p, uint64_t seed, uint64_t step,
                                                                 int32_t* out) {
+  pdl_entry();
   __shared__ float red[32];
   __shared__ float fsum[kSampleThreads];
   __shared__ int ired[32];
@@ -529,7 +542,7 @@ void gpu_sleep(int us, cudaStream_t s) {
 
 void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x, cudaStream_t s) {
   if (T == 0) return;
-  embed_kernel<<<T, 256, 0, s>>>(embed, tokens, H, x);
+  launch_pdl(embed_kernel, dim3(T), dim3(256), 0, s, embed, tokens, H, x);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -539,25 +552,25 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, 
   // enough threads for kNormPer values each (H at most 16384)
   DSV2_CHECK(H <= 1024 * kNormPer, "add_rmsnorm: hidden size {} above {}", H, 1024 * kNormPer);
   const int threads = std::max(128, (H + kNormPer - 1) / kNormPer + 31) / 32 * 32;
-  add_rmsnorm_kernel<<<R, std::min(threads, 1024), 0, s>>>(x, add, rows, H, w, eps, y, yf);
+  launch_pdl(add_rmsnorm_kernel, dim3(R), dim3(std::min(threads, 1024)), 0, s, x, add, rows, H, w, eps, y, yf);
   DSV2_CUDA_LAUNCHED();
 }
 
 void rmsnorm_bf16(const bf16* x, int ldx, int T, int n, const float* w, float eps, bf16* y, int ldy, cudaStream_t s) {
   if (T == 0) return;
-  rmsnorm_bf16_kernel<<<T, 256, 0, s>>>(x, ldx, n, w, eps, y, ldy);
+  launch_pdl(rmsnorm_bf16_kernel, dim3(T), dim3(256), 0, s, x, ldx, n, w, eps, y, ldy);
   DSV2_CUDA_LAUNCHED();
 }
 
 void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s) {
   if (R == 0) return;
-  silu_mul_kernel<<<blocks_for(size_t(R) * I, 256), 256, 0, s>>>(gu, R, I, a);
+  launch_pdl(silu_mul_kernel, dim3(blocks_for(size_t(R) * I, 256)), dim3(256), 0, s, gu, R, I, a);
   DSV2_CUDA_LAUNCHED();
 }
 
 void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
   if (p.T == 0) return;
-  rope_cache_kernel<<<p.T, 256, size_t(p.rope) * sizeof(float), s>>>(p);
+  launch_pdl(rope_cache_kernel, dim3(p.T), dim3(256), size_t(p.rope) * sizeof(float), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -567,15 +580,15 @@ void moe_route_small(const RouterParams& p, const float* x, const float* w, int 
   DSV2_CHECK(p.K <= 64 && p.n_group <= 256 && H % 4 == 0, "router: top_k {}, n_group {} or H {} unsupported", p.K,
              p.n_group, H);
   const unsigned blocks = unsigned((p.E + kRouteSmallWarps - 1) / kRouteSmallWarps);
-  route_small_kernel<<<blocks, kRouteSmallWarps * 32, size_t(2 * p.E + p.n_group) * sizeof(float), s>>>(p, x, w, H,
-                                                                                                        ticket);
+  launch_pdl(route_small_kernel, dim3(blocks), dim3(kRouteSmallWarps * 32), size_t(2 * p.E + p.n_group) * sizeof(float),
+             s, p, x, w, H, ticket);
   DSV2_CUDA_LAUNCHED();
 }
 
 void moe_route(const RouterParams& p, cudaStream_t s) {
   if (p.T == 0) return;
   DSV2_CHECK(p.K <= 64 && p.n_group <= 256, "router: top_k {} or n_group {} too large", p.K, p.n_group);
-  route_kernel<<<p.T, 128, size_t(p.E + p.n_group) * sizeof(float), s>>>(p);
+  launch_pdl(route_kernel, dim3(p.T), dim3(128), size_t(p.E + p.n_group) * sizeof(float), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -583,18 +596,20 @@ void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H,
                   cudaStream_t s) {
   if (T == 0) return;
   DSV2_CUDA_CHECK(cudaMemsetAsync(d.counts, 0, size_t(E) * sizeof(int32_t), s));
-  moe_count_kernel<<<blocks_for(size_t(T) * K, 256), 256, 0, s>>>(ids, T * K, d.counts);
+  launch_pdl(moe_count_kernel, dim3(blocks_for(size_t(T) * K, 256)), dim3(256), 0, s, ids, T * K, d.counts);
   DSV2_CUDA_LAUNCHED();
-  moe_scan_kernel<<<1, kScanThreads, 0, s>>>(d.counts, E, d.offsets, d.tile_info, d.max_tiles, d.tile_m);
+  launch_pdl(moe_scan_kernel, dim3(1), dim3(kScanThreads), 0, s, d.counts, E, d.offsets, d.tile_info, d.max_tiles,
+             d.tile_m);
   DSV2_CUDA_LAUNCHED();
-  moe_permute_kernel<<<T * K, 128, 0, s>>>(ids, K, d.offsets, d.counts, d.slot_of, d.row_expert, x, H, xp);
+  launch_pdl(moe_permute_kernel, dim3(T * K), dim3(128), 0, s, ids, K, d.offsets, d.counts, d.slot_of, d.row_expert, x,
+             H, xp);
   DSV2_CUDA_LAUNCHED();
 }
 
 void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, int T, int K, int H, float* y,
                  cudaStream_t s) {
   if (T == 0) return;
-  moe_combine_kernel<<<T, 256, 0, s>>>(yp, slot_of, weights, K, H, y);
+  launch_pdl(moe_combine_kernel, dim3(T), dim3(256), 0, s, yp, slot_of, weights, K, H, y);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -602,7 +617,8 @@ void sample_rows(const float* logits, int R, int V, int v_limit, float temperatu
                  uint64_t step, int32_t* out, cudaStream_t s) {
   if (R == 0) return;
   const int n = v_limit > 0 && v_limit < V ? v_limit : V;
-  sample_kernel<<<R, kSampleThreads, 0, s>>>(const_cast<float*>(logits), V, n, temperature, top_p, seed, step, out);
+  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, temperature, top_p,
+             seed, step, out);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -6,6 +6,7 @@
 // cp.async pipeline; 32-row tiles for decode-sized groups, 128-row tiles for prefill-sized ones.
 
 #include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -58,6 +59,7 @@ template <class C, bool kF32Out>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
                                                               int K, void* y) {
+  pdl_entry();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
   const int tile = blockIdx.y;
@@ -242,6 +244,7 @@ template <bool kF32Out>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __restrict__ x, int ldx, int M,
                                                                const bf16* __restrict__ w, int N, int K, void* y,
                                                                int ldy) {
+  pdl_entry();
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sx = reinterpret_cast<bf16*>(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -296,9 +299,9 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
   const dim3 grid((N + kGemvWarps - 1) / kGemvWarps);
   const size_t sm = size_t(M) * K * sizeof(bf16);
   if (out_f32)
-    gemv_kernel<true><<<grid, kGemvWarps * 32, sm, s>>>(x, ldx, M, w, N, K, y, ldy);
+    launch_pdl(gemv_kernel<true>, dim3(grid), dim3(kGemvWarps * 32), sm, s, x, ldx, M, w, N, K, y, ldy);
   else
-    gemv_kernel<false><<<grid, kGemvWarps * 32, sm, s>>>(x, ldx, M, w, N, K, y, ldy);
+    launch_pdl(gemv_kernel<false>, dim3(grid), dim3(kGemvWarps * 32), sm, s, x, ldx, M, w, N, K, y, ldy);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -322,6 +325,7 @@ void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int 
 // Gate/up: block (32 outputs, row). Rows y < T*K are routed rows (one token each); rows T*K + s are
 // shared piece s for all T tokens, so that its weights are read once.
 __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
+  pdl_entry();
   extern __shared__ __align__(16) unsigned char smem_rows[];
   bf16* sx = reinterpret_cast<bf16*>(smem_rows);
   const int y = blockIdx.y, n0 = blockIdx.x * kSkinnyOut;
@@ -384,6 +388,7 @@ __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
 // pieces first, then the routed rows in router order).
 constexpr int kRowsDownCols = 8;
 __global__ void __launch_bounds__(256) moe_rows_down_kernel(MoeRowsParams p) {
+  pdl_entry();
   extern __shared__ __align__(16) unsigned char smem_rows[];
   const int t = blockIdx.y, n0 = blockIdx.x * kRowsDownCols;
   const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
@@ -450,12 +455,12 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
   DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
              p.K, p.S, p.H, p.I);
   const int N = 2 * p.I;
-  moe_rows_gu_kernel<<<dim3((N + kSkinnyOut - 1) / kSkinnyOut, p.T * p.K + p.S), 256,
-                       size_t(p.T) * p.H * sizeof(bf16), s>>>(p);
+  launch_pdl(moe_rows_gu_kernel, dim3(dim3((N + kSkinnyOut - 1) / kSkinnyOut, p.T * p.K + p.S)), dim3(256),
+             size_t(p.T) * p.H * sizeof(bf16), s, p);
   DSV2_CUDA_LAUNCHED();
   const int nrow = p.K + p.S;
-  moe_rows_down_kernel<<<dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T), 256,
-                         size_t(nrow) * p.I * sizeof(bf16) + size_t(nrow) * kRowsDownCols * sizeof(float), s>>>(p);
+  launch_pdl(moe_rows_down_kernel, dim3(dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T)), dim3(256),
+             size_t(nrow) * p.I * sizeof(bf16) + size_t(nrow) * kRowsDownCols * sizeof(float), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -475,9 +480,9 @@ static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info,
   }
   const dim3 grid((N + C::BN - 1) / C::BN, max_tiles);
   if (out_f32)
-    moe_gemm_kernel<C, true><<<grid, C::THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    launch_pdl(moe_gemm_kernel<C, true>, dim3(grid), dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K, y);
   else
-    moe_gemm_kernel<C, false><<<grid, C::THREADS, smem, s>>>(x, w, tile_info, max_tiles, N, K, y);
+    launch_pdl(moe_gemm_kernel<C, false>, dim3(grid), dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K, y);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -1,0 +1,43 @@
+#pragma once
+// Programmatic dependent launch (Hopper): a kernel launched by launch_pdl may be scheduled while
+// the previous kernel in the stream finishes; it must call pdl_entry() first, which waits until
+// that kernel has completed and its writes are visible, then lets the next kernel launch early.
+// The saving is the launch latency between consecutive decode kernels (also inside CUDA graphs).
+// DSV2_CUDA_NO_PDL=1 launches normally. Only for .cu files.
+#include <cstdlib>
+#include <utility>
+
+#include "backend/cuda/ops.h"
+
+namespace dsv2::cuda {
+
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+inline bool pdl_enabled() {
+  static const bool on = std::getenv("DSV2_CUDA_NO_PDL") == nullptr;
+  return on;
+}
+
+// kernel<<<grid, block, smem, s>>>(args...), with the programmatic-serialization attribute on a
+// non-default stream.
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = (pdl_enabled() && s != nullptr) ? 1 : 0;
+  DSV2_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace dsv2::cuda
