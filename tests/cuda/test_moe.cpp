@@ -41,7 +41,7 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     Dev<int32_t> dids(ids);
     Dev<float> dw(wts), dy(size_t(cs.T) * cs.H);
     Dev<bf16> dx(to_bf16(x)), dgu(to_bf16(wgu)), ddown(to_bf16(wdown)),
-        scratch(size_t(cs.T * cs.K + cs.S * cs.T) * 2 * cs.I);
+        scratch(size_t(cs.T * cs.K + cs.S * cs.T) * cs.I);
     dy.poison();
     scratch.poison();
     MoeRowsParams p{};
@@ -56,7 +56,7 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     p.I = cs.I;
     p.w_gu = dgu.p;
     p.w_down = ddown.p;
-    p.gu = scratch.p;
+    p.act = scratch.p;
     p.y = dy.p;
     moe_rows(p, 0);
     std::vector<float> ref(size_t(cs.T) * cs.H, 0.0f);

@@ -616,7 +616,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_offsets_.reserve(E + 1);
     grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), 16)) * 3 + 1);
     grown |= xp_.reserve(rows * H);
-    grown |= gup_.reserve((rows + t * size_t(c_.n_shared_experts)) * 2 * Im);
+    grown |= gup_.reserve(rows * 2 * Im);
     grown |= actp_.reserve(rows * Im);
     grown |= yp_.reserve(rows * H);
   }
@@ -1027,7 +1027,7 @@ void CudaModelImpl::ffn(int l, int T) {
     mp.I = Im;
     mp.w_gu = L.exp_gu.p;
     mp.w_down = L.exp_down.p;
-    mp.gu = gup_.p;
+    mp.act = actp_.p;
     mp.y = delta_.p;
     moe_rows(mp, stream_);
     mark("experts");

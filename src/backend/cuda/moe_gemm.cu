@@ -322,14 +322,17 @@ void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int 
 // directly, the shared experts are the pseudo-experts E..E+S-1 applied to every token, and the
 // down product sums each token's rows with their weights straight into y.
 
-// Gate/up: block (32 outputs, row). Rows y < T*K are routed rows (one token each); rows T*K + s are
-// shared piece s for all T tokens, so that its weights are read once.
+// Gate/up + SiLU: block (kRowsGuIdx intermediate indices, row). Rows y < T*K are routed rows (one
+// token each); rows T*K + s are shared piece s for all T tokens, so that its weights are read once.
+// Warp w owns 4 indices: their 4 gate and 4 up weight rows are streamed together (8 loads in flight
+// per lane), and the block writes act = bf16(silu(bf16 g) * bf16 u), as silu_mul would from bf16 g/u.
+constexpr int kRowsGuIdx = 32;
 __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
   pdl_entry();
   extern __shared__ __align__(16) unsigned char smem_rows[];
   bf16* sx = reinterpret_cast<bf16*>(smem_rows);
-  const int y = blockIdx.y, n0 = blockIdx.x * kSkinnyOut;
-  const int H = p.H, N = 2 * p.I, TK = p.T * p.K;
+  const int y = blockIdx.y, i0 = blockIdx.x * kRowsGuIdx;
+  const int H = p.H, I = p.I, TK = p.T * p.K;
   const bool routed = y < TK;
   const int e = routed ? p.ids[y] : p.E + (y - TK);
   const int t0 = routed ? y / p.K : 0, nr = routed ? 1 : p.T;
@@ -339,25 +342,28 @@ __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
     reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
   }
   __syncthreads();
-  float acc[4][kMoeRowsMaxTokens];
+  float acc[8][kMoeRowsMaxTokens];
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int r = 0; r < kMoeRowsMaxTokens; ++r) acc[j][r] = 0.f;
-  const bf16* we = p.w_gu + size_t(e) * N * H;
-  const int nb = n0 + warp * 4;
+  const bf16* we = p.w_gu + size_t(e) * 2 * I * H;
+  const int ib = i0 + warp * 4;
   for (int k = lane * 8; k < H; k += 256) {
-    uint4 wv[4];
+    uint4 wv[8];
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      wv[j] = nb + j < N ? *reinterpret_cast<const uint4*>(we + size_t(nb + j) * H + k) : make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < 8; ++j) {
+      const int i = ib + (j & 3);
+      const size_t wrow = size_t(j < 4 ? i : I + i);
+      wv[j] = i < I ? *reinterpret_cast<const uint4*>(we + wrow * H + k) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
     for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
       if (r >= nr) break;
       const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(r) * H + k);
       const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -368,40 +374,44 @@ __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
     }
   }
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+  for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
+    if (r >= nr) break;
 #pragma unroll
-    for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
-      if (r >= nr) break;
-      float v = acc[j][r];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      const int n = nb + j;
-      if (lane == 0 && n < N) {
-        const size_t row = routed ? size_t(y) : size_t(TK) + size_t(y - TK) * p.T + r;
-        p.gu[row * N + n] = __float2bfloat16(v);
-      }
+    for (int j = 0; j < 8; ++j)
+      for (int o = 16; o > 0; o >>= 1) acc[j][r] += __shfl_xor_sync(0xffffffffu, acc[j][r], o);
+    if (lane < 4 && ib + lane < I) {
+      float g = 0.f, u = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j == lane) {
+          g = acc[j][r];
+          u = acc[4 + j][r];
+        }
+      g = __bfloat162float(__float2bfloat16(g));
+      u = __bfloat162float(__float2bfloat16(u));
+      const size_t row = routed ? size_t(y) : size_t(TK) + size_t(y - TK) * p.T + r;
+      p.act[row * I + ib + lane] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
     }
+  }
 }
 
-// Down + combine: block (kRowsDownCols outputs, token t). The token's K + S activation rows
-// (bf16(silu(gate) * up), as silu_mul rounds them) go to shared memory; warp j takes row j and
-// every output column of the block; the weighted sum over the rows runs in a fixed order (shared
-// pieces first, then the routed rows in router order).
+// Down + combine: block (kRowsDownCols outputs, token t). The token's K + S activation rows go to
+// shared memory; warp j takes row j and every output column of the block; the weighted sum over the
+// rows runs in a fixed order (shared pieces first, then the routed rows in router order).
 constexpr int kRowsDownCols = 8;
 __global__ void __launch_bounds__(256) moe_rows_down_kernel(MoeRowsParams p) {
   pdl_entry();
   extern __shared__ __align__(16) unsigned char smem_rows[];
   const int t = blockIdx.y, n0 = blockIdx.x * kRowsDownCols;
   const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
-  bf16* sa = reinterpret_cast<bf16*>(smem_rows);                          // [nrow, I]
-  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);          // [nrow, kRowsDownCols]
+  bf16* sa = reinterpret_cast<bf16*>(smem_rows);                  // [nrow, I]
+  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);  // [nrow, kRowsDownCols]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
   // row j < S: shared piece j; else routed row j - S
   auto src_row = [&](int j) { return j < p.S ? size_t(TK) + size_t(j) * p.T + t : size_t(t) * p.K + (j - p.S); };
-  for (int i = tid; i < nrow * I; i += blockDim.x) {
-    const int j = i / I, c = i % I;
-    const bf16* g = p.gu + src_row(j) * 2 * I;
-    const float gv = __bfloat162float(g[c]), uv = __bfloat162float(g[I + c]);
-    sa[i] = __float2bfloat16(gv / (1.0f + __expf(-gv)) * uv);
+  for (int i = tid; i < nrow * (I / 8); i += blockDim.x) {
+    const int j = i / (I / 8), c = i % (I / 8);
+    reinterpret_cast<uint4*>(sa + size_t(j) * I)[c] = reinterpret_cast<const uint4*>(p.act + src_row(j) * I)[c];
   }
   __syncthreads();
   for (int j = warp; j < nrow; j += nwarps) {
@@ -454,10 +464,8 @@ bool moe_rows_supported(int T, int K, int S, int H, int I) {
 void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
   DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
              p.K, p.S, p.H, p.I);
-  const int N = 2 * p.I;
-  launch_pdl(moe_rows_gu_kernel, dim3(dim3((N + kSkinnyOut - 1) / kSkinnyOut, p.T * p.K + p.S)), dim3(256),
+  launch_pdl(moe_rows_gu_kernel, dim3((p.I + kRowsGuIdx - 1) / kRowsGuIdx, p.T * p.K + p.S), dim3(256),
              size_t(p.T) * p.H * sizeof(bf16), s, p);
-  DSV2_CUDA_LAUNCHED();
   const int nrow = p.K + p.S;
   launch_pdl(moe_rows_down_kernel, dim3(dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T)), dim3(256),
              size_t(nrow) * p.I * sizeof(bf16) + size_t(nrow) * kRowsDownCols * sizeof(float), s, p);

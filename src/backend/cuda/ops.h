@@ -164,7 +164,7 @@ struct MoeRowsParams {
   int T, K, S, E, H, I;   // S shared pieces (pseudo-experts E..E+S-1), I = moe_intermediate_size
   const bf16* w_gu;       // [E + S, 2I, H]: gate rows then up rows per expert
   const bf16* w_down;     // [E + S, H, I]
-  bf16* gu;               // scratch [T*K + S*T, 2I]
+  bf16* act;              // scratch [T*K + S*T, I]: bf16(silu(gate) * up) per row
   float* y;               // [T, H], overwritten
 };
 bool moe_rows_supported(int T, int K, int S, int H, int I);
