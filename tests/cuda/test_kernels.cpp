@@ -335,13 +335,14 @@ TEST(CudaKernels, DenseGemvRows) {
 }
 
 // Attention over a paged cache: sequences with scattered block tables, mixing a long prefill
-// chunk, decode steps and a chunk appended to an existing context.
+// chunk (through the absorbed path), decode steps and chunks appended to existing contexts, all in
+// one launch. The CPU reference is computed once per case; the kernel runs once per split count.
 struct AttnCase {
   int heads, kv_lora, rope;
   std::vector<std::pair<int, int>> chunks;  // (tokens already cached, new tokens)
 };
 
-void run_attention_case(const AttnCase& ac, int n_splits, std::mt19937_64& g) {
+void run_attention_case(const AttnCase& ac, const std::vector<int>& split_counts, std::mt19937_64& g) {
   const int D = ac.kv_lora + ac.rope, heads = ac.heads;
   int n_blocks = 0, T = 0;
   for (auto [len, n] : ac.chunks) {
@@ -365,16 +366,8 @@ void run_attention_case(const AttnCase& ac, int n_splits, std::mt19937_64& g) {
     tok += n;
   }
   const int n_items = int(items.size() / 4);
-  Dev<bf16> dq(to_bf16(q)), dcache(to_bf16(cache)), dout(size_t(T) * heads * ac.kv_lora);
-  Dev<int32_t> dchunks(chunks), ditems(items), dblocks(blocks);
-  Dev<float> part_o(size_t(n_items) * n_splits * kAttnRows * ac.kv_lora), part_ml(size_t(n_items) * n_splits * kAttnRows * 2);
-  dout.poison();
-  const float scale = 0.1147f;
-  AttnParams p{dq.p, dcache.p, ditems.p, dchunks.p, dblocks.p, n_items, n_splits, heads, scale, dout.p, part_o.p,
-               part_ml.p};
-  mla_attention(p, ac.kv_lora, ac.rope, 0);
-  const auto out = from_bf16(dout.get());
-  std::vector<float> ref(out.size());
+
+  std::vector<float> ref(size_t(T) * heads * ac.kv_lora);
   tok = 0;
   for (size_t ci = 0; ci < ac.chunks.size(); ++ci) {
     auto [len, n] = ac.chunks[ci];
@@ -383,42 +376,69 @@ void run_attention_case(const AttnCase& ac, int n_splits, std::mt19937_64& g) {
       const int pos = len + i;
       for (int h = 0; h < heads; ++h) {
         const float* qr = &q[(size_t(tok + i) * heads + h) * D];
-        std::vector<double> s(size_t(pos + 1));
+        std::vector<double> s(size_t(pos + 1)), acc(size_t(ac.kv_lora), 0.0);
         double mx = -1e300;
         for (int j = 0; j <= pos; ++j) {
           const float* kr = &cache[(size_t(bt[j / 64]) * 64 + j % 64) * D];
-          double acc = 0;
-          for (int d = 0; d < D; ++d) acc += double(qr[d]) * kr[d];
-          s[size_t(j)] = acc * scale;
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += double(qr[d]) * kr[d];
+          s[size_t(j)] = dot * 0.1147;
           mx = std::max(mx, s[size_t(j)]);
         }
         double sum = 0;
-        for (auto& v : s) sum += (v = std::exp(v - mx));
-        float* o = &ref[(size_t(tok + i) * heads + h) * ac.kv_lora];
-        for (int d = 0; d < ac.kv_lora; ++d) {
-          double acc = 0;
-          for (int j = 0; j <= pos; ++j) acc += s[size_t(j)] * cache[(size_t(bt[j / 64]) * 64 + j % 64) * D + d];
-          o[d] = float(acc / sum);
+        for (int j = 0; j <= pos; ++j) {
+          const double w = std::exp(s[size_t(j)] - mx);
+          sum += w;
+          const float* vr = &cache[(size_t(bt[j / 64]) * 64 + j % 64) * D];
+          for (int d = 0; d < ac.kv_lora; ++d) acc[size_t(d)] += w * vr[d];
         }
+        float* o = &ref[(size_t(tok + i) * heads + h) * ac.kv_lora];
+        for (int d = 0; d < ac.kv_lora; ++d) o[d] = float(acc[size_t(d)] / sum);
       }
     }
     tok += n;
   }
-  EXPECT_LT(rel_err(out, ref), 1e-2) << "heads=" << heads << " D=" << D << " splits=" << n_splits;
+
+  Dev<bf16> dq(to_bf16(q)), dcache(to_bf16(cache)), dout(size_t(T) * heads * ac.kv_lora);
+  Dev<int32_t> dchunks(chunks), ditems(items), dblocks(blocks);
+  for (int n_splits : split_counts) {
+    Dev<float> part_o(size_t(n_items) * n_splits * kAttnRows * ac.kv_lora),
+        part_ml(size_t(n_items) * n_splits * kAttnRows * 2);
+    dout.poison();
+    part_o.poison();
+    part_ml.poison();
+    AttnParams p{dq.p, dcache.p, ditems.p, dchunks.p, dblocks.p, n_items, n_splits, heads, 0.1147f, dout.p,
+                 part_o.p, part_ml.p};
+    mla_attention(p, ac.kv_lora, ac.rope, 0);
+    const auto out = from_bf16(dout.get());
+    EXPECT_LT(rel_err(out, ref), 1e-2) << "heads=" << heads << " D=" << D << " splits=" << n_splits;
+    // Every chunk on its own too, so that a short chunk cannot hide behind the long ones.
+    tok = 0;
+    for (size_t ci = 0; ci < ac.chunks.size(); ++ci) {
+      const size_t b = size_t(tok) * heads * ac.kv_lora, e = b + size_t(ac.chunks[ci].second) * heads * ac.kv_lora;
+      const std::vector<float> o(out.begin() + long(b), out.begin() + long(e)), r(ref.begin() + long(b), ref.begin() + long(e));
+      EXPECT_LT(rel_err(o, r), 1e-2) << "heads=" << heads << " D=" << D << " splits=" << n_splits << " chunk (cached "
+                                     << ac.chunks[ci].first << ", new " << ac.chunks[ci].second << ")";
+      tok += ac.chunks[ci].second;
+    }
+  }
 }
 
 TEST(CudaKernels, MlaAttentionPagedCausal) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(6);
+  // Contexts (cached + new) cover 1, 63, 64, 65, 300 and ~5000; new tokens 1..3 per chunk and a
+  // 70-token prefill chunk; heads 16 (V2-Lite), 128 (V2) and odd counts whose items straddle tokens.
   const std::vector<AttnCase> cases = {
-      {16, 512, 64, {{0, 70}, {300, 1}, {1000, 5}, {0, 1}, {63, 2}}},
+      {16, 512, 64, {{0, 70}, {0, 1}, {62, 1}, {63, 1}, {64, 1}, {298, 2}, {61, 3}, {4997, 3}, {5000, 1}}},
+      {128, 512, 64, {{0, 1}, {62, 1}, {63, 2}, {299, 1}, {4999, 1}, {0, 3}}},
+      {5, 512, 64, {{0, 70}, {10, 3}, {63, 2}, {4999, 1}, {0, 1}, {297, 3}}},
       {4, 32, 8, {{0, 37}, {5, 1}, {129, 9}}},
-      {128, 512, 64, {{0, 3}, {200, 1}}},
-      {16, 512, 64, {{2500, 1}}},
-      {5, 20, 6, {{0, 10}, {70, 3}}},  // D = 26: unaligned rows, scalar loads
+      {3, 128, 64, {{0, 20}, {100, 2}}},  // narrower latent: value columns padded to the kernel's 512
+      {5, 20, 6, {{0, 10}, {70, 3}}},     // D = 26: rows only 4-byte aligned
+      {2, 30, 5, {{0, 9}, {64, 1}}},      // D = 35: odd row width, plain loads
   };
-  for (const auto& ac : cases)
-    for (int splits : {1, 3, 16}) run_attention_case(ac, splits, g);
+  for (const auto& ac : cases) run_attention_case(ac, {1, 4, 16, 64}, g);
 }
 
 TEST(CudaKernels, SamplingGreedyAndTopP) {

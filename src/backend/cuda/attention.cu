@@ -1,12 +1,26 @@
 // Absorbed MLA attention over the paged latent cache (reference section 3, "Absorbed MLA"):
 // multi-query attention with one shared KV row of width D = kv_lora + rope per position, where the
-// value is the first kv_lora columns of the same row. One block owns kAttnRows (token, head) rows
-// of one sequence chunk (rows are token-major, so a block holds several tokens when heads < 32),
-// walks the cache 64 positions (one cache block) at a time with bf16 tensor-core products and an
-// online softmax in fp32, and either writes the normalized output or, when the cache range is split
-// across blocks (long contexts, small batches), its partial sums for a combine pass.
-#include <cfloat>
-#include <mma.h>
+// value is the first kv_lora columns of the same row.
+//
+// One block (8 warps) owns kAttnRows = 16 (token, head) rows of one sequence chunk (rows are
+// token-major: with 16 heads an item is one token, with 128 heads a token spans 8 items, with an odd
+// head count an item straddles tokens; the causal limit is per row). It walks its share of the cache
+// kPos = 32 positions (half a cache block) at a time through a kStages-deep ring of shared-memory
+// tiles filled with cp.async, so that the next tile streams in while the current one is computed.
+// Per tile:
+//   1. S = Q K^T [16 x 32] with mma.sync m16n8k16 (bf16 in, fp32 out): warp w computes the 8
+//      positions (w % 4) over half of the D columns (w / 4), two independent accumulator chains;
+//      the two halves meet in shared memory (one barrier).
+//   2. Every warp reads the whole S back in the A-fragment layout of the P V product, applies the
+//      causal mask and the online softmax (row max over the quad that shares a row, rescale of its
+//      own O slice) and packs P to bf16 A fragments in registers. All warps compute identical
+//      values, so no second exchange is needed.
+//   3. O[:, 64w : 64w + 64] += P V with V = the tile's first columns (ldmatrix.trans of [pos][col]).
+// O lives in registers ([16 x 64] fp32 per warp), so no accumulator traffic goes through shared
+// memory. With D = 576 the block uses ~96 KB of shared memory: two blocks per SM. When the cache
+// range is split across blocks (long contexts, small batches) a block writes its unnormalized O with
+// its row max and sum, and a combine pass merges the splits.
+#include <cstdint>
 
 #include "backend/cuda/ops.h"
 #include "common/error.h"
@@ -15,241 +29,538 @@ namespace dsv2::cuda {
 
 namespace {
 
-using namespace nvcuda;
+constexpr int kRows = kAttnRows;           // one m16 tile of (token, head) rows
+static_assert(kRows == 16, "the kernel's fragments assume one m16 tile of rows");
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kPos = 32;                   // cache positions per pipeline step
+constexpr int kStages = 2;                 // shared-memory ring: one tile in flight while one is computed
+constexpr int kSTiles = kPos / 8;          // n8 tiles of S per step
+constexpr int kKSplit = kWarps / kSTiles;  // warps sharing one S tile (split over D)
+constexpr int kPvSteps = kPos / 16;        // k16 steps of the P V product
+constexpr int LDSS = kPos + 8;             // f32 S row stride (conflict-free float2 accesses)
+static_assert(kAttnTile % kPos == 0, "a step must stay inside one cache block");
+static_assert(kWarps % kSTiles == 0 && kPos % 16 == 0, "warp split of S");
 
-constexpr int kThreads = 256;
-constexpr int LDS = kAttnTile + 4;  // f32 scores
-constexpr int LDP = kAttnTile + 8;  // bf16 probabilities
-
+// Shared layout for row width D, value width DV and NTW n8 output tiles per warp. Rows of Q and of
+// the cache tiles are LDK bf16 wide: a multiple of 64 plus 8, so that the 8 rows of an ldmatrix
+// land on distinct 16-byte bank groups. Columns [D, LDK) are zero.
 struct Layout {
-  int Dp, DVp, LDQ, LDO;
-  size_t q, k, s, p, o, ml, bytes;
+  int ksteps;  // k16 steps of the S product (D rounded up to 16)
+  int LDK;
+  size_t q, k, s, bytes;
 };
 
-__host__ __device__ inline size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
-
-__host__ __device__ inline Layout make_layout(int D, int DV) {
+__host__ __device__ inline Layout make_layout(int D, int NTW) {
   Layout L;
-  L.Dp = (D + 15) / 16 * 16;
-  L.DVp = (DV + 15) / 16 * 16;
-  L.LDQ = L.Dp + 8;
-  L.LDO = L.DVp + 4;
-  size_t off = 0;
-  L.q = off;
-  off = align128(off + size_t(kAttnRows) * L.LDQ * 2);
-  L.k = off;
-  off = align128(off + size_t(kAttnTile) * L.LDQ * 2);
-  L.s = off;
-  off = align128(off + size_t(kAttnRows) * LDS * 4);
-  L.p = off;
-  off = align128(off + size_t(kAttnRows) * LDP * 2);
-  L.o = off;
-  off = align128(off + size_t(kAttnRows) * L.LDO * 4);
-  L.ml = off;
-  off = align128(off + size_t(kAttnRows) * 4 * 4);
-  L.bytes = off;
+  L.ksteps = (D + 15) / 16;
+  const int dvp = NTW * 8 * kWarps;
+  const int w = L.ksteps * 16 > dvp ? L.ksteps * 16 : dvp;
+  L.LDK = (w + 63) / 64 * 64 + 8;
+  L.q = 0;
+  L.k = L.q + size_t(kRows) * L.LDK * 2;
+  L.s = L.k + size_t(kStages) * kPos * L.LDK * 2;
+  L.bytes = L.s + size_t(kKSplit) * kRows * LDSS * 4;
   return L;
 }
 
-__global__ void __launch_bounds__(kThreads) mla_attn_kernel(AttnParams p, int D, int DV) {
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return unsigned(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned a, uint32_t& r0, uint32_t& r1) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x2_t(unsigned a, uint32_t& r0, uint32_t& r1) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(a));
+}
+
+// d += a b for one m16n8k16 tile (bf16 inputs, fp32 accumulators).
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // 2^x; 2^-inf = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {  // lo in the low half
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Copies `rows` rows of D bf16 (global row stride D) into shared rows of stride LDK; rows at or past
+// `valid` are zero-filled. mode 2: 16-byte cp.async, 1: 4-byte cp.async, 0: plain loads.
+__device__ __forceinline__ void load_rows(bf16* dst, int LDK, const bf16* src, int rows, int valid, int D, int mode,
+                                          int tid) {
+  if (mode != 0) {
+    // Piece i = tid + k * kThreads is (row r, piece c of the row); step (r, c) instead of dividing.
+    const int e = mode == 2 ? 8 : 2, cpr = D / e;
+    int r = tid / cpr, c = tid - r * cpr;
+    const int dr = kThreads / cpr, dc = kThreads - dr * cpr;
+    const unsigned sdst = smem_addr(dst);
+    for (int i = tid; i < rows * cpr; i += kThreads) {
+      const bool ok = r < valid;
+      const unsigned sa = sdst + unsigned(r * LDK + c * e) * 2u;
+      const bf16* ga = ok ? src + r * D + c * e : src;
+      if (mode == 2)
+        cp_async16(sa, ga, ok);
+      else
+        cp_async4(sa, ga, ok);
+      r += dr;
+      c += dc;
+      if (c >= cpr) {
+        c -= cpr;
+        ++r;
+      }
+    }
+  } else {
+    for (int i = tid; i < rows * D; i += kThreads) {
+      const int r = i / D, c = i - r * D;
+      dst[r * LDK + c] = r < valid ? src[size_t(r) * D + c] : __float2bfloat16(0.0f);
+    }
+  }
+}
+
+// NTW: n8 output tiles per warp (8 for kv_lora 512: 8 warps x 64 columns). DC: the row width D
+// when fixed at compile time (576 for DeepSeek-V2: all index arithmetic folds), 0 for any other.
+template <int NTW, int DC>
+__global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int Darg, int DV) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const Layout L = make_layout(D, DV);
+  const int D = DC > 0 ? DC : Darg;
+  const Layout L = make_layout(D, NTW);
+  const int LDK = L.LDK;
   bf16* sQ = reinterpret_cast<bf16*>(smem + L.q);
   bf16* sK = reinterpret_cast<bf16*>(smem + L.k);
   float* sS = reinterpret_cast<float*>(smem + L.s);
-  bf16* sP = reinterpret_cast<bf16*>(smem + L.p);
-  float* sO = reinterpret_cast<float*>(smem + L.o);
-  float* sM = reinterpret_cast<float*>(smem + L.ml);
-  float* sL = sM + kAttnRows;
-  int* sPos = reinterpret_cast<int*>(sL + kAttnRows);
 
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
   const int item = blockIdx.x, split = blockIdx.y;
   const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
   const int tok0 = p.chunks[chunk * 4 + 0], nq = p.chunks[chunk * 4 + 1], kvlen = p.chunks[chunk * 4 + 2];
   const int* btab = p.blocks + p.chunks[chunk * 4 + 3];
   const int heads = p.heads;
   const int qpos0 = kvlen - nq;
-  const int nrows = min(kAttnRows, nq * heads - row0);
-  const int kv_end = qpos0 + (row0 + nrows - 1) / heads + 1;  // positions [0, kv_end) matter to this tile
-  const int ntiles = (kv_end + kAttnTile - 1) / kAttnTile;
+  const int nrows = min(kRows, nq * heads - row0);
+  const int kv_end = qpos0 + (row0 + nrows - 1) / heads + 1;  // positions [0, kv_end) matter to this item
+  const int ntiles = (kv_end + kPos - 1) / kPos;
   const int per = (ntiles + p.n_splits - 1) / p.n_splits;
-  const int t_begin = split * per, t_end = min(ntiles, t_begin + per);
+  const int t_begin = min(ntiles, split * per), t_end = min(ntiles, t_begin + per);
   const size_t qrow0 = size_t(tok0) * heads + row0;  // global (token, head) row of local row 0
+  const int mode = (D & 7) == 0 ? 2 : (D & 1) == 0 ? 1 : 0;
 
-  // Q rows (zero past nrows and past D), padding columns of K, O = 0, running max/sum.
-  const bool vec = (D & 7) == 0;
-  for (int i = tid; i < kAttnRows * L.Dp; i += kThreads) {
-    const int r = i / L.Dp, c = i % L.Dp;
-    sQ[r * L.LDQ + c] = (r < nrows && c < D) ? p.q[(qrow0 + r) * D + c] : __float2bfloat16(0.0f);
+  // Zero the pad columns [D, LDK) of Q and of every stage (the copies never touch them).
+  {
+    const int padw = LDK - D, prow = kRows + kStages * kPos;
+    for (int i = tid; i < prow * padw; i += kThreads) {
+      const int r = i / padw, c = D + (i - r * padw);
+      sQ[r * LDK + c] = __float2bfloat16(0.0f);  // sK rows follow sQ rows with the same stride
+    }
   }
-  for (int i = tid; i < kAttnTile * (L.Dp - D); i += kThreads) {
-    const int r = i / (L.Dp - D), c = D + i % (L.Dp - D);
-    sK[r * L.LDQ + c] = __float2bfloat16(0.0f);
+  // Tile `tile` lives in cache block blk (its block-table entry).
+  auto load_tile = [&](int stage, int tile, int blk) {
+    const int j0 = tile * kPos;
+    const bf16* src = p.cache + (size_t(blk) * kAttnTile + (j0 % kAttnTile)) * D;
+    load_rows(sK + stage * kPos * LDK, LDK, src, kPos, kv_end - j0, D, mode, tid);
+  };
+  auto block_of = [&](int tile) { return tile < t_end ? __ldg(btab + tile * kPos / kAttnTile) : 0; };
+  if (t_begin < t_end) {
+    load_rows(sQ, LDK, p.q + qrow0 * D, kRows, nrows, D, mode, tid);
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (t_begin + s < t_end) load_tile(s, t_begin + s, block_of(t_begin + s));
+      cp_async_commit();
+    }
   }
-  for (int i = tid; i < kAttnRows * L.LDO; i += kThreads) sO[i] = 0.0f;
-  if (tid < kAttnRows) {
-    sM[tid] = -INFINITY;
-    sL[tid] = 0.0f;
-    sPos[tid] = tid < nrows ? qpos0 + (row0 + tid) / heads : -1;
-  }
-  const float sl2 = p.scale * 1.4426950408889634f;
+  // The block-table entry of the next tile to fetch, read one step ahead so that its latency
+  // never stalls the copy issue.
+  int next_blk = block_of(t_begin + kStages - 1);
+
+  // Causal limit of this thread's two rows (g and g + 8); -1 for padding rows. The mask is applied
+  // only in tiles that reach past the first row's limit; padding rows are never written out.
+  const int pos_lo = g < nrows ? qpos0 + (row0 + g) / heads : -1;
+  const int pos_hi = g + 8 < nrows ? qpos0 + (row0 + g + 8) / heads : -1;
+  const int pos_first = qpos0 + row0 / heads;        // the smallest limit (rows are token-major)
+  const float sl2 = p.scale * 1.4426950408889634f;  // scores to log2 units
+
+  float o[NTW][4];
+#pragma unroll
+  for (int n = 0; n < NTW; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+  // S split: this warp's 8 positions and k16 steps [kb, ke).
+  const int s_tile = warp % kSTiles, s_part = warp / kSTiles;
+  const int kper = (L.ksteps + kKSplit - 1) / kKSplit;
+  const int kb = s_part * kper, ke = min(L.ksteps, kb + kper);
+  const int n0 = warp * NTW * 8;  // this warp's output columns
+  const unsigned q_addr = smem_addr(sQ + (lane & 15) * LDK + (lane >> 4) * 8);
 
   for (int tile = t_begin; tile < t_end; ++tile) {
-    const int j0 = tile * kAttnTile;
-    const bf16* crow = p.cache + size_t(btab[tile]) * kAttnTile * D;
-    __syncthreads();  // previous tile's readers of sK / sP are done
-    if (vec) {
-      // All of the tile's 16-byte pieces in flight at once (cp.async, zero-filled past kv_end).
-      const int cpr = D / 8;
-      for (int i = tid; i < kAttnTile * cpr; i += kThreads) {
-        const int r = i / cpr, c = i % cpr;
-        const bool ok = j0 + r < kv_end;
-        const unsigned sa = unsigned(__cvta_generic_to_shared(sK + r * L.LDQ + c * 8));
-        const bf16* src = ok ? crow + size_t(r) * D + c * 8 : crow;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(src), "r"(ok ? 16 : 0));
+    const int it = tile - t_begin;
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile `it` visible; all warps are done with the stage refilled next and with sS
+    if (tile + kStages - 1 < t_end) load_tile((it + kStages - 1) % kStages, tile + kStages - 1, next_blk);
+    cp_async_commit();
+    next_blk = block_of(tile + kStages);
+    const bf16* sKt = sK + (it % kStages) * kPos * LDK;
+    const int j0 = tile * kPos;
+
+    // 1. Partial S over this warp's D range.
+    {
+      float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const unsigned k_addr = smem_addr(sKt + (s_tile * 8 + (lane & 7)) * LDK + (lane >> 3) * 8);
+      auto two_steps = [&](int k) {
+        uint32_t a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3;
+        ldsm_x4(q_addr + k * 32, a0, a1, a2, a3);
+        ldsm_x4(q_addr + k * 32 + 32, a4, a5, a6, a7);
+        ldsm_x4(k_addr + k * 32, b0, b1, b2, b3);
+        mma16816(acc0, a0, a1, a2, a3, b0, b1);
+        mma16816(acc1, a4, a5, a6, a7, b2, b3);
+      };
+      int k = kb;
+      if (ke - kb == 18) {  // D = 576 (kv_lora 512 + rope 64): fully unrolled
+#pragma unroll
+        for (int i = 0; i < 9; ++i) two_steps(kb + 2 * i);
+        k = ke;
       }
-      asm volatile("cp.async.commit_group;\n" ::);
-      asm volatile("cp.async.wait_group 0;\n" ::);
-    } else {
-      for (int i = tid; i < kAttnTile * D; i += kThreads) {
-        const int r = i / D, c = i % D;
-        sK[r * L.LDQ + c] = j0 + r < kv_end ? crow[size_t(r) * D + c] : __float2bfloat16(0.0f);
+      for (; k + 1 < ke; k += 2) two_steps(k);
+      if (k < ke) {
+        uint32_t a0, a1, a2, a3, b0, b1;
+        ldsm_x4(q_addr + k * 32, a0, a1, a2, a3);
+        ldsm_x2(k_addr + k * 32, b0, b1);  // lanes 0-15 give the rows of the two matrices
+        mma16816(acc0, a0, a1, a2, a3, b0, b1);
       }
+      float* ss = sS + s_part * kRows * LDSS + s_tile * 8 + 2 * t4;
+      *reinterpret_cast<float2*>(ss + g * LDSS) = make_float2(acc0[0] + acc1[0], acc0[1] + acc1[1]);
+      *reinterpret_cast<float2*>(ss + (g + 8) * LDSS) = make_float2(acc0[2] + acc1[2], acc0[3] + acc1[3]);
     }
     __syncthreads();
-    // S[32 x 64] = Q K^T: warp w owns fragment (w / 4, w % 4).
+
+    // 2. Online softmax on this thread's S values: rows g / g + 8, columns 8c + 2 t4 + {0, 1}.
+    //    Maxima are kept in raw score units; the weights are 2^(s * sl2 - m * sl2).
+    uint32_t pa[kPvSteps][4];
     {
-      const int fm = warp >> 2, fn = warp & 3;
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k = 0; k < L.Dp; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
-        wmma::load_matrix_sync(a, sQ + fm * 16 * L.LDQ + k, L.LDQ);
-        wmma::load_matrix_sync(b, sK + fn * 16 * L.LDQ + k, L.LDQ);
-        wmma::mma_sync(acc, a, b, acc);
+      float x_lo[2 * kSTiles], x_hi[2 * kSTiles];
+#pragma unroll
+      for (int c = 0; c < kSTiles; ++c) {
+        float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int s = 0; s < kKSplit; ++s) {
+          const float* ss = sS + s * kRows * LDSS + c * 8 + 2 * t4;
+          const float2 a = *reinterpret_cast<const float2*>(ss + g * LDSS);
+          const float2 b = *reinterpret_cast<const float2*>(ss + (g + 8) * LDSS);
+          lo.x += a.x;
+          lo.y += a.y;
+          hi.x += b.x;
+          hi.y += b.y;
+        }
+        x_lo[2 * c] = lo.x;
+        x_lo[2 * c + 1] = lo.y;
+        x_hi[2 * c] = hi.x;
+        x_hi[2 * c + 1] = hi.y;
       }
-      wmma::store_matrix_sync(sS + fm * 16 * LDS + fn * 16, acc, LDS, wmma::mem_row_major);
+      if (j0 + kPos - 1 > pos_first) {  // the tile reaches past some row's causal limit
+#pragma unroll
+        for (int c = 0; c < 2 * kSTiles; ++c) {
+          const int j = j0 + (c >> 1) * 8 + 2 * t4 + (c & 1);
+          if (j > pos_lo) x_lo[c] = -INFINITY;
+          if (j > pos_hi) x_hi[c] = -INFINITY;
+        }
+      }
+      float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+      for (int c = 0; c < 2 * kSTiles; ++c) {
+        mx_lo = fmaxf(mx_lo, x_lo[c]);
+        mx_hi = fmaxf(mx_hi, x_hi[c]);
+      }
+#pragma unroll
+      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o2));
+      }
+      // A row with nothing visible yet keeps max -inf: subtract 0 instead (its weights are all 0).
+      const float ref_lo = mx_lo == -INFINITY ? 0.0f : mx_lo * sl2;
+      const float ref_hi = mx_hi == -INFINITY ? 0.0f : mx_hi * sl2;
+      const float f_lo = fast_exp2(m_lo * sl2 - ref_lo), f_hi = fast_exp2(m_hi * sl2 - ref_hi);
+      m_lo = mx_lo;
+      m_hi = mx_hi;
+      float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kSTiles; ++c) {
+        const float e0 = fast_exp2(fmaf(x_lo[2 * c], sl2, -ref_lo)), e1 = fast_exp2(fmaf(x_lo[2 * c + 1], sl2, -ref_lo));
+        const float e2 = fast_exp2(fmaf(x_hi[2 * c], sl2, -ref_hi)), e3 = fast_exp2(fmaf(x_hi[2 * c + 1], sl2, -ref_hi));
+        const uint32_t plo = pack_bf16(e0, e1), phi = pack_bf16(e2, e3);
+        sum_lo += e0 + e1;
+        sum_hi += e2 + e3;
+        // A fragment of k16 step c / 2: a0/a1 hold columns 0-7 (c even), a2/a3 columns 8-15.
+        pa[c >> 1][(c & 1) * 2 + 0] = plo;
+        pa[c >> 1][(c & 1) * 2 + 1] = phi;
+      }
+      l_lo = l_lo * f_lo + sum_lo;
+      l_hi = l_hi * f_hi + sum_hi;
+      if (__any_sync(0xffffffffu, f_lo != 1.0f || f_hi != 1.0f)) {  // rare once the maxima settle
+#pragma unroll
+        for (int n = 0; n < NTW; ++n) {
+          o[n][0] *= f_lo;
+          o[n][1] *= f_lo;
+          o[n][2] *= f_hi;
+          o[n][3] *= f_hi;
+        }
+      }
     }
-    __syncthreads();
-    // Online softmax: 8 threads per row, 8 columns each.
-    {
-      const int r = tid >> 3, sub = tid & 7;
-      const int rp = sPos[r];
-      float v[8];
-      float tmax = -INFINITY;
+
+    // 3. O[:, n0 : n0 + 8 NTW] += P V.
 #pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        const int col = sub * 8 + c;
-        v[c] = (j0 + col <= rp) ? sS[r * LDS + col] : -INFINITY;
-        tmax = fmaxf(tmax, v[c]);
-      }
-      for (int o = 4; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-      const float mold = sM[r];
-      const float mnew = fmaxf(mold, tmax);
-      float factor = 1.0f, sum = 0.0f;
-      if (mnew == -INFINITY) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) sP[r * LDP + sub * 8 + c] = __float2bfloat16(0.0f);
+    for (int kk = 0; kk < kPvSteps; ++kk) {
+      const bf16* vrow = sKt + (kk * 16 + (lane & 15)) * LDK + n0;
+      if constexpr (NTW == 1) {
+        uint32_t b0, b1;
+        ldsm_x2_t(smem_addr(vrow), b0, b1);
+        mma16816(o[0], pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3], b0, b1);
       } else {
-        factor = mold == -INFINITY ? 0.0f : exp2f((mold - mnew) * sl2);
 #pragma unroll
-        for (int c = 0; c < 8; ++c) {
-          const float e = v[c] == -INFINITY ? 0.0f : exp2f((v[c] - mnew) * sl2);
-          sum += e;
-          sP[r * LDP + sub * 8 + c] = __float2bfloat16(e);
+        for (int n = 0; n < NTW; n += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(smem_addr(vrow + n * 8 + (lane >> 4) * 8), b0, b1, b2, b3);
+          mma16816(o[n], pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3], b0, b1);
+          mma16816(o[n + 1], pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3], b2, b3);
         }
-      }
-      for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (factor != 1.0f)
-        for (int c = sub; c < L.DVp; c += 8) sO[r * L.LDO + c] *= factor;
-      __syncwarp();
-      if (sub == 0) {
-        sM[r] = mnew;
-        sL[r] = sL[r] * factor + sum;
-      }
-    }
-    __syncthreads();
-    // O[32 x DVp] += P[32 x 64] V[64 x DVp], V = the first DVp columns of the K tile.
-    {
-      const int nf = 2 * (L.DVp / 16);
-      for (int f = warp; f < nf; f += kThreads / 32) {
-        const int fm = f & 1, fn = f >> 1;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::load_matrix_sync(acc, sO + fm * 16 * L.LDO + fn * 16, L.LDO, wmma::mem_row_major);
-#pragma unroll
-        for (int k = 0; k < kAttnTile; k += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
-          wmma::load_matrix_sync(a, sP + fm * 16 * LDP + k, LDP);
-          wmma::load_matrix_sync(b, sK + k * L.LDQ + fn * 16, L.LDQ);
-          wmma::mma_sync(acc, a, b, acc);
-        }
-        wmma::store_matrix_sync(sO + fm * 16 * L.LDO + fn * 16, acc, L.LDO, wmma::mem_row_major);
       }
     }
   }
-  __syncthreads();
+  cp_async_wait<0>();  // no copy may be left in flight at exit
+
+  // Row sums: each thread summed its own columns; the quad holds the whole row.
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o2);
+  }
+  const bool vec = (DV & 1) == 0;
   if (p.n_splits == 1) {
-    for (int i = tid; i < nrows * DV; i += kThreads) {
-      const int r = i / DV, c = i % DV;
-      const float l = sL[r];
-      p.out[(qrow0 + r) * DV + c] = __float2bfloat16(l > 0.0f ? sO[r * L.LDO + c] / l : 0.0f);
+    const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = g + 8 * h;
+      if (r >= nrows) continue;
+      const float inv = h ? inv_hi : inv_lo;
+      bf16* out = p.out + (qrow0 + r) * DV;
+#pragma unroll
+      for (int n = 0; n < NTW; ++n) {
+        const int c = n0 + n * 8 + 2 * t4;
+        const float v0 = o[n][2 * h] * inv, v1 = o[n][2 * h + 1] * inv;
+        if (vec && c + 1 < DV) {
+          *reinterpret_cast<__nv_bfloat162*>(out + c) = __floats2bfloat162_rn(v0, v1);
+        } else {
+          if (c < DV) out[c] = __float2bfloat16(v0);
+          if (c + 1 < DV) out[c + 1] = __float2bfloat16(v1);
+        }
+      }
     }
   } else {
-    const size_t base = (size_t(item) * p.n_splits + split) * kAttnRows;
-    for (int i = tid; i < nrows * DV; i += kThreads) {
-      const int r = i / DV, c = i % DV;
-      p.part_o[(base + r) * DV + c] = sO[r * L.LDO + c];
-    }
-    if (tid < kAttnRows) {
-      p.part_ml[(base + tid) * 2 + 0] = sM[tid];
-      p.part_ml[(base + tid) * 2 + 1] = sL[tid];
+    const size_t base = (size_t(item) * p.n_splits + split) * kRows;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = g + 8 * h;
+      float* po = p.part_o + (base + r) * DV;
+      if (warp == 0 && t4 == 0) {
+        p.part_ml[(base + r) * 2 + 0] = (h ? m_hi : m_lo) * sl2;  // log2 units
+        p.part_ml[(base + r) * 2 + 1] = h ? l_hi : l_lo;
+      }
+      if (r >= nrows) continue;
+#pragma unroll
+      for (int n = 0; n < NTW; ++n) {
+        const int c = n0 + n * 8 + 2 * t4;
+        if (vec && c + 1 < DV) {
+          *reinterpret_cast<float2*>(po + c) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+        } else {
+          if (c < DV) po[c] = o[n][2 * h];
+          if (c + 1 < DV) po[c + 1] = o[n][2 * h + 1];
+        }
+      }
     }
   }
 }
 
-// One block per (item, row): merges the split partials of that row. The split weights are computed
-// once into shared memory; each thread then sums its columns over the non-empty splits.
-__global__ void mla_combine_kernel(AttnParams p, int DV) {
-  extern __shared__ float sw[];  // [n_splits] weights, then [1] 1 / sum
-  const int item = blockIdx.x, r = blockIdx.y, tid = threadIdx.x;
+// Merges the split partials (row max in log2 units, sum, unnormalized O) of one row and one slice
+// of kCombineCols columns per block. Warp 0 computes the split weights into shared memory; then
+// warp w sums splits w, w + 8, ... of its 4-column group (16-byte loads, several in flight), and the
+// 8 warps' sums meet in shared memory.
+constexpr int kCombineCols = 128;
+__global__ void __launch_bounds__(256) mla_combine_kernel(AttnParams p, int DV) {
+  extern __shared__ float sw[];  // [n_splits] weights, [1] 1 / sum, then [8][kCombineCols] warp sums
+  const int item = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
   const int tok0 = p.chunks[chunk * 4 + 0], nq = p.chunks[chunk * 4 + 1];
-  const int nrows = min(kAttnRows, nq * p.heads - row0);
+  const int nrows = min(kRows, nq * p.heads - row0);
   if (r >= nrows) return;
-  const float sl2 = p.scale * 1.4426950408889634f;
-  const size_t base = size_t(item) * p.n_splits * kAttnRows;
-  const float* ml = p.part_ml + (base + r) * 2;  // split s at ml[s * kAttnRows * 2]
-  if (tid < 32) {
+  const int S = p.n_splits;
+  const size_t base = size_t(item) * S * kRows;
+  const float* ml = p.part_ml + (base + r) * 2;  // split s at ml[s * kRows * 2]
+  if (warp == 0) {
     float M = -INFINITY;
-    for (int s = tid; s < p.n_splits; s += 32)
-      if (ml[size_t(s) * kAttnRows * 2 + 1] > 0.0f) M = fmaxf(M, ml[size_t(s) * kAttnRows * 2]);
+    for (int s = lane; s < S; s += 32)
+      if (ml[size_t(s) * kRows * 2 + 1] > 0.0f) M = fmaxf(M, ml[size_t(s) * kRows * 2]);
     for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     float L = 0.0f;
-    for (int s = tid; s < p.n_splits; s += 32) {
-      const float l = ml[size_t(s) * kAttnRows * 2 + 1];
-      const float w = l > 0.0f ? exp2f((ml[size_t(s) * kAttnRows * 2] - M) * sl2) : 0.0f;
+    for (int s = lane; s < S; s += 32) {
+      const float l = ml[size_t(s) * kRows * 2 + 1];
+      const float w = l > 0.0f ? exp2f(ml[size_t(s) * kRows * 2] - M) : 0.0f;
       sw[s] = w;
       L += l * w;
     }
     for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-    if (tid == 0) sw[p.n_splits] = L > 0.0f ? 1.0f / L : 0.0f;
+    if (lane == 0) sw[S] = L > 0.0f ? 1.0f / L : 0.0f;
   }
   __syncthreads();
-  const float inv = sw[p.n_splits];
-  const size_t orow = size_t(tok0) * p.heads + row0 + r;
+  float* red = sw + (S + 1 + 3) / 4 * 4;
+  const int c0 = blockIdx.z * kCombineCols + 4 * lane;  // this thread's 4 columns
   const float* po = p.part_o + (base + r) * DV;
-  for (int c = tid; c < DV; c += blockDim.x) {
-    float acc = 0.0f;
+  const size_t sstride = size_t(kRows) * DV;  // between splits
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if ((DV & 3) == 0 && c0 < DV) {
 #pragma unroll 4
-    for (int s = 0; s < p.n_splits; ++s) {
+    for (int s = warp; s < S; s += 8) {
       const float w = sw[s];
-      if (w != 0.0f) acc += w * po[size_t(s) * kAttnRows * DV + c];
+      if (w != 0.0f) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(po + s * sstride + c0));
+        acc.x += w * v.x;
+        acc.y += w * v.y;
+        acc.z += w * v.z;
+        acc.w += w * v.w;
+      }
     }
-    p.out[orow * DV + c] = __float2bfloat16(acc * inv);
+  } else {
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = warp; s < S; s += 8) {
+      const float w = sw[s];
+      if (w == 0.0f) continue;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (c0 + e < DV) a[e] += w * po[s * sstride + c0 + e];
+    }
+    acc = make_float4(a[0], a[1], a[2], a[3]);
   }
+  *reinterpret_cast<float4*>(red + warp * kCombineCols + 4 * lane) = acc;
+  __syncthreads();
+  if (tid < kCombineCols) {
+    const int c = blockIdx.z * kCombineCols + tid;
+    if (c < DV) {
+      float v = 0.0f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) v += red[w * kCombineCols + tid];
+      p.out[(size_t(tok0) * p.heads + row0 + r) * DV + c] = __float2bfloat16(v * sw[S]);
+    }
+  }
+}
+
+// The same merge for few splits (n_splits <= 16, kv_lora % 4 == 0, kv_lora <= 512): one block per
+// item, 16 threads per row. Each 16-lane group computes its row's weights with shuffles (no block
+// barrier) and then sums 4-column pieces over the splits, 8 independent 16-byte loads per split.
+constexpr int kCombineFewMax = 16;
+__global__ void __launch_bounds__(256) mla_combine_few_kernel(AttnParams p, int DV) {
+  __shared__ float sw[kRows][kCombineFewMax];
+  const int item = blockIdx.x, tid = threadIdx.x, r = tid >> 4, sub = tid & 15;
+  const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
+  const int tok0 = p.chunks[chunk * 4 + 0], nq = p.chunks[chunk * 4 + 1];
+  const int nrows = min(kRows, nq * p.heads - row0);
+  const int S = p.n_splits;
+  const size_t base = size_t(item) * S * kRows;
+  const float* ml = p.part_ml + (base + r) * 2;  // split s at ml[s * kRows * 2]
+  float m = -INFINITY, l = 0.0f;
+  if (sub < S && r < nrows) {
+    l = ml[size_t(sub) * kRows * 2 + 1];
+    if (l > 0.0f) m = ml[size_t(sub) * kRows * 2];
+  }
+  float M = m;
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));  // within the 16 lanes
+  const float w = l > 0.0f ? exp2f(m - M) : 0.0f;
+  float L = l * w;
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+  sw[r][sub] = w;
+  __syncwarp();
+  if (r >= nrows) return;
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+  const float* po = p.part_o + (base + r) * DV;
+  const size_t sstride = size_t(kRows) * DV;  // between splits
+  float4 acc[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int s = 0; s < S; ++s) {
+    const float ws = sw[r][s];
+    if (ws == 0.0f) continue;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int c = 4 * sub + 64 * k;
+      if (c < DV) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(po + s * sstride + c));
+        acc[k].x += ws * v.x;
+        acc[k].y += ws * v.y;
+        acc[k].z += ws * v.z;
+        acc[k].w += ws * v.w;
+      }
+    }
+  }
+  bf16* out = p.out + (size_t(tok0) * p.heads + row0 + r) * DV;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int c = 4 * sub + 64 * k;
+    if (c < DV) {
+      __nv_bfloat162 v[2] = {__floats2bfloat162_rn(acc[k].x * inv, acc[k].y * inv),
+                             __floats2bfloat162_rn(acc[k].z * inv, acc[k].w * inv)};
+      *reinterpret_cast<uint2*>(out + c) = *reinterpret_cast<const uint2*>(v);
+    }
+  }
+}
+
+template <int NTW, int DC>
+void launch_attn(const AttnParams& p, int D, int DV, cudaStream_t s) {
+  const Layout L = make_layout(D, NTW);
+  // The shared-memory limit is a per-device attribute of the kernel: raise it once per device.
+  static size_t configured[64] = {};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 64 || L.bytes > configured[dev]) {
+    DSV2_CUDA_CHECK(
+        cudaFuncSetAttribute(mla_attn_kernel<NTW, DC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_attn_kernel<NTW, DC>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         int(cudaSharedmemCarveoutMaxShared)));
+    if (dev < 64) configured[dev] = L.bytes;
+  }
+  mla_attn_kernel<NTW, DC><<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
+  DSV2_CUDA_LAUNCHED();
 }
 
 }  // namespace
@@ -257,19 +568,23 @@ __global__ void mla_combine_kernel(AttnParams p, int DV) {
 void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s) {
   if (p.n_items == 0) return;
   const int D = kv_lora + rope, DV = kv_lora;
-  const Layout L = make_layout(D, DV);
-  // The shared-memory limit is a per-device attribute of the kernel: raise it once per device.
-  static size_t configured[64] = {};
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  if (L.bytes > 48 * 1024 && dev < 64 && L.bytes > configured[dev]) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)));
-    configured[dev] = L.bytes;
-  }
-  mla_attn_kernel<<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
-  DSV2_CUDA_LAUNCHED();
-  if (p.n_splits > 1) {
-    mla_combine_kernel<<<dim3(p.n_items, kAttnRows), 256, size_t(p.n_splits + 1) * sizeof(float), s>>>(p, DV);
+  // Output columns per warp: 64 (8 n8 tiles) covers kv_lora up to 512, 8 covers up to 64.
+  if (DV <= 8 * kWarps)
+    launch_attn<1, 0>(p, D, DV, s);
+  else if (DV == 512 && D == 576)
+    launch_attn<8, 576>(p, D, DV, s);
+  else if (DV <= 64 * kWarps)
+    launch_attn<8, 0>(p, D, DV, s);
+  else
+    fail("mla_attention: kv_lora_rank {} is larger than the kernel's 512 columns", kv_lora);
+  if (p.n_splits > 1 && p.n_splits <= kCombineFewMax && DV % 4 == 0 && DV <= 512) {
+    mla_combine_few_kernel<<<p.n_items, 256, 0, s>>>(p, DV);
+    DSV2_CUDA_LAUNCHED();
+  } else if (p.n_splits > 1) {
+    // Shared: split weights, then 8 x kCombineCols warp sums 16-byte aligned.
+    const size_t smem = (size_t(p.n_splits + 1 + 3) / 4 * 4 + 8 * kCombineCols) * sizeof(float);
+    const dim3 grid(p.n_items, kRows, (DV + kCombineCols - 1) / kCombineCols);
+    mla_combine_kernel<<<grid, 256, smem, s>>>(p, DV);
     DSV2_CUDA_LAUNCHED();
   }
 }
