@@ -11,11 +11,10 @@
 //   1. S = Q K^T [16 x 32] with mma.sync m16n8k16 (bf16 in, fp32 out): warp w computes the 8
 //      positions (w % 4) over half of the D columns (w / 4), two independent accumulator chains;
 //      the two halves meet in shared memory (one barrier).
-//   2. Every warp reads the whole S back in the A-fragment layout of the P V product, applies the
-//      causal mask and the online softmax (row max over the quad that shares a row, rescale of its
-//      own O slice) and packs P to bf16 A fragments in registers. All warps compute identical
-//      values, so no second exchange is needed.
-//   3. O[:, 64w : 64w + 64] += P V with V = the tile's first columns (ldmatrix.trans of [pos][col]).
+//   2. Warp w applies the causal mask and the online softmax to rows 2w and 2w + 1 (16 lanes per
+//      row) and writes the bf16 weights P and each row's rescale factor to shared memory (barrier).
+//   3. Every warp rescales its O slice, loads P as A fragments (ldmatrix) and accumulates
+//      O[:, 64w : 64w + 64] += P V with V = the tile's first columns (ldmatrix.trans of [pos][col]).
 // O lives in registers ([16 x 64] fp32 per warp), so no accumulator traffic goes through shared
 // memory. With D = 576 the block uses ~96 KB of shared memory: two blocks per SM. When the cache
 // range is split across blocks (long contexts, small batches) a block writes its unnormalized O with
@@ -39,6 +38,7 @@ constexpr int kSTiles = kPos / 8;          // n8 tiles of S per step
 constexpr int kKSplit = kWarps / kSTiles;  // warps sharing one S tile (split over D)
 constexpr int kPvSteps = kPos / 16;        // k16 steps of the P V product
 constexpr int LDSS = kPos + 8;             // f32 S row stride (conflict-free float2 accesses)
+constexpr int LDP = kPos + 8;              // bf16 P row stride (conflict-free ldmatrix)
 static_assert(kAttnTile % kPos == 0, "a step must stay inside one cache block");
 static_assert(kWarps % kSTiles == 0 && kPos % 16 == 0, "warp split of S");
 
@@ -48,7 +48,7 @@ static_assert(kWarps % kSTiles == 0 && kPos % 16 == 0, "warp split of S");
 struct Layout {
   int ksteps;  // k16 steps of the S product (D rounded up to 16)
   int LDK;
-  size_t q, k, s, bytes;
+  size_t q, k, s, p, f, bytes;
 };
 
 __host__ __device__ inline Layout make_layout(int D, int NTW) {
@@ -60,7 +60,9 @@ __host__ __device__ inline Layout make_layout(int D, int NTW) {
   L.q = 0;
   L.k = L.q + size_t(kRows) * L.LDK * 2;
   L.s = L.k + size_t(kStages) * kPos * L.LDK * 2;
-  L.bytes = L.s + size_t(kKSplit) * kRows * LDSS * 4;
+  L.p = L.s + size_t(kKSplit) * kRows * LDSS * 4;
+  L.f = L.p + size_t(kRows) * LDP * 2;
+  L.bytes = L.f + size_t(kRows) * 4;
   return L;
 }
 
@@ -162,6 +164,8 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   bf16* sQ = reinterpret_cast<bf16*>(smem + L.q);
   bf16* sK = reinterpret_cast<bf16*>(smem + L.k);
   float* sS = reinterpret_cast<float*>(smem + L.s);
+  bf16* sP = reinterpret_cast<bf16*>(smem + L.p);
+  float* sF = reinterpret_cast<float*>(smem + L.f);  // per row: this tile's rescale factor, then 1 / sum
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -206,17 +210,18 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   // never stalls the copy issue.
   int next_blk = block_of(t_begin + kStages - 1);
 
-  // Causal limit of this thread's two rows (g and g + 8); -1 for padding rows. The mask is applied
-  // only in tiles that reach past the first row's limit; padding rows are never written out.
-  const int pos_lo = g < nrows ? qpos0 + (row0 + g) / heads : -1;
-  const int pos_hi = g + 8 < nrows ? qpos0 + (row0 + g + 8) / heads : -1;
+  // Softmax work: warp w owns rows 2w and 2w + 1, half a warp (16 lanes x 2 positions) per row.
+  // Causal limit of that row; -1 for padding rows. The mask is applied only in tiles that reach
+  // past the first row's limit; padding rows are never written out.
+  const int srow = 2 * warp + (lane >> 4), scol = 2 * (lane & 15);
+  const int spos = srow < nrows ? qpos0 + (row0 + srow) / heads : -1;
   const int pos_first = qpos0 + row0 / heads;        // the smallest limit (rows are token-major)
   const float sl2 = p.scale * 1.4426950408889634f;  // scores to log2 units
 
   float o[NTW][4];
 #pragma unroll
   for (int n = 0; n < NTW; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+  float m_row = -INFINITY, l_row = 0.0f;  // running max (raw score units) and this lane's share of the sum
 
   // S split: this warp's 8 positions and k16 steps [kb, ke).
   const int s_tile = warp % kSTiles, s_part = warp / kSTiles;
@@ -224,6 +229,7 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   const int kb = s_part * kper, ke = min(L.ksteps, kb + kper);
   const int n0 = warp * NTW * 8;  // this warp's output columns
   const unsigned q_addr = smem_addr(sQ + (lane & 15) * LDK + (lane >> 4) * 8);
+  const unsigned p_addr = smem_addr(sP + (lane & 15) * LDP + (lane >> 4) * 8);
 
   for (int tile = t_begin; tile < t_end; ++tile) {
     const int it = tile - t_begin;
@@ -266,68 +272,35 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
     }
     __syncthreads();
 
-    // 2. Online softmax on this thread's S values: rows g / g + 8, columns 8c + 2 t4 + {0, 1}.
-    //    Maxima are kept in raw score units; the weights are 2^(s * sl2 - m * sl2).
-    uint32_t pa[kPvSteps][4];
+    // 2. Online softmax of this warp's two rows: the weights go to sP as bf16, the rescale factor
+    //    of each row to sF. Maxima are kept in raw score units; weights are 2^(s sl2 - m sl2).
     {
-      float x_lo[2 * kSTiles], x_hi[2 * kSTiles];
+      float2 x = make_float2(0.0f, 0.0f);
 #pragma unroll
-      for (int c = 0; c < kSTiles; ++c) {
-        float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
-#pragma unroll
-        for (int s = 0; s < kKSplit; ++s) {
-          const float* ss = sS + s * kRows * LDSS + c * 8 + 2 * t4;
-          const float2 a = *reinterpret_cast<const float2*>(ss + g * LDSS);
-          const float2 b = *reinterpret_cast<const float2*>(ss + (g + 8) * LDSS);
-          lo.x += a.x;
-          lo.y += a.y;
-          hi.x += b.x;
-          hi.y += b.y;
-        }
-        x_lo[2 * c] = lo.x;
-        x_lo[2 * c + 1] = lo.y;
-        x_hi[2 * c] = hi.x;
-        x_hi[2 * c + 1] = hi.y;
+      for (int s = 0; s < kKSplit; ++s) {
+        const float2 a = *reinterpret_cast<const float2*>(sS + (s * kRows + srow) * LDSS + scol);
+        x.x += a.x;
+        x.y += a.y;
       }
       if (j0 + kPos - 1 > pos_first) {  // the tile reaches past some row's causal limit
-#pragma unroll
-        for (int c = 0; c < 2 * kSTiles; ++c) {
-          const int j = j0 + (c >> 1) * 8 + 2 * t4 + (c & 1);
-          if (j > pos_lo) x_lo[c] = -INFINITY;
-          if (j > pos_hi) x_hi[c] = -INFINITY;
-        }
+        if (j0 + scol > spos) x.x = -INFINITY;
+        if (j0 + scol + 1 > spos) x.y = -INFINITY;
       }
-      float mx_lo = m_lo, mx_hi = m_hi;
+      float mx = fmaxf(m_row, fmaxf(x.x, x.y));
 #pragma unroll
-      for (int c = 0; c < 2 * kSTiles; ++c) {
-        mx_lo = fmaxf(mx_lo, x_lo[c]);
-        mx_hi = fmaxf(mx_hi, x_hi[c]);
-      }
-#pragma unroll
-      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o2));
-      }
+      for (int o2 = 8; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));  // 16 lanes
       // A row with nothing visible yet keeps max -inf: subtract 0 instead (its weights are all 0).
-      const float ref_lo = mx_lo == -INFINITY ? 0.0f : mx_lo * sl2;
-      const float ref_hi = mx_hi == -INFINITY ? 0.0f : mx_hi * sl2;
-      const float f_lo = fast_exp2(m_lo * sl2 - ref_lo), f_hi = fast_exp2(m_hi * sl2 - ref_hi);
-      m_lo = mx_lo;
-      m_hi = mx_hi;
-      float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-      for (int c = 0; c < kSTiles; ++c) {
-        const float e0 = fast_exp2(fmaf(x_lo[2 * c], sl2, -ref_lo)), e1 = fast_exp2(fmaf(x_lo[2 * c + 1], sl2, -ref_lo));
-        const float e2 = fast_exp2(fmaf(x_hi[2 * c], sl2, -ref_hi)), e3 = fast_exp2(fmaf(x_hi[2 * c + 1], sl2, -ref_hi));
-        const uint32_t plo = pack_bf16(e0, e1), phi = pack_bf16(e2, e3);
-        sum_lo += e0 + e1;
-        sum_hi += e2 + e3;
-        // A fragment of k16 step c / 2: a0/a1 hold columns 0-7 (c even), a2/a3 columns 8-15.
-        pa[c >> 1][(c & 1) * 2 + 0] = plo;
-        pa[c >> 1][(c & 1) * 2 + 1] = phi;
-      }
-      l_lo = l_lo * f_lo + sum_lo;
-      l_hi = l_hi * f_hi + sum_hi;
+      const float ref = mx == -INFINITY ? 0.0f : mx * sl2;
+      const float f = fast_exp2(m_row * sl2 - ref);
+      m_row = mx;
+      const float e0 = fast_exp2(fmaf(x.x, sl2, -ref)), e1 = fast_exp2(fmaf(x.y, sl2, -ref));
+      l_row = l_row * f + (e0 + e1);
+      *reinterpret_cast<uint32_t*>(sP + srow * LDP + scol) = pack_bf16(e0, e1);
+      if ((lane & 15) == 0) sF[srow] = f;
+    }
+    __syncthreads();
+    {
+      const float f_lo = sF[g], f_hi = sF[g + 8];
       if (__any_sync(0xffffffffu, f_lo != 1.0f || f_hi != 1.0f)) {  // rare once the maxima settle
 #pragma unroll
         for (int n = 0; n < NTW; ++n) {
@@ -338,6 +311,9 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
         }
       }
     }
+    uint32_t pa[kPvSteps][4];
+#pragma unroll
+    for (int kk = 0; kk < kPvSteps; ++kk) ldsm_x4(p_addr + kk * 32, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
 
     // 3. O[:, n0 : n0 + 8 NTW] += P V.
 #pragma unroll
@@ -360,15 +336,15 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   }
   cp_async_wait<0>();  // no copy may be left in flight at exit
 
-  // Row sums: each thread summed its own columns; the quad holds the whole row.
+  // Row sums: each lane summed its own positions; 16 lanes hold the whole row.
 #pragma unroll
-  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o2);
-  }
+  for (int o2 = 8; o2 > 0; o2 >>= 1) l_row += __shfl_xor_sync(0xffffffffu, l_row, o2);
   const bool vec = (DV & 1) == 0;
   if (p.n_splits == 1) {
-    const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+    __syncthreads();  // the last tile's readers of sF are done
+    if ((lane & 15) == 0) sF[srow] = l_row > 0.0f ? 1.0f / l_row : 0.0f;
+    __syncthreads();
+    const float inv_lo = sF[g], inv_hi = sF[g + 8];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = g + 8 * h;
@@ -389,14 +365,14 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
     }
   } else {
     const size_t base = (size_t(item) * p.n_splits + split) * kRows;
+    if ((lane & 15) == 0) {
+      p.part_ml[(base + srow) * 2 + 0] = m_row * sl2;  // log2 units
+      p.part_ml[(base + srow) * 2 + 1] = l_row;
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = g + 8 * h;
       float* po = p.part_o + (base + r) * DV;
-      if (warp == 0 && t4 == 0) {
-        p.part_ml[(base + r) * 2 + 0] = (h ? m_hi : m_lo) * sl2;  // log2 units
-        p.part_ml[(base + r) * 2 + 1] = h ? l_hi : l_lo;
-      }
       if (r >= nrows) continue;
 #pragma unroll
       for (int n = 0; n < NTW; ++n) {
