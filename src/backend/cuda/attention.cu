@@ -8,9 +8,9 @@
 // kPos = 32 positions (half a cache block) at a time through a kStages-deep ring of shared-memory
 // tiles filled with cp.async, so that the next tile streams in while the current one is computed.
 // Per tile:
-//   1. S = Q K^T [16 x 32] with mma.sync m16n8k16 (bf16 in, fp32 out): warp w computes the 8
-//      positions (w % 4) over half of the D columns (w / 4), two independent accumulator chains;
-//      the two halves meet in shared memory (one barrier).
+//   1. S = Q K^T [16 x 32] with mma.sync m16n8k16 (bf16 in, fp32 out): warp w computes all 32
+//      positions over one eighth of the D columns (so Q and K are read from shared memory once),
+//      and the 8 partial sums meet in shared memory (one barrier).
 //   2. Warp w applies the causal mask and the online softmax to rows 2w and 2w + 1 (16 lanes per
 //      row) and writes the bf16 weights P and each row's rescale factor to shared memory (barrier).
 //   3. Every warp rescales its O slice, loads P as A fragments (ldmatrix) and accumulates
@@ -35,12 +35,12 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kPos = 32;                   // cache positions per pipeline step
 constexpr int kStages = 2;                 // shared-memory ring: one tile in flight while one is computed
 constexpr int kSTiles = kPos / 8;          // n8 tiles of S per step
-constexpr int kKSplit = kWarps / kSTiles;  // warps sharing one S tile (split over D)
+constexpr int kKSplit = kWarps;            // S partial sums: warp w covers one eighth of D
 constexpr int kPvSteps = kPos / 16;        // k16 steps of the P V product
 constexpr int LDSS = kPos + 8;             // f32 S row stride (conflict-free float2 accesses)
 constexpr int LDP = kPos + 8;              // bf16 P row stride (conflict-free ldmatrix)
 static_assert(kAttnTile % kPos == 0, "a step must stay inside one cache block");
-static_assert(kWarps % kSTiles == 0 && kPos % 16 == 0, "warp split of S");
+static_assert(kSTiles % 2 == 0 && kPos % 16 == 0, "warp split of S");
 
 // Shared layout for row width D, value width DV and NTW n8 output tiles per warp. Rows of Q and of
 // the cache tiles are LDK bf16 wide: a multiple of 64 plus 8, so that the 8 rows of an ldmatrix
@@ -86,9 +86,6 @@ __device__ __forceinline__ void ldsm_x4(unsigned a, uint32_t& r0, uint32_t& r1, 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x2(unsigned a, uint32_t& r0, uint32_t& r1) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(a));
 }
 __device__ __forceinline__ void ldsm_x4_t(unsigned a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -223,10 +220,9 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   for (int n = 0; n < NTW; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m_row = -INFINITY, l_row = 0.0f;  // running max (raw score units) and this lane's share of the sum
 
-  // S split: this warp's 8 positions and k16 steps [kb, ke).
-  const int s_tile = warp % kSTiles, s_part = warp / kSTiles;
-  const int kper = (L.ksteps + kKSplit - 1) / kKSplit;
-  const int kb = s_part * kper, ke = min(L.ksteps, kb + kper);
+  // S split: this warp's k16 steps [kb, kb + kn) for all kPos positions (Q and K read once per tile).
+  const int kbase = L.ksteps / kWarps, kextra = L.ksteps % kWarps;
+  const int kn = kbase + (warp < kextra ? 1 : 0), kb = warp * kbase + min(warp, kextra);
   const int n0 = warp * NTW * 8;  // this warp's output columns
   const unsigned q_addr = smem_addr(sQ + (lane & 15) * LDK + (lane >> 4) * 8);
   const unsigned p_addr = smem_addr(sP + (lane & 15) * LDP + (lane >> 4) * 8);
@@ -241,34 +237,42 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
     const bf16* sKt = sK + (it % kStages) * kPos * LDK;
     const int j0 = tile * kPos;
 
-    // 1. Partial S over this warp's D range.
+    // 1. Partial S over this warp's D range: one A fragment of Q per k16 step, reused for the
+    //    kSTiles position tiles (independent accumulators).
     {
-      float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const unsigned k_addr = smem_addr(sKt + (s_tile * 8 + (lane & 7)) * LDK + (lane >> 3) * 8);
-      auto two_steps = [&](int k) {
-        uint32_t a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3;
-        ldsm_x4(q_addr + k * 32, a0, a1, a2, a3);
-        ldsm_x4(q_addr + k * 32 + 32, a4, a5, a6, a7);
-        ldsm_x4(k_addr + k * 32, b0, b1, b2, b3);
-        mma16816(acc0, a0, a1, a2, a3, b0, b1);
-        mma16816(acc1, a4, a5, a6, a7, b2, b3);
-      };
-      int k = kb;
-      if (ke - kb == 18) {  // D = 576 (kv_lora 512 + rope 64): fully unrolled
+      float acc[kSTiles][4];
 #pragma unroll
-        for (int i = 0; i < 9; ++i) two_steps(kb + 2 * i);
-        k = ke;
-      }
-      for (; k + 1 < ke; k += 2) two_steps(k);
-      if (k < ke) {
-        uint32_t a0, a1, a2, a3, b0, b1;
+      for (int c = 0; c < kSTiles; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
+      // B fragments two position tiles at a time: matrices (tile c, k 0-7), (c, k 8-15),
+      // (c + 1, k 0-7), (c + 1, k 8-15).
+      const unsigned k_addr =
+          smem_addr(sKt + ((lane & 7) + (lane >> 4) * 8) * LDK + ((lane >> 3) & 1) * 8);
+      auto step = [&](int k) {
+        uint32_t a0, a1, a2, a3;
         ldsm_x4(q_addr + k * 32, a0, a1, a2, a3);
-        ldsm_x2(k_addr + k * 32, b0, b1);  // lanes 0-15 give the rows of the two matrices
-        mma16816(acc0, a0, a1, a2, a3, b0, b1);
+#pragma unroll
+        for (int c = 0; c < kSTiles; c += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4(k_addr + unsigned(c * 8 * LDK * 2) + k * 32, b0, b1, b2, b3);
+          mma16816(acc[c], a0, a1, a2, a3, b0, b1);
+          mma16816(acc[c + 1], a0, a1, a2, a3, b2, b3);
+        }
+      };
+      if (DC == 576 && kn == 5) {  // 36 k16 steps: warps 0-3 take 5, warps 4-7 take 4
+#pragma unroll
+        for (int i = 0; i < 5; ++i) step(kb + i);
+      } else if (DC == 576 && kn == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) step(kb + i);
+      } else {
+        for (int i = 0; i < kn; ++i) step(kb + i);
       }
-      float* ss = sS + s_part * kRows * LDSS + s_tile * 8 + 2 * t4;
-      *reinterpret_cast<float2*>(ss + g * LDSS) = make_float2(acc0[0] + acc1[0], acc0[1] + acc1[1]);
-      *reinterpret_cast<float2*>(ss + (g + 8) * LDSS) = make_float2(acc0[2] + acc1[2], acc0[3] + acc1[3]);
+      float* ss = sS + warp * kRows * LDSS + 2 * t4;
+#pragma unroll
+      for (int c = 0; c < kSTiles; ++c) {
+        *reinterpret_cast<float2*>(ss + g * LDSS + c * 8) = make_float2(acc[c][0], acc[c][1]);
+        *reinterpret_cast<float2*>(ss + (g + 8) * LDSS + c * 8) = make_float2(acc[c][2], acc[c][3]);
+      }
     }
     __syncthreads();
 
