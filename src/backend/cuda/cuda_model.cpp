@@ -260,8 +260,9 @@ class CudaModelImpl final : public CudaModel {
   bool graphs_on_ = true;
   // The few-rows GEMV measured slower than cuBLAS at batch 1 on an H200 (4.6 vs 4.0 ms per step):
   // off unless DSV2_CUDA_GEMV is set.
-  // Dense products of <= kGemvRows rows through gemv_rows; DSV2_CUDA_NO_GEMV=1 keeps cuBLAS.
-  bool gemv_on_ = std::getenv("DSV2_CUDA_NO_GEMV") == nullptr;
+  // Dense products of <= kGemvRows rows through gemv_rows (DSV2_CUDA_GEMV=1): measured on the H200
+  // at c830883 it was no faster than cuBLAS at batch 1 and slower at 2-8, so cuBLAS is the default.
+  bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
   // Per-expert cuBLAS products for prefill-sized MoE (DSV2_CUDA_MOE_CUBLAS=1). Measured on an H200:
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
@@ -269,8 +270,11 @@ class CudaModelImpl final : public CudaModel {
   // Decompressed prefill attention as one fused kernel where the head widths allow;
   // DSV2_CUDA_NO_FLASH=1 takes the cuBLAS score-matrix path.
   bool flash_on_ = std::getenv("DSV2_CUDA_NO_FLASH") == nullptr;
-  // Decode-sized MoE in two kernels (moe_rows); DSV2_CUDA_NO_MOE_ROWS=1 takes the dispatch path.
+  // Single-token MoE in two kernels (moe_rows); DSV2_CUDA_NO_MOE_ROWS=1 takes the dispatch path.
+  // Measured on the H200 at c830883: 316 vs 299 tok/s at batch 1, but slower from batch 2 (432 vs
+  // 459) to 8 (659 vs 923), where the grouped products read each expert once for all its tokens.
   bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
+  static constexpr int kMoeRowsTokens = 1;
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
@@ -995,7 +999,7 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.ids = moe_ids_.p;
   rp.weights = moe_w_.p;
   const int NS = int(c_.n_shared_experts);
-  const bool rows_path = moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im);
+  const bool rows_path = moe_rows_on_ && T <= kMoeRowsTokens && moe_rows_supported(T, K, NS, H_, Im);
   // Decode-sized batches on the grouped path: the shared pieces become rows of pseudo-experts
   // E..E+NS-1 (weight 1) in the same products; prefill-sized ones keep them in cuBLAS.
   const bool shared_grouped = !rows_path && NS > 0 && T * K < 96 * E && !(moe_cublas_ && T * K >= kMoeCublasRows);
