@@ -4,7 +4,6 @@
 // be captured in a CUDA graph; blocks past the real tile count return at once.
 // bf16 tensor-core products (mma.sync m16n8k16, ldmatrix fragments), fp32 accumulation, 4-stage
 // cp.async pipeline; 32-row tiles for decode-sized groups, 128-row tiles for prefill-sized ones.
-#include <cstdlib>
 
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
@@ -30,8 +29,6 @@ struct MmaCfg {
 };
 // Decode-sized groups (a few to a few dozen rows per expert): memory-bound, deep pipeline.
 using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
-// The same with 256 contiguous bytes per weight row and stage (DSV2_CUDA_MOE_BK128=1, for comparison).
-using CfgSmallWide = MmaCfg<32, 128, 128, 1, 4, 3>;
 // Prefill-sized groups: 64 x 64 warp tiles (32 products per 8 fragment loads).
 using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
 
@@ -508,10 +505,7 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
     DSV2_CUDA_LAUNCHED();
     return;
   }
-  static const bool wide = std::getenv("DSV2_CUDA_MOE_BK128") != nullptr;
-  if (tile_m == CfgSmall::BM && wide)
-    launch_tiles<CfgSmallWide>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
-  else if (tile_m == CfgSmall::BM)
+  if (tile_m == CfgSmall::BM)
     launch_tiles<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
   else
     launch_tiles<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
