@@ -183,59 +183,6 @@ __global__ void moe_gemm_naive_kernel(const bf16* x, const bf16* w, const int32_
   }
 }
 
-// Few rows (decode): one block per (row, 32 outputs); each warp computes 4 outputs as dot products
-// with 16-byte loads, so every weight byte is read once per row at full width. Only rows that
-// exist are launched (R is known on the host), so no tile list is needed.
-constexpr int kSkinnyOut = 32;
-template <bool kF32Out>
-__global__ void __launch_bounds__(256) moe_skinny_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                         const int32_t* __restrict__ row_expert, int N, int K,
-                                                         void* y) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  bf16* sx = reinterpret_cast<bf16*>(smem);
-  const int r = blockIdx.y, n0 = blockIdx.x * kSkinnyOut;
-  const int e = row_expert[r];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const uint4* xr = reinterpret_cast<const uint4*>(x + size_t(r) * K);
-  for (int i = tid; i < K / 8; i += blockDim.x) reinterpret_cast<uint4*>(sx)[i] = xr[i];
-  __syncthreads();
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  const bf16* we = w + size_t(e) * N * K;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int n = n0 + warp * 4 + j;
-    if (n >= N) continue;
-    const bf16* wr = we + size_t(n) * K;
-    float a = 0.f;
-#pragma unroll 4
-    for (int k = lane * 8; k < K; k += 256) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
-      const uint4 xv = *reinterpret_cast<const uint4*>(sx + k);
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-        a += wf.x * xf.x + wf.y * xf.y;
-      }
-    }
-    acc[j] = a;
-  }
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    for (int o = 16; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
-  if (lane < 4) {
-    const int n = n0 + warp * 4 + lane;
-    const float v = lane == 0 ? acc[0] : lane == 1 ? acc[1] : lane == 2 ? acc[2] : acc[3];
-    if (n < N) {
-      if constexpr (kF32Out)
-        static_cast<float*>(y)[size_t(r) * N + n] = v;
-      else
-        static_cast<bf16*>(y)[size_t(r) * N + n] = __float2bfloat16(v);
-    }
-  }
-}
-
 // Dense products with at most kGemvRows rows (decode): one warp per output column n, 8 per block,
 // so that even N = 2048 spreads over 256 blocks; the warp streams weight row n with 16-byte loads
 // (4 in flight per lane) and applies it to every row of x held in shared memory.
@@ -302,18 +249,6 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
     launch_pdl(gemv_kernel<true>, dim3(grid), dim3(kGemvWarps * 32), sm, s, x, ldx, M, w, N, K, y, ldy);
   else
     launch_pdl(gemv_kernel<false>, dim3(grid), dim3(kGemvWarps * 32), sm, s, x, ldx, M, w, N, K, y, ldy);
-  DSV2_CUDA_LAUNCHED();
-}
-
-void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
-                   bool out_f32, cudaStream_t s) {
-  if (R == 0) return;
-  const dim3 grid((N + kSkinnyOut - 1) / kSkinnyOut, R);
-  const size_t sm = size_t(K) * sizeof(bf16);
-  if (out_f32)
-    moe_skinny_kernel<true><<<grid, 256, sm, s>>>(x, w, row_expert, N, K, y);
-  else
-    moe_skinny_kernel<false><<<grid, 256, sm, s>>>(x, w, row_expert, N, K, y);
   DSV2_CUDA_LAUNCHED();
 }
 

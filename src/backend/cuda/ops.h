@@ -145,11 +145,6 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
               void* y, bool out_f32, cudaStream_t s);
 
-// The same product for few rows: row r uses expert row_expert[r]; needs K % 8 == 0 and
-// 16-byte aligned rows. Reads each needed weight row once per row: for decode-sized batches.
-void moe_gemm_rows(const bf16* x, const bf16* w, const int32_t* row_expert, int R, int N, int K, void* y,
-                   bool out_f32, cudaStream_t s);
-constexpr int kMoeSkinnyMaxRows = 48;
 
 // The whole MoE block of a decode-sized batch (T <= kMoeRowsMaxTokens tokens) in two kernels and
 // without dispatch: y[t] = sum_s down_{E+s}(act) + sum_k weights[t, k] * down_{ids[t, k]}(act), where
