@@ -21,6 +21,7 @@
 // its row max and sum, and a combine pass merges the splits.
 #include <cstdint>
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "common/error.h"
 
@@ -66,21 +67,6 @@ __host__ __device__ inline Layout make_layout(int D, int NTW) {
   return L;
 }
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return unsigned(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool ok) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldsm_x4(unsigned a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -112,10 +98,6 @@ __device__ __forceinline__ float fast_exp2(float x) {  // 2^x; 2^-inf = 0
   return y;
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {  // lo in the low half
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // Copies `rows` rows of D bf16 (global row stride D) into shared rows of stride LDK; rows at or past
 // `valid` are zero-filled. mode 2: 16-byte cp.async, 1: 4-byte cp.async, 0: plain loads.

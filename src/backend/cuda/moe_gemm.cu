@@ -5,6 +5,7 @@
 // bf16 tensor-core products (mma.sync m16n8k16, ldmatrix fragments), fp32 accumulation, 4-stage
 // cp.async pipeline; 32-row tiles for decode-sized groups, 128-row tiles for prefill-sized ones.
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
 #include "common/error.h"
@@ -31,29 +32,6 @@ struct MmaCfg {
 using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
 // Prefill-sized groups: 64 x 64 warp tiles (32 products per 8 fragment loads).
 using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
-
-__device__ inline void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned sa = unsigned(__cvta_generic_to_shared(smem));
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ inline void ldmatrix_x4(uint32_t (&r)[4], unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 template <class C, bool kF32Out>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
