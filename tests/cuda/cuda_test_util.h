@@ -11,6 +11,8 @@
 #include "backend/cuda/cuda_model.h"
 #include "backend/cuda/ops.h"
 #include "common/bf16.h"
+#include "model/config.h"
+#include "model/router.h"
 
 #define DSV2_REQUIRE_GPU()                                              \
   do {                                                                  \
@@ -84,6 +86,47 @@ inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) 
     den += double(b[i]) * double(b[i]);
   }
   return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// A router configuration (the MoE router tests).
+struct RouterCase {
+  int E, K, n_group, topk_group;
+  bool group, norm;
+  double scaling;
+  ModelConfig config() const {
+    ModelConfig c;
+    c.n_routed_experts = E;
+    c.num_experts_per_tok = K;
+    c.topk_method = group ? TopkMethod::group_limited_greedy : TopkMethod::greedy;
+    c.n_group = n_group;
+    c.topk_group = topk_group;
+    c.norm_topk_prob = norm;
+    c.routed_scaling_factor = scaling;
+    return c;
+  }
+};
+
+// Compares device routing (ids / weights of T tokens, row stride `stride`, the first K entries) with
+// the CPU router on logits [T, E]: expects equal weights where the ids agree and returns the number
+// of tokens whose ids differ (a near-tie the device's exp and sum rounded the other way).
+inline int routing_mismatches(const RouterCase& rc, const std::vector<float>& logits, int T,
+                              const std::vector<int32_t>& ids, const std::vector<float>& wts, int stride) {
+  const ModelConfig c = rc.config();
+  int mismatched = 0;
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> scratch(size_t(2 * rc.E + 8)), rw(size_t(rc.K));
+    std::vector<int32_t> rid(size_t(rc.K));
+    route_token(c, &logits[size_t(t) * rc.E], rid.data(), rw.data(), scratch.data());
+    bool same = true;
+    for (int k = 0; k < rc.K; ++k) same &= ids[size_t(t) * stride + k] == rid[size_t(k)];
+    if (!same) {
+      ++mismatched;
+      continue;
+    }
+    for (int k = 0; k < rc.K; ++k)
+      EXPECT_NEAR(wts[size_t(t) * stride + k], rw[size_t(k)], 1e-4 * (1 + rw[size_t(k)])) << "token " << t;
+  }
+  return mismatched;
 }
 
 }  // namespace dsv2::test

@@ -5,8 +5,6 @@
 #include <numeric>
 
 #include "cuda_test_util.h"
-#include "model/config.h"
-#include "model/router.h"
 
 namespace dsv2::test {
 namespace {
@@ -93,74 +91,47 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(12);
   struct Case {
-    int T, E, K, n_group, topk_group, H;
-    bool group, norm;
-    double scaling;
+    int T, H;
+    RouterCase r;
   };
-  for (Case cs : {Case{1, 64, 6, 1, 1, 2048, false, false, 1.0}, Case{8, 160, 6, 8, 3, 512, true, false, 16.0},
-                  Case{3, 8, 3, 1, 1, 64, false, true, 1.0}, Case{5, 16, 3, 4, 2, 128, true, false, 2.5}}) {
-    ModelConfig c;
-    c.n_routed_experts = cs.E;
-    c.num_experts_per_tok = cs.K;
-    c.topk_method = cs.group ? TopkMethod::group_limited_greedy : TopkMethod::greedy;
-    c.n_group = cs.n_group;
-    c.topk_group = cs.topk_group;
-    c.norm_topk_prob = cs.norm;
-    c.routed_scaling_factor = cs.scaling;
+  for (Case cs : {Case{1, 2048, {64, 6, 1, 1, false, false, 1.0}}, Case{8, 512, {160, 6, 8, 3, true, false, 16.0}},
+                  Case{3, 64, {8, 3, 1, 1, false, true, 1.0}}, Case{5, 128, {16, 3, 4, 2, true, false, 2.5}}}) {
+    const RouterCase& r = cs.r;
     const auto x = randn(size_t(cs.T) * cs.H, g);
-    const auto w = randn(size_t(cs.E) * cs.H, g, 0.05f);
+    const auto w = randn(size_t(r.E) * cs.H, g, 0.05f);
+    std::vector<float> logits(size_t(cs.T) * r.E);
+    for (int t = 0; t < cs.T; ++t)
+      for (int e = 0; e < r.E; ++e) {
+        double acc = 0;
+        for (int h = 0; h < cs.H; ++h) acc += double(x[size_t(t) * cs.H + h]) * w[size_t(e) * cs.H + h];
+        logits[size_t(t) * r.E + e] = float(acc);
+      }
     // the second launch also appends two fixed entries (shared pseudo-experts) per token
-    const int KS = cs.K + 2;
-    Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * cs.E), dwts(size_t(cs.T) * KS);
+    const int KS = r.K + 2;
+    Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * r.E), dwts(size_t(cs.T) * KS);
     Dev<int32_t> dids(size_t(cs.T) * KS);
     Dev<unsigned> ticket(std::vector<unsigned>{0u});
     for (int rep = 0; rep < 2; ++rep) {
       dwts.poison();
       dids.poison();
-      RouterParams p{dlog.p, cs.T, cs.E, cs.K, cs.n_group, cs.topk_group, cs.group, cs.norm, float(cs.scaling),
-                     dids.p, dwts.p};
-      const int stride = rep == 0 ? cs.K : KS;
+      RouterParams p{dlog.p, cs.T, r.E, r.K, r.n_group, r.topk_group, r.group, r.norm, float(r.scaling), dids.p,
+                     dwts.p};
+      const int stride = rep == 0 ? r.K : KS;
       if (rep == 1) {
         p.ids_stride = KS;
         p.n_extra = 2;
       }
       moe_route_small(p, dx.p, dw.p, cs.H, ticket.p, 0);
       ASSERT_EQ(ticket.get()[0], 0u) << "ticket not reset";
-      auto ids_all = dids.get();
-      auto wts_all = dwts.get();
-      std::vector<int32_t> ids;
-      std::vector<float> wts;
-      for (int t = 0; t < cs.T; ++t) {
-        for (int k = 0; k < cs.K; ++k) {
-          ids.push_back(ids_all[size_t(t) * stride + k]);
-          wts.push_back(wts_all[size_t(t) * stride + k]);
+      const auto ids = dids.get();
+      const auto wts = dwts.get();
+      for (int t = 0; rep == 1 && t < cs.T; ++t)
+        for (int x2 = 0; x2 < 2; ++x2) {
+          EXPECT_EQ(ids[size_t(t) * stride + r.K + x2], r.E + x2);
+          EXPECT_EQ(wts[size_t(t) * stride + r.K + x2], 1.0f);
         }
-        if (rep == 1)
-          for (int x = 0; x < 2; ++x) {
-            EXPECT_EQ(ids_all[size_t(t) * stride + cs.K + x], cs.E + x);
-            EXPECT_EQ(wts_all[size_t(t) * stride + cs.K + x], 1.0f);
-          }
-      }
-      int mismatched = 0;
-      for (int t = 0; t < cs.T; ++t) {
-        std::vector<float> logits(size_t(cs.E)), scratch(size_t(2 * cs.E + 8)), rw(size_t(cs.K));
-        std::vector<int32_t> rid(size_t(cs.K));
-        for (int e = 0; e < cs.E; ++e) {
-          double acc = 0;
-          for (int h = 0; h < cs.H; ++h) acc += double(x[size_t(t) * cs.H + h]) * w[size_t(e) * cs.H + h];
-          logits[size_t(e)] = float(acc);
-        }
-        route_token(c, logits.data(), rid.data(), rw.data(), scratch.data());
-        bool same = true;
-        for (int k = 0; k < cs.K; ++k) same &= ids[size_t(t) * cs.K + k] == rid[size_t(k)];
-        if (!same) {
-          ++mismatched;
-          continue;
-        }
-        for (int k = 0; k < cs.K; ++k)
-          EXPECT_NEAR(wts[size_t(t) * cs.K + k], rw[size_t(k)], 1e-4 * (1 + rw[size_t(k)]));
-      }
-      EXPECT_LE(mismatched, cs.T > 4 ? 1 : 0) << "E=" << cs.E << " K=" << cs.K << " T=" << cs.T;
+      EXPECT_LE(routing_mismatches(r, logits, cs.T, ids, wts, stride), cs.T > 4 ? 1 : 0)
+          << "E=" << r.E << " K=" << r.K << " T=" << cs.T;
     }
   }
 }
