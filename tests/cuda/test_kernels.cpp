@@ -217,13 +217,13 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     auto y0 = randn(size_t(cs.T) * cs.H, g);
     const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E, cs.tile_m);
     Dev<int32_t> dids(ids), counts(size_t(cs.E)), offsets(size_t(cs.E) + 1), tiles(size_t(max_tiles) * 3 + 1),
-        slot(static_cast<size_t>(R)), rowexp(static_cast<size_t>(R));
+        slot(static_cast<size_t>(R)), rowtok(static_cast<size_t>(R));
     Dev<float> dwts(wts), dy(y0), dyp(size_t(R) * cs.H);
     Dev<bf16> dx(to_bf16(x)), dxp(size_t(R) * cs.H), dw1(to_bf16(w1)), dw2(to_bf16(w2)), dh(size_t(R) * cs.N);
     dxp.poison();
     dh.poison();
     dyp.poison();
-    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, rowexp.p, max_tiles, cs.tile_m};
+    MoeDispatch d{counts.p, offsets.p, tiles.p, slot.p, rowtok.p, max_tiles, cs.tile_m};
     moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
     moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh.p, false, 0);
     moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dyp.p, true, 0);
@@ -256,6 +256,22 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
       }
     EXPECT_LT(rel_err(hgot, href), 4e-3) << "tile " << cs.tile_m << " T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
     EXPECT_LT(rel_err(dy.get(), yref), 1e-2) << "T=" << cs.T << " E=" << cs.E << " H=" << cs.H << " N=" << cs.N;
+    // row_token names each permuted row's token
+    const auto toks = rowtok.get();
+    for (int t = 0; t < cs.T; ++t)
+      for (int k = 0; k < cs.K; ++k) EXPECT_EQ(toks[size_t(slots[size_t(t) * cs.K + k])], t);
+    // without the copy: the first product gathers x rows through row_token, with the same result
+    Dev<bf16> dh2(size_t(R) * cs.N);
+    dh2.poison();
+    moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, nullptr, 0);
+    moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh2.p, false, 0, rowtok.p);
+    const auto slots2 = slot.get();
+    const auto h2 = from_bf16(dh2.get());
+    std::vector<float> hgot2;
+    for (int t = 0; t < cs.T; ++t)
+      for (int k = 0; k < cs.K; ++k)
+        for (int n = 0; n < cs.N; ++n) hgot2.push_back(h2[size_t(slots2[size_t(t) * cs.K + k]) * cs.N + n]);
+    EXPECT_EQ(hgot2, hgot) << "gathered rows, tile " << cs.tile_m << " T=" << cs.T << " H=" << cs.H;
   }
 }
 

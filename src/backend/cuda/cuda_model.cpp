@@ -244,7 +244,7 @@ class CudaModelImpl final : public CudaModel {
   int64_t decompress_min_ = 0;
   // At most this many queries per score block (DSV2_CUDA_DECOMPRESS_QBLOCK; 0 = from kDecompScoreElems).
   int decomp_qblock_ = 0;
-  DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, moe_row_expert_, sampled_;
+  DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, moe_row_token_, sampled_;
   int32_t* host_meta_ = nullptr;
   size_t host_meta_n_ = 0;
   uint64_t scratch_gen_ = 0;
@@ -267,6 +267,9 @@ class CudaModelImpl final : public CudaModel {
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
   bool moe_cublas_ = std::getenv("DSV2_CUDA_MOE_CUBLAS") != nullptr;
+  // DSV2_CUDA_MOE_GATHER=1: the first grouped product reads x rows through the permutation instead
+  // of a permuted copy (not yet measured on a GPU, hence opt-in).
+  bool moe_gather_ = std::getenv("DSV2_CUDA_MOE_GATHER") != nullptr;
   // Decompressed prefill attention as one fused kernel where the head widths allow;
   // DSV2_CUDA_NO_FLASH=1 takes the cuBLAS score-matrix path.
   bool flash_on_ = std::getenv("DSV2_CUDA_NO_FLASH") == nullptr;
@@ -615,7 +618,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_w_.reserve(rows);
     grown |= router_logits_.reserve(t * E);
     grown |= moe_slot_.reserve(rows);
-    grown |= moe_row_expert_.reserve(rows);
+    grown |= moe_row_token_.reserve(rows);
     grown |= moe_counts_.reserve(E);
     grown |= moe_offsets_.reserve(E + 1);
     grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), 16)) * 3 + 1);
@@ -1042,14 +1045,16 @@ void CudaModelImpl::ffn(int l, int T) {
   d.offsets = moe_offsets_.p;
   d.tile_info = moe_tiles_.p;
   d.slot_of = moe_slot_.p;
-  d.row_expert = moe_row_expert_.p;
+  d.row_token = moe_row_token_.p;
   const int Kx = shared_grouped ? K + NS : K, Ex = shared_grouped ? E + NS : E;
   d.tile_m = moe_tile_rows(T * Kx, Ex);
   d.max_tiles = moe_max_tiles(T * Kx, Ex, d.tile_m);
-  moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, xp_.p, stream_);
-  mark("dispatch");
   const int R = T * Kx;
-  if (moe_cublas_ && R >= kMoeCublasRows && !capturing_) {
+  const bool per_expert_cublas = moe_cublas_ && R >= kMoeCublasRows && !capturing_;
+  const bool gather = moe_gather_ && !per_expert_cublas;
+  moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
+  mark("dispatch");
+  if (per_expert_cublas) {
     // Prefill-sized: per-expert cuBLAS products over the permuted rows (the counts are read back
     // once per layer; prefill passes are not captured in graphs).
     DSV2_CUDA_CHECK(cudaMemcpyAsync(host_offsets_, d.offsets, size_t(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
@@ -1069,7 +1074,8 @@ void CudaModelImpl::ffn(int l, int T) {
                   yp_.p + size_t(off) * H_, true, H_);
     }
   } else {
-    moe_gemm(xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false, stream_);
+    moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
+             stream_, gather ? d.row_token : nullptr);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
     moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
   }

@@ -373,7 +373,7 @@ __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_
 
 // One block per (token, k): its permuted row and the copy of the token's hidden row.
 __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* offsets, int32_t* cursor,
-                                   int32_t* slot_of, int32_t* row_expert, const bf16* x, int H, bf16* xp) {
+                                   int32_t* slot_of, int32_t* row_token, const bf16* x, int H, bf16* xp) {
   pdl_entry();
   __shared__ int slot;
   const int i = blockIdx.x;
@@ -381,8 +381,9 @@ __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* off
     const int e = ids[i];
     slot = offsets[e] + atomicAdd(&cursor[e], 1);
     slot_of[i] = slot;
-    row_expert[slot] = e;
+    row_token[slot] = i / K;
   }
+  if (xp == nullptr) return;  // the grouped product gathers through row_token
   __syncthreads();
   const bf16* src = x + size_t(i / K) * H;
   bf16* dst = xp + size_t(slot) * H;
@@ -601,8 +602,8 @@ void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H,
   launch_pdl(moe_scan_kernel, dim3(1), dim3(kScanThreads), 0, s, d.counts, E, d.offsets, d.tile_info, d.max_tiles,
              d.tile_m);
   DSV2_CUDA_LAUNCHED();
-  launch_pdl(moe_permute_kernel, dim3(T * K), dim3(128), 0, s, ids, K, d.offsets, d.counts, d.slot_of, d.row_expert, x,
-             H, xp);
+  launch_pdl(moe_permute_kernel, dim3(T * K), dim3(xp ? 128 : 32), 0, s, ids, K, d.offsets, d.counts, d.slot_of,
+             d.row_token, x, H, xp);
   DSV2_CUDA_LAUNCHED();
 }
 

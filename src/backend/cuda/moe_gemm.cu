@@ -33,10 +33,10 @@ using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
 // Prefill-sized groups: 64 x 64 warp tiles (32 products per 8 fragment loads).
 using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
 
-template <class C, bool kF32Out>
+template <class C, bool kF32Out, bool kGather>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
-                                                              int K, void* y) {
+                                                              int K, void* y, const int32_t* __restrict__ x_rows) {
   pdl_entry();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
@@ -50,18 +50,31 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
   const int wm = warp / C::WN, wn = warp % C::WN;
   const int nk = (K + BK - 1) / BK;
 
+  constexpr int P = BK / 8;  // 16-byte pieces per row
+  constexpr int kAPieces = (BM * P + C::THREADS - 1) / C::THREADS;
+  // kGather: the A rows this thread loads (fixed over the k loop) are x rows x_rows[r0 + r].
+  const bf16* arow[kGather ? kAPieces : 1];
+  if constexpr (kGather) {
+#pragma unroll
+    for (int i = 0; i < kAPieces; ++i) {
+      const int r = (tid + i * C::THREADS) / P;
+      arow[i] = r < rows ? x + size_t(x_rows[r0 + r]) * K : x;
+    }
+  }
   auto load = [&](int kt, int stage) {
     bf16* sA = st + stage * C::kStageElems;
     bf16* sB = sA + BM * LDS;
     const int k0 = kt * BK;
-    constexpr int P = BK / 8;  // 16-byte pieces per row
 #pragma unroll
-    for (int i = 0; i < (BM * P + C::THREADS - 1) / C::THREADS; ++i) {
+    for (int i = 0; i < kAPieces; ++i) {
       const int idx = tid + i * C::THREADS;
       if (idx < BM * P) {
         const int r = idx / P, c = (idx % P) * 8;
         const bool ok = r < rows && k0 + c < K;
-        cp_async16(sA + r * LDS + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
+        if constexpr (kGather)
+          cp_async16(sA + r * LDS + c, ok ? arow[i] + k0 + c : x, ok);
+        else
+          cp_async16(sA + r * LDS + c, ok ? x + size_t(r0 + r) * K + k0 + c : x, ok);
       }
     }
 #pragma unroll
@@ -145,7 +158,7 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
 
 // Any K: one thread per output element (small test shapes only).
 __global__ void moe_gemm_naive_kernel(const bf16* x, const bf16* w, const int32_t* tiles, int max_tiles, int N, int K,
-                                      void* y, bool f32) {
+                                      void* y, bool f32, const int32_t* x_rows) {
   const int tile = blockIdx.y;
   if (tile >= tiles[max_tiles * 3]) return;
   const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
@@ -153,7 +166,8 @@ __global__ void moe_gemm_naive_kernel(const bf16* x, const bf16* w, const int32_
     const int r = i / N, n = i % N;
     float acc = 0;
     for (int k = 0; k < K; ++k)
-      acc += __bfloat162float(x[size_t(r0 + r) * K + k]) * __bfloat162float(w[(size_t(e) * N + n) * K + k]);
+      acc += __bfloat162float(x[size_t(x_rows ? x_rows[r0 + r] : r0 + r) * K + k]) *
+             __bfloat162float(w[(size_t(e) * N + n) * K + k]);
     if (f32)
       static_cast<float*>(y)[size_t(r0 + r) * N + n] = acc;
     else
@@ -385,43 +399,52 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
   DSV2_CUDA_LAUNCHED();
 }
 
-template <class C>
+template <class C, bool kF32Out, bool kGather>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-                         bool out_f32, cudaStream_t s) {
+                         cudaStream_t s, const int32_t* x_rows) {
   constexpr size_t smem = C::kSmemBytes;
-  static bool configured[64] = {};  // per device
+  static bool configured[64] = {};  // per device and instance
   int dev = 0;
   DSV2_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 64 && !configured[dev]) {
-    DSV2_CUDA_CHECK(
-        cudaFuncSetAttribute(moe_gemm_kernel<C, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    DSV2_CUDA_CHECK(
-        cudaFuncSetAttribute(moe_gemm_kernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<C, kF32Out, kGather>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured[dev] = true;
   }
   const dim3 grid((N + C::BN - 1) / C::BN, max_tiles);
-  if (out_f32)
-    launch_pdl(moe_gemm_kernel<C, true>, dim3(grid), dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K, y);
-  else
-    launch_pdl(moe_gemm_kernel<C, false>, dim3(grid), dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K, y);
+  launch_pdl(moe_gemm_kernel<C, kF32Out, kGather>, grid, dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K,
+             y, x_rows);
   DSV2_CUDA_LAUNCHED();
 }
 
+template <class C>
+static void launch_cfg(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
+                       bool out_f32, cudaStream_t s, const int32_t* x_rows) {
+  // The gathered form is only needed for the first product (bf16 out).
+  DSV2_CHECK(!(x_rows && out_f32), "moe_gemm: gathered rows with f32 output");
+  if (x_rows)
+    launch_tiles<C, false, true>(x, w, tile_info, max_tiles, N, K, y, s, x_rows);
+  else if (out_f32)
+    launch_tiles<C, true, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
+  else
+    launch_tiles<C, false, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
+}
+
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s) {
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows) {
   if (max_tiles == 0) return;
   DSV2_CHECK(tile_m == CfgSmall::BM || tile_m == CfgLarge::BM, "moe_gemm: tile rows {} ({} or {})", tile_m,
              CfgSmall::BM, CfgLarge::BM);
   if (K % 8 != 0 || N % 2 != 0) {
     moe_gemm_naive_kernel<<<dim3(std::min(64, (tile_m * N + 255) / 256), max_tiles), 256, 0, s>>>(
-        x, w, tile_info, max_tiles, N, K, y, out_f32);
+        x, w, tile_info, max_tiles, N, K, y, out_f32, x_rows);
     DSV2_CUDA_LAUNCHED();
     return;
   }
   if (tile_m == CfgSmall::BM)
-    launch_tiles<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
+    launch_cfg<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows);
   else
-    launch_tiles<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s);
+    launch_cfg<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows);
 }
 
 }  // namespace dsv2::cuda

@@ -128,12 +128,13 @@ struct MoeDispatch {
   int32_t* offsets;     // [E + 1]
   int32_t* tile_info;   // [max_tiles, 3]: expert, first row, rows; plus one int: number of tiles at [max_tiles*3]
   int32_t* slot_of;     // [T*K] permuted row of each (token, k)
-  int32_t* row_expert;  // [T*K] expert of each permuted row
+  int32_t* row_token;   // [T*K] token (row of x) of each permuted row
   int max_tiles;
   int tile_m;           // 32 or 128 (moe_tile_rows)
 };
 inline int moe_max_tiles(int R, int E, int tile_m) { return (R + tile_m - 1) / tile_m + E; }
-// Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major).
+// Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major),
+// unless xp is null (the first grouped product then gathers x rows through row_token).
 void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
                   cudaStream_t s);
 // y[t] += sum_k weights[t, k] * yp[slot_of[t, k]]
@@ -142,8 +143,9 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 
 // Grouped GEMM over the tile list: y[r, n] = sum_k x[r, k] * w[expert(r), n, k] for rows r of each tile.
 // w is [E, N, K]. y is bf16 (out_f32 false) or f32.
+// With x_rows, permuted row r reads x row x_rows[r] (x not permuted: the gather replaces the copy).
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s);
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr);
 
 
 // The whole MoE block of a decode-sized batch (T <= kMoeRowsMaxTokens tokens) in two kernels and
