@@ -270,6 +270,12 @@ class CudaModelImpl final : public CudaModel {
   // DSV2_CUDA_MOE_GATHER=1: the first grouped product reads x rows through the permutation instead
   // of a permuted copy (not yet measured on a GPU, hence opt-in).
   bool moe_gather_ = std::getenv("DSV2_CUDA_MOE_GATHER") != nullptr;
+  // Fewest cache positions per attention split when short contexts are split across blocks.
+  int64_t attn_split_min_ = [] {
+    const char* v = std::getenv("DSV2_CUDA_ATTN_SPLIT_MIN");
+    const long n = v ? std::strtol(v, nullptr, 10) : 0;
+    return int64_t(n >= 1 ? n : 128);
+  }();
   // Decompressed prefill attention as one fused kernel where the head widths allow;
   // DSV2_CUDA_NO_FLASH=1 takes the cuBLAS score-matrix path.
   bool flash_on_ = std::getenv("DSV2_CUDA_NO_FLASH") == nullptr;
@@ -678,7 +684,8 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
                              const SampleOptions& opt, uint64_t step) {
   // Host metadata: [tokens T][pos T][slot T][chunks 4C][items 4I][logit rows R][block tables].
-  int T = 0, R = 0, I = 0, max_tiles = 0;
+  int T = 0, R = 0, I = 0;
+  int64_t max_kv = 0;
   size_t nblk = 0;
   bool decode_only = true;
   for (auto& pc : pcs) decode_only &= pc.n == 1 && (pc.logits_all || pc.logits_last);
@@ -709,7 +716,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     if (decomp[ci]) continue;
     I += (pc.n * heads_ + kAttnRows - 1) / kAttnRows;
     const int64_t kvlen = pc.seq->length + pc.n;
-    max_tiles = std::max<int>(max_tiles, int((kvlen + kAttnTile - 1) / kAttnTile));
+    max_kv = std::max(max_kv, kvlen);
   }
   const int C = int(pcs.size());
   if (T == 0) return;
@@ -717,7 +724,9 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   int n_splits = 1;
   // Powers of two only, so that few distinct decode graphs exist.
   if (I > 0 && I < 2 * sms_) {
-    const int want = std::clamp(std::min((2 * sms_ + I - 1) / I, (max_tiles + 1) / 2), 1, 128);
+    // at least attn_split_min_ cache positions per split (DSV2_CUDA_ATTN_SPLIT_MIN, default 128)
+    const int64_t by_len = (max_kv + attn_split_min_ - 1) / attn_split_min_;
+    const int want = int(std::clamp<int64_t>(std::min<int64_t>((2 * sms_ + I - 1) / I, by_len), 1, 128));
     while (n_splits * 2 <= want) n_splits *= 2;
   }
   const size_t need = size_t(3 * T + 4 * C + 4 * I + R) + nblk;
