@@ -258,8 +258,6 @@ class CudaModelImpl final : public CudaModel {
   };
   std::map<std::pair<int, int>, Graph> graphs_;
   bool graphs_on_ = true;
-  // The few-rows GEMV measured slower than cuBLAS at batch 1 on an H200 (4.6 vs 4.0 ms per step):
-  // off unless DSV2_CUDA_GEMV is set.
   // Dense products of <= kGemvRows rows through gemv_rows (DSV2_CUDA_GEMV=1): measured on the H200
   // at c830883 it was no faster than cuBLAS at batch 1 and slower at 2-8, so cuBLAS is the default.
   bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
@@ -1012,9 +1010,10 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.weights = moe_w_.p;
   const int NS = int(c_.n_shared_experts);
   const bool rows_path = moe_rows_on_ && T <= kMoeRowsTokens && moe_rows_supported(T, K, NS, H_, Im);
+  const bool per_expert_cublas = !rows_path && moe_cublas_ && T * K >= kMoeCublasRows && !capturing_;
   // Decode-sized batches on the grouped path: the shared pieces become rows of pseudo-experts
   // E..E+NS-1 (weight 1) in the same products; prefill-sized ones keep them in cuBLAS.
-  const bool shared_grouped = !rows_path && NS > 0 && T * K < 96 * E && !(moe_cublas_ && T * K >= kMoeCublasRows);
+  const bool shared_grouped = !rows_path && !per_expert_cublas && NS > 0 && moe_decode_sized(T * K, E);
   if (shared_grouped) {
     rp.ids_stride = K + NS;
     rp.n_extra = NS;
@@ -1059,7 +1058,6 @@ void CudaModelImpl::ffn(int l, int T) {
   d.tile_m = moe_tile_rows(T * Kx, Ex);
   d.max_tiles = moe_max_tiles(T * Kx, Ex, d.tile_m);
   const int R = T * Kx;
-  const bool per_expert_cublas = moe_cublas_ && R >= kMoeCublasRows && !capturing_;
   const bool gather = moe_gather_ && !per_expert_cublas;
   moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
   mark("dispatch");
@@ -1089,9 +1087,7 @@ void CudaModelImpl::ffn(int l, int T) {
     moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
   }
   mark("experts");
-  if (shared_grouped) {
-    DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
-  } else if (NS > 0) {
+  if (!shared_grouped && NS > 0) {
     // The pseudo-experts E..E+NS-1 are consecutive [2I, H] blocks: one product gives [T, NS, 2I],
     // i.e. NS*T rows of [gate | up]; their activations are [T, NS*I] in the shared MLP's column
     // order, and the down product sums the pieces.
