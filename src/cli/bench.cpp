@@ -324,11 +324,10 @@ int run_bench(BenchArgs& a) {
   // One long prompt: a first (cold) run of the same length on another sequence, then
   // `prefill_reps` timed runs on fresh sequences; the median is the steady-state figure.
   if (a.prefill > 0) {
-    const auto ids = prompt_ids(a.prefill, 7, V);
     std::vector<int32_t> next;
     auto one_prefill = [&](uint64_t salt) {
       Seqs seqs(*model, 1, a.prefill + 1);
-      const auto p = salt == 0 ? ids : prompt_ids(a.prefill, 7 + salt, V);
+      const auto p = prompt_ids(a.prefill, int64_t(7 + salt), V);
       std::vector<SeqChunk> batch = {{&seqs.s[0], p, false}};
       auto t0 = clock_type::now();
       run.step(batch, next);
