@@ -17,7 +17,8 @@ CSV=$DIR/ncu_b${BATCH}_l${LAYERS}.csv
   --no-graphs >"$CSV" 2>"$DIR/ncu_b${BATCH}.err" || { tail -5 "$DIR/ncu_b${BATCH}.err"; exit 1; }
 python3 - "$CSV" "$LAYERS" <<'PY'
 import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+# stdout also carries the bench JSON lines: keep the header and the numbered kernel rows
+rows = [r for r in csv.reader(open(sys.argv[1])) if r and (r[0] == "ID" or r[0].isdigit())]
 head = rows[0]
 ki, ni, vi = head.index("ID"), head.index("Kernel Name"), head.index("Metric Value")
 launches = []

@@ -305,6 +305,53 @@ TEST(CudaKernels, DenseGemvRows) {
     }
 }
 
+// The one-token products of batch-1 decode: W_UK absorbed into the queries (absorb_q1) and W_UV
+// applied per head (gemv1 with heads), both on kv_b_proj's [heads * (nope + v), C] layout.
+TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(12);
+  struct Case {
+    int heads, nope, vdim, C;
+  };
+  for (Case cs : {Case{16, 128, 128, 512}, Case{3, 40, 24, 64}, Case{2, 160, 6, 128}}) {
+    const int qd = cs.nope + 64, D = cs.C + 64, rows = cs.nope + cs.vdim;
+    auto q = round_bf16(randn(size_t(cs.heads) * qd, g));
+    auto w = round_bf16(randn(size_t(cs.heads) * rows * cs.C, g, 0.05f));
+    auto lat = round_bf16(randn(size_t(cs.heads) * cs.C, g));
+    Dev<bf16> dq(to_bf16(q)), dw(to_bf16(w)), dlat(to_bf16(lat)), dout(size_t(cs.heads) * D),
+        dov(size_t(cs.heads) * cs.vdim);
+    Dev<float> dovf(size_t(cs.heads) * cs.vdim);
+    dout.poison();
+    dov.poison();
+    absorb_q1(dq.p, qd, dw.p, cs.heads, cs.nope, rows, cs.C, dout.p, D, 0);
+    gemv1(dlat.p, dw.p + size_t(cs.nope) * cs.C, cs.heads * cs.vdim, cs.C, dov.p, false, 0, cs.vdim, rows, cs.C);
+    gemv1(dlat.p, dw.p + size_t(cs.nope) * cs.C, cs.heads * cs.vdim, cs.C, dovf.p, true, 0, cs.vdim, rows, cs.C);
+    const auto out = from_bf16(dout.get()), ov = from_bf16(dov.get());
+    const auto ovf = dovf.get();
+    std::vector<float> ref_a, got_a, ref_v, got_v, got_vf;
+    for (int h = 0; h < cs.heads; ++h) {
+      for (int c = 0; c < cs.C; ++c) {
+        double acc = 0;
+        for (int d = 0; d < cs.nope; ++d)
+          acc += double(q[size_t(h) * qd + d]) * w[(size_t(h) * rows + d) * cs.C + c];
+        ref_a.push_back(float(acc));
+        got_a.push_back(out[size_t(h) * D + c]);
+      }
+      for (int v = 0; v < cs.vdim; ++v) {
+        double acc = 0;
+        for (int c = 0; c < cs.C; ++c)
+          acc += double(w[(size_t(h) * rows + cs.nope + v) * cs.C + c]) * lat[size_t(h) * cs.C + c];
+        ref_v.push_back(float(acc));
+        got_v.push_back(ov[size_t(h) * cs.vdim + v]);
+        got_vf.push_back(ovf[size_t(h) * cs.vdim + v]);
+      }
+    }
+    EXPECT_LT(rel_err(got_a, ref_a), 4e-3) << "absorb heads=" << cs.heads << " nope=" << cs.nope;
+    EXPECT_LT(rel_err(got_v, ref_v), 4e-3) << "W_UV heads=" << cs.heads << " v=" << cs.vdim;
+    EXPECT_LT(rel_err(got_vf, ref_v), 1e-5) << "W_UV f32 heads=" << cs.heads << " v=" << cs.vdim;
+  }
+}
+
 // Attention over a paged cache: sequences with scattered block tables, mixing a long prefill
 // chunk (through the absorbed path), decode steps and chunks appended to existing contexts, all in
 // one launch. The CPU reference is computed once per case; the kernel runs once per split count.

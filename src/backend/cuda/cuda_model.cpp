@@ -261,6 +261,11 @@ class CudaModelImpl final : public CudaModel {
   // Dense products of <= kGemvRows rows through gemv_rows (DSV2_CUDA_GEMV=1): measured on the H200
   // at c830883 it was no faster than cuBLAS at batch 1 and slower at 2-8, so cuBLAS is the default.
   bool gemv_on_ = std::getenv("DSV2_CUDA_GEMV") != nullptr;
+  // One-token products (dense projections, lm_head, W_UK absorb, W_UV) through the project's
+  // kernels that load their weights before the PDL wait (gemv1, absorb_q1); DSV2_CUDA_NO_GEMV1=1
+  // keeps cuBLAS.
+  bool gemv1_on_ = std::getenv("DSV2_CUDA_NO_GEMV1") == nullptr;
+  static bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
   // Per-expert cuBLAS products for prefill-sized MoE (DSV2_CUDA_MOE_CUBLAS=1). Measured on an H200:
   // faster for 64 prompts of 128 tokens (48K vs 36K tok/s) but slower for one 4096-token prompt
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
@@ -578,6 +583,10 @@ double CudaModelImpl::copy_bandwidth() {
 
 void CudaModelImpl::gemm(const bf16* X, int M, int K, int ldx, const bf16* W, int N, void* Y, bool yf32, int ldy) {
   if (M == 0) return;
+  if (M == 1 && gemv1_on_ && K % 8 == 0 && aligned16(X) && aligned16(W)) {
+    gemv1(X, W, N, K, Y, yf32, stream_);
+    return;
+  }
   if (M <= kGemvRows && gemv_on_ && K % 8 == 0 && ldx % 8 == 0 && size_t(M) * K * 2 <= 48 * 1024) {
     gemv_rows(X, ldx, M, W, N, K, Y, yf32, ldy, stream_);
     return;
@@ -882,7 +891,11 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   const float one = 1.0f, zero = 0.0f;
   if (n_items > 0) {
     // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+    const bool one_token = T == 1 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && aligned16(L.kv_b.p);
+    if (one_token)
+      absorb_q1(q, qd_, L.kv_b.p, heads_, nope_, nope_ + vdim_, kvl_, qfull_.p, D_, stream_);
+    else
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
         (long long)(nope_ + vdim_) * kvl_, q, CUDA_R_16BF, q_stride, qd_, &zero, qfull_.p, CUDA_R_16BF, heads_ * D_, D_,
         heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -903,7 +916,11 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     mla_attention(ap, kvl_, rope_, stream_);
     mark("attention");
     // o[t, h, 0:v] = W_UV_h olat[t, h]
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+    if (one_token)
+      gemv1(olat_.p, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, false, stream_, vdim_,
+            nope_ + vdim_, kvl_);
+    else
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         cublas_, CUBLAS_OP_T, CUBLAS_OP_N, vdim_, T, kvl_, &one, L.kv_b.p + size_t(nope_) * kvl_, CUDA_R_16BF, kvl_,
         (long long)(nope_ + vdim_) * kvl_, olat_.p, CUDA_R_16BF, heads_ * kvl_, kvl_, &zero, o_.p, CUDA_R_16BF,
         heads_ * vdim_, vdim_, heads_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

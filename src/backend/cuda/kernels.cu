@@ -187,6 +187,60 @@ __global__ void rope_cache_kernel(RopeCacheParams p) {
   }
 }
 
+// Absorbed queries of one token: block (64 columns, head). Thread (cg, dg) owns columns cg*8..+8 of
+// the slice and rows d = dg + 32 j of W_UK; its first kAbsorbU weight pieces are loaded before the
+// PDL wait. The 32 row groups are summed in shared memory in a fixed order.
+constexpr int kAbsorbU = 4;
+__global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__ q, int q_stride,
+                                                        const bf16* __restrict__ w, int nope, long long w_head_rows,
+                                                        int C, bf16* __restrict__ out, int out_stride) {
+  __shared__ float part[32][65];
+  const int h = blockIdx.y, c0 = blockIdx.x * 64;
+  const int cg = threadIdx.x & 7, dg = threadIdx.x >> 3;
+  const bf16* wh = w + size_t(h) * w_head_rows * C + c0 + cg * 8;
+  uint4 wv[kAbsorbU];
+#pragma unroll
+  for (int j = 0; j < kAbsorbU; ++j) {
+    const int d = dg + 32 * j;
+    wv[j] = d < nope ? *reinterpret_cast<const uint4*>(wh + size_t(d) * C) : make_uint4(0, 0, 0, 0);
+  }
+  pdl_entry();
+  const bf16* qh = q + size_t(h) * q_stride;
+  float acc[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i] = 0.f;
+  for (int d0 = 0; d0 < nope; d0 += 32 * kAbsorbU) {
+    if (d0 > 0) {
+#pragma unroll
+      for (int j = 0; j < kAbsorbU; ++j) {
+        const int d = d0 + dg + 32 * j;
+        wv[j] = d < nope ? *reinterpret_cast<const uint4*>(wh + size_t(d) * C) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kAbsorbU; ++j) {
+      const int d = d0 + dg + 32 * j;
+      if (d >= nope) break;
+      const float qd = __bfloat162float(qh[d]);
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 wf = __bfloat1622float2(w2[i]);
+        acc[2 * i] += qd * wf.x;
+        acc[2 * i + 1] += qd * wf.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) part[dg][cg * 8 + i] = acc[i];
+  __syncthreads();
+  if (threadIdx.x < 64) {
+    float v = 0.f;
+    for (int g = 0; g < 32; ++g) v += part[g][threadIdx.x];
+    out[size_t(h) * out_stride + c0 + threadIdx.x] = __float2bfloat16(v);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // MoE router: softmax, (group-limited) top-k and weights of token t from its fp32 logits row. Called
 // by every thread of the block (any multiple of 32 threads); s holds E + n_group floats.
@@ -276,13 +330,14 @@ __global__ void route_kernel(RouterParams p) {
 }
 
 // Few tokens: the logits and the routing in one launch. Warp w of block b computes expert
-// b * 8 + w for every token (fp32 dot products over H); the block that finishes last (a ticket
-// counter, reset by that block for the next launch) routes all tokens.
-constexpr int kRouteSmallWarps = 8;
+// b * kRouteSmallWarps + w for every token (fp32 dot products over H, the first kRouteU float4 pieces
+// of the expert's weights per lane loaded before the PDL wait); the block that finishes last (a
+// ticket counter, reset by that block for the next launch) routes all tokens.
+constexpr int kRouteSmallWarps = 2;
+constexpr int kRouteU = 16;
 __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
                                                                             const float* w, int H,
                                                                             unsigned* ticket) {
-  pdl_entry();
   extern __shared__ float s[];
   __shared__ float red[32];
   __shared__ int sel[64];
@@ -290,19 +345,42 @@ __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(Rout
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int e = blockIdx.x * kRouteSmallWarps + warp;
   float* logits = const_cast<float*>(p.logits);
-  if (e < p.E) {
-    const float4* wr = reinterpret_cast<const float4*>(w + size_t(e) * H);
-    for (int t = 0; t < p.T; ++t) {
-      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
-      float acc = 0.f;
-#pragma unroll 4
-      for (int i = lane; i < H / 4; i += 32) {
-        const float4 a = xr[i], b = wr[i];
-        acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-      }
-      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (lane == 0) logits[size_t(t) * p.E + e] = acc;
+  const int H4 = H / 4;
+  const float4* wr = reinterpret_cast<const float4*>(w + size_t(e < p.E ? e : 0) * H);
+  float4 wv[kRouteU];
+  auto load = [&](int i0) {
+#pragma unroll
+    for (int u = 0; u < kRouteU; ++u) {
+      const int i = i0 + u * 32 + lane;
+      wv[u] = (e < p.E && i < H4) ? wr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
     }
+  };
+  load(0);
+  pdl_entry();
+  float acc[kRouteSmallMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kRouteSmallMaxTokens; ++t) acc[t] = 0.f;
+  for (int i0 = 0; i0 < H4; i0 += 32 * kRouteU) {
+    if (i0 > 0) load(i0);
+#pragma unroll
+    for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
+      if (t >= p.T) break;
+      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
+#pragma unroll
+      for (int u = 0; u < kRouteU; ++u) {
+        const int i = i0 + u * 32 + lane;
+        if (i >= H4) break;
+        const float4 a = xr[i], b = wv[u];
+        acc[t] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
+    if (t >= p.T) break;
+    float v = acc[t];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0 && e < p.E) logits[size_t(t) * p.E + e] = v;
   }
   __threadfence();
   __syncthreads();
@@ -424,7 +502,18 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
   // argmax, lowest index on ties
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  for (int i = tid; i < n; i += blockDim.x)
+  // 16-byte loads, eight in flight per thread (one block streams the whole row: ~400 KB for V2)
+  const int n4 = (V % 4 == 0) ? n / 4 : 0;
+  const float4* l4 = reinterpret_cast<const float4*>(l);
+#pragma unroll 8
+  for (int i = tid; i < n4; i += blockDim.x) {
+    const float4 v = l4[i];
+    if (v.x > bv) bv = v.x, bi = 4 * i;
+    if (v.y > bv) bv = v.y, bi = 4 * i + 1;
+    if (v.z > bv) bv = v.z, bi = 4 * i + 2;
+    if (v.w > bv) bv = v.w, bi = 4 * i + 3;
+  }
+  for (int i = 4 * n4 + tid; i < n; i += blockDim.x)
     if (l[i] > bv) {
       bv = l[i];
       bi = i;
@@ -572,6 +661,14 @@ void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s) {
 void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
   if (p.T == 0) return;
   launch_pdl(rope_cache_kernel, dim3(p.T), dim3(256), size_t(p.rope) * sizeof(float), s, p);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
+               bf16* out, int out_stride, cudaStream_t s) {
+  DSV2_CHECK(C % 64 == 0, "absorb_q1: latent width {} is not a multiple of 64", C);
+  launch_pdl(absorb_q1_kernel, dim3(unsigned(C / 64), unsigned(heads)), dim3(256), 0, s, q, q_stride, w, nope,
+             w_head_rows, C, out, out_stride);
   DSV2_CUDA_LAUNCHED();
 }
 

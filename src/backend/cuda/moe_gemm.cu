@@ -228,13 +228,102 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __res
   }
 }
 
+// One-row products (batch-1 decode): y[n] = sum_k x_h[k] w[row(n), k], where output n belongs to head
+// h = n / n_head, row(n) = h * w_head_rows + n % n_head and x_h = x + h * x_head (one head: a plain
+// GEMV). A warp owns kG1Rows outputs and streams their weight rows in pieces of 256 * kG1U columns,
+// kG1Rows * kG1U 16-byte loads in flight per lane. The weights do not depend on earlier kernels, so
+// the first piece is loaded before the PDL wait and streams while the previous kernel finishes.
+constexpr int kG1Warps = 8, kG1Rows = 2, kG1U = 8;
+template <bool kF32Out>
+__global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                              int N, int K, int n_head, long long w_head_rows,
+                                                              long long x_head, void* y) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n0 = (blockIdx.x * kG1Warps + warp) * kG1Rows;
+  const int h = min(n0, N - 1) / n_head;  // every row of the warp is in this head (checked by the launcher)
+  const bf16* wr[kG1Rows];
+#pragma unroll
+  for (int r = 0; r < kG1Rows; ++r) {
+    const int n = min(n0 + r, N - 1);
+    wr[r] = w + (size_t(h) * w_head_rows + (n - h * n_head)) * K;
+  }
+  uint4 wv[kG1Rows][kG1U];
+  auto load = [&](int kk) {
+#pragma unroll
+    for (int u = 0; u < kG1U; ++u) {
+      const int k = kk + (u * 32 + lane) * 8;
+#pragma unroll
+      for (int r = 0; r < kG1Rows; ++r)
+        wv[r][u] = (k < K && n0 + r < N) ? *reinterpret_cast<const uint4*>(wr[r] + k) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(0);
+  pdl_entry();
+  const bf16* xh = x + size_t(h) * x_head;
+  float acc[kG1Rows];
+#pragma unroll
+  for (int r = 0; r < kG1Rows; ++r) acc[r] = 0.f;
+  for (int kk = 0; kk < K; kk += kG1U * 256) {
+    if (kk > 0) load(kk);
+#pragma unroll
+    for (int u = 0; u < kG1U; ++u) {
+      const int k = kk + (u * 32 + lane) * 8;
+      if (k >= K) break;
+      const uint4 xv = *reinterpret_cast<const uint4*>(xh + k);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+      for (int r = 0; r < kG1Rows; ++r) {
+        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+          acc[r] += wf.x * xf.x + wf.y * xf.y;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kG1Rows; ++r) {
+    float v = acc[r];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0 && n0 + r < N) {
+      if constexpr (kF32Out)
+        static_cast<float*>(y)[n0 + r] = v;
+      else
+        static_cast<bf16*>(y)[n0 + r] = __float2bfloat16(v);
+    }
+  }
+}
+
 }  // namespace
+
+void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head,
+           long long w_head_rows, long long x_head) {
+  if (N == 0) return;
+  if (n_head <= 0 || n_head >= N) {
+    n_head = N;
+    w_head_rows = 0;
+    x_head = 0;
+  }
+  DSV2_CHECK(K % 8 == 0 && (n_head == N || n_head % kG1Rows == 0), "gemv1: K {} or head width {} unsupported", K,
+             n_head);
+  const dim3 grid(unsigned((N + kG1Warps * kG1Rows - 1) / (kG1Warps * kG1Rows)));
+  if (out_f32)
+    launch_pdl(gemv1_kernel<true>, grid, dim3(kG1Warps * 32), 0, s, x, w, N, K, n_head, w_head_rows, x_head, y);
+  else
+    launch_pdl(gemv1_kernel<false>, grid, dim3(kG1Warps * 32), 0, s, x, w, N, K, n_head, w_head_rows, x_head, y);
+  DSV2_CUDA_LAUNCHED();
+}
 
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
                cudaStream_t s) {
   if (M == 0) return;
   DSV2_CHECK(M <= kGemvRows && K % 8 == 0 && ldx % 8 == 0, "gemv_rows: {} rows (at most {}), K {}, ldx {}", M,
              kGemvRows, K, ldx);
+  if (M == 1) {
+    gemv1(x, w, N, K, y, out_f32, s);
+    return;
+  }
   const dim3 grid((N + kGemvWarps - 1) / kGemvWarps);
   const size_t sm = size_t(M) * K * sizeof(bf16);
   if (out_f32)
@@ -251,57 +340,81 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 
 // Gate/up + SiLU: block (kRowsGuIdx intermediate indices, row). Rows y < T*K are routed rows (one
 // token each); rows T*K + s are shared piece s for all T tokens, so that its weights are read once.
-// Warp w owns 4 indices: their 4 gate and 4 up weight rows are streamed together (8 loads in flight
-// per lane), and the block writes act = bf16(silu(bf16 g) * bf16 u), as silu_mul would from bf16 g/u.
+// Warp w owns 4 indices: their 4 gate and 4 up weight rows are streamed together, two 256-column
+// steps per batch (16 loads in flight per lane), and the block writes act = bf16(silu(bf16 g) *
+// bf16 u), as silu_mul would from bf16 g/u. kNT is the most tokens per launch (1 keeps the
+// accumulators at 8 registers, so that all blocks of a V2-Lite layer are resident at once). Shared
+// rows do not depend on the router: their first weights are loaded before the PDL wait.
 constexpr int kRowsGuIdx = 32;
-__global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
-  pdl_entry();
+constexpr int kRowsGuSteps = 2;
+template <int kNT>
+__global__ void __launch_bounds__(256, kNT == 1 ? 3 : 1) moe_rows_gu_kernel(MoeRowsParams p) {
   extern __shared__ __align__(16) unsigned char smem_rows[];
   bf16* sx = reinterpret_cast<bf16*>(smem_rows);
   const int y = blockIdx.y, i0 = blockIdx.x * kRowsGuIdx;
   const int H = p.H, I = p.I, TK = p.T * p.K;
   const bool routed = y < TK;
-  const int e = routed ? p.ids[y] : p.E + (y - TK);
   const int t0 = routed ? y / p.K : 0, nr = routed ? 1 : p.T;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int ib = i0 + warp * 4;
+  const bf16* we = nullptr;
+  uint4 wv[kRowsGuSteps][8];
+  auto load = [&](int kk) {
+#pragma unroll
+    for (int b = 0; b < kRowsGuSteps; ++b) {
+      const int k = kk + b * 256 + lane * 8;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = ib + (j & 3);
+        const size_t wrow = size_t(j < 4 ? i : I + i);
+        wv[b][j] = (i < I && k < H) ? *reinterpret_cast<const uint4*>(we + wrow * H + k) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  if (!routed) {
+    we = p.w_gu + size_t(p.E + (y - TK)) * 2 * I * H;
+    load(0);
+  }
+  pdl_entry();
+  if (routed) {
+    we = p.w_gu + size_t(p.ids[y]) * 2 * I * H;
+    load(0);
+  }
   for (int i = tid; i < nr * (H / 8); i += blockDim.x) {
     const int r = i / (H / 8), c = i % (H / 8);
     reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
   }
   __syncthreads();
-  float acc[8][kMoeRowsMaxTokens];
+  float acc[8][kNT];
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
-    for (int r = 0; r < kMoeRowsMaxTokens; ++r) acc[j][r] = 0.f;
-  const bf16* we = p.w_gu + size_t(e) * 2 * I * H;
-  const int ib = i0 + warp * 4;
-  for (int k = lane * 8; k < H; k += 256) {
-    uint4 wv[8];
+    for (int r = 0; r < kNT; ++r) acc[j][r] = 0.f;
+  for (int kk = 0; kk < H; kk += kRowsGuSteps * 256) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int i = ib + (j & 3);
-      const size_t wrow = size_t(j < 4 ? i : I + i);
-      wv[j] = i < I ? *reinterpret_cast<const uint4*>(we + wrow * H + k) : make_uint4(0, 0, 0, 0);
-    }
+    for (int b = 0; b < kRowsGuSteps; ++b) {
+      const int k = kk + b * 256 + lane * 8;
+      if (k >= H) break;
 #pragma unroll
-    for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
-      if (r >= nr) break;
-      const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(r) * H + k);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+      for (int r = 0; r < kNT; ++r) {
+        if (r >= nr) break;
+        const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(r) * H + k);
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
+        for (int j = 0; j < 8; ++j) {
+          const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[b][j]);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-          acc[j][r] += wf.x * xf.x + wf.y * xf.y;
+          for (int q = 0; q < 4; ++q) {
+            const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+            acc[j][r] += wf.x * xf.x + wf.y * xf.y;
+          }
         }
       }
     }
+    if (kk + kRowsGuSteps * 256 < H) load(kk + kRowsGuSteps * 256);
   }
 #pragma unroll
-  for (int r = 0; r < kMoeRowsMaxTokens; ++r) {
+  for (int r = 0; r < kNT; ++r) {
     if (r >= nr) break;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -322,68 +435,84 @@ __global__ void __launch_bounds__(256) moe_rows_gu_kernel(MoeRowsParams p) {
   }
 }
 
-// Down + combine: block (kRowsDownCols outputs, token t). The token's K + S activation rows go to
-// shared memory; warp j takes row j and every output column of the block; the weighted sum over the
-// rows runs in a fixed order (shared pieces first, then the routed rows in router order).
+// Down + combine: block (kRowsDownCols outputs, token t). Each dot product (one output column of
+// one of the token's K + S rows, length I) belongs to a 16-lane group that streams the weight row in
+// kRowsDownU 16-byte pieces per lane; a group does two rows at a time (2 * kRowsDownU loads in flight
+// per lane). The weights are known once the router has run, so the first two rows' loads are issued
+// before the PDL wait for the gate/up kernel; the activations then come to shared memory. Group g
+// takes column g / 2 and every other row; each lane keeps its weighted partial sum, and the two
+// groups of a column are added in a fixed order.
 constexpr int kRowsDownCols = 8;
-__global__ void __launch_bounds__(256) moe_rows_down_kernel(MoeRowsParams p) {
-  pdl_entry();
+constexpr int kRowsDownU = 12;
+__global__ void __launch_bounds__(256, 2) moe_rows_down_kernel(MoeRowsParams p) {
   extern __shared__ __align__(16) unsigned char smem_rows[];
   const int t = blockIdx.y, n0 = blockIdx.x * kRowsDownCols;
   const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
   bf16* sa = reinterpret_cast<bf16*>(smem_rows);                  // [nrow, I]
-  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);  // [nrow, kRowsDownCols]
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
+  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);  // [16 groups]
+  const int tid = threadIdx.x, lane = tid & 31, grp = tid >> 4, gl = tid & 15;
+  const int n = n0 + (grp >> 1);
+  const int nck = I / 8;
   // row j < S: shared piece j; else routed row j - S
   auto src_row = [&](int j) { return j < p.S ? size_t(TK) + size_t(j) * p.T + t : size_t(t) * p.K + (j - p.S); };
-  for (int i = tid; i < nrow * (I / 8); i += blockDim.x) {
-    const int j = i / (I / 8), c = i % (I / 8);
+  auto expert = [&](int j) { return j < p.S ? p.E + j : p.ids[t * p.K + (j - p.S)]; };
+  uint4 wv[2][kRowsDownU];
+  auto load = [&](int j, int c0, uint4* dst) {
+    const bool ok = j < nrow && n < H;
+    const bf16* wr = ok ? p.w_down + (size_t(expert(j)) * H + n) * I : nullptr;
+#pragma unroll
+    for (int u = 0; u < kRowsDownU; ++u) {
+      const int c = c0 + u * 16 + gl;
+      dst[u] = (ok && c < nck) ? *reinterpret_cast<const uint4*>(wr + size_t(c) * 8) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  const int j0 = grp & 1;
+  load(j0, 0, wv[0]);
+  load(j0 + 2, 0, wv[1]);
+  pdl_entry();
+  for (int i = tid; i < nrow * nck; i += blockDim.x) {
+    const int j = i / nck, c = i % nck;
     reinterpret_cast<uint4*>(sa + size_t(j) * I)[c] = reinterpret_cast<const uint4*>(p.act + src_row(j) * I)[c];
   }
   __syncthreads();
-  for (int j = warp; j < nrow; j += nwarps) {
-    const int e = j < p.S ? p.E + j : p.ids[t * p.K + (j - p.S)];
-    const bf16* we = p.w_down + size_t(e) * H * I;
-    float acc[kRowsDownCols];
+  float tot = 0.f;
+  for (int jp = j0; jp < nrow; jp += 4) {
+    for (int c0 = 0; c0 < nck; c0 += 16 * kRowsDownU) {
+      if (jp != j0 || c0 != 0) {
+        load(jp, c0, wv[0]);
+        load(jp + 2, c0, wv[1]);
+      }
 #pragma unroll
-    for (int c = 0; c < kRowsDownCols; ++c) acc[c] = 0.f;
-    for (int k = lane * 8; k < I; k += 256) {
-      const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j) * I + k);
-      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
-      uint4 wv[kRowsDownCols];
+      for (int h = 0; h < 2; ++h) {
+        const int j = jp + 2 * h;
+        if (j >= nrow) break;
+        float acc = 0.f;
 #pragma unroll
-      for (int c = 0; c < kRowsDownCols; ++c)
-        wv[c] = n0 + c < H ? *reinterpret_cast<const uint4*>(we + size_t(n0 + c) * I + k) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < kRowsDownU; ++u) {
+          const int c = c0 + u * 16 + gl;
+          if (c >= nck) break;
+          const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j) * I + size_t(c) * 8);
+          const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+          const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[h][u]);
 #pragma unroll
-      for (int c = 0; c < kRowsDownCols; ++c) {
-        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[c]);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
-          acc[c] += wf.x * af.x + wf.y * af.y;
+          for (int q = 0; q < 4; ++q) {
+            const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
+            acc += wf.x * af.x + wf.y * af.y;
+          }
         }
+        tot += (j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)]) * acc;
       }
     }
-#pragma unroll
-    for (int c = 0; c < kRowsDownCols; ++c) {
-      float v = acc[c];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) part[j * kRowsDownCols + c] = v;
-    }
   }
+  for (int o = 8; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
+  if (gl == 0) part[grp] = tot;
   __syncthreads();
-  if (tid < kRowsDownCols && n0 + tid < H) {
-    float v = 0.f;
-    for (int j = 0; j < nrow; ++j) {
-      const float wgt = j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)];
-      v += wgt * part[j * kRowsDownCols + tid];
-    }
-    p.y[size_t(t) * H + n0 + tid] = v;
-  }
+  if (tid < kRowsDownCols && n0 + tid < H) p.y[size_t(t) * H + n0 + tid] = part[2 * tid] + part[2 * tid + 1];
+  (void)lane;
 }
 
 bool moe_rows_supported(int T, int K, int S, int H, int I) {
-  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + size_t(K + S) * kRowsDownCols * sizeof(float);
+  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + 16 * sizeof(float);
   return T >= 1 && T <= kMoeRowsMaxTokens && H % 8 == 0 && I % 8 == 0 &&
          size_t(kMoeRowsMaxTokens) * H * sizeof(bf16) <= 48 * 1024 && down_smem <= 48 * 1024;
 }
@@ -391,11 +520,15 @@ bool moe_rows_supported(int T, int K, int S, int H, int I) {
 void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
   DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
              p.K, p.S, p.H, p.I);
-  launch_pdl(moe_rows_gu_kernel, dim3((p.I + kRowsGuIdx - 1) / kRowsGuIdx, p.T * p.K + p.S), dim3(256),
-             size_t(p.T) * p.H * sizeof(bf16), s, p);
+  const dim3 gu_grid((p.I + kRowsGuIdx - 1) / kRowsGuIdx, p.T * p.K + p.S);
+  const size_t gu_smem = size_t(p.T) * p.H * sizeof(bf16);
+  if (p.T == 1)
+    launch_pdl(moe_rows_gu_kernel<1>, gu_grid, dim3(256), gu_smem, s, p);
+  else
+    launch_pdl(moe_rows_gu_kernel<kMoeRowsMaxTokens>, gu_grid, dim3(256), gu_smem, s, p);
   const int nrow = p.K + p.S;
   launch_pdl(moe_rows_down_kernel, dim3(dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T)), dim3(256),
-             size_t(nrow) * p.I * sizeof(bf16) + size_t(nrow) * kRowsDownCols * sizeof(float), s, p);
+             size_t(nrow) * p.I * sizeof(bf16) + 16 * sizeof(float), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 

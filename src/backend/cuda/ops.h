@@ -174,6 +174,16 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s);
 constexpr int kGemvRows = 8;
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
                cudaStream_t s);
+// One row (batch-1 decode): y[n] = sum_k x_h[k] w[row(n), k], f32 or bf16 out. With heads
+// (0 < n_head < N, n_head even): output n is in head h = n / n_head, reads weight row
+// h * w_head_rows + n % n_head and x_h = x + h * x_head (per-head products such as W_UV).
+// K % 8 == 0, x and the weight rows 16-byte aligned. gemv_rows with M == 1 lands here.
+void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head = 0,
+           long long w_head_rows = 0, long long x_head = 0);
+// Absorbed queries of one token: out[h * out_stride + c] = sum_d q[h * q_stride + d] *
+// w[(h * w_head_rows + d) * C + c] for d < nope, c < C (W_UK of kv_b_proj); C % 64 == 0.
+void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
+               bf16* out, int out_stride, cudaStream_t s);
 
 // ---- sampling and utilities (kernels.cu) ----
 

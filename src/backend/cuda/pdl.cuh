@@ -11,11 +11,22 @@
 
 namespace dsv2::cuda {
 
-__device__ __forceinline__ void pdl_entry() {
+// The two halves of pdl_entry, for kernels that issue independent loads (weights) before waiting.
+// Anything read before pdl_wait() must not be written by the kernel just before this one; results
+// of earlier kernels are complete, because that kernel itself waited for them.
+__device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+__device__ __forceinline__ void pdl_entry() {
+  pdl_wait();
+  pdl_launch();
 }
 
 inline bool pdl_enabled() {
