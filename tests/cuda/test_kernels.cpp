@@ -352,6 +352,41 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
   }
 }
 
+// The fused one-token forms: a product of the RMS-normalized residual row (gemv1_norm) and a product
+// added into an fp32 row (gemv1_accumulate, the residual add of o_proj and the FFN).
+TEST(CudaKernels, OneTokenNormAndAccumulate) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(13);
+  for (auto [N, K] : std::vector<std::pair<int, int>>{{3648, 2048}, {37, 512}, {64, 40}}) {
+    ASSERT_TRUE(gemv1_norm_supported(K));
+    const auto xf = randn(size_t(K), g, 3.0f);
+    std::vector<float> nw(static_cast<size_t>(K)), y0(static_cast<size_t>(N));
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    for (float& v : y0) v = std::uniform_real_distribution<float>(-1.0f, 1.0f)(g);
+    auto w = round_bf16(randn(size_t(N) * K, g, 0.05f));
+    double ss = 0;
+    for (float v : xf) ss += double(v) * v;
+    const float inv = float(1.0 / std::sqrt(ss / K + 1e-6));
+    std::vector<float> xn(static_cast<size_t>(K));
+    for (int k = 0; k < K; ++k) xn[size_t(k)] = bf16_to_f32(f32_to_bf16(nw[size_t(k)] * (xf[size_t(k)] * inv)));
+    Dev<float> dxf(xf), dnw(nw), dy(y0);
+    Dev<bf16> dw(to_bf16(w)), dxn(to_bf16(xn)), dyn(static_cast<size_t>(N));
+    dyn.poison();
+    gemv1_norm(dxf.p, dnw.p, 1e-6f, dw.p, N, K, dyn.p, 0);
+    gemv1_accumulate(dxn.p, dw.p, N, K, dy.p, 0);
+    const auto yn = from_bf16(dyn.get()), ya = dy.get();
+    std::vector<float> ref(static_cast<size_t>(N)), refa(static_cast<size_t>(N));
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int k = 0; k < K; ++k) acc += double(xn[size_t(k)]) * w[size_t(n) * K + k];
+      ref[size_t(n)] = float(acc);
+      refa[size_t(n)] = float(y0[size_t(n)] + acc);
+    }
+    EXPECT_LT(rel_err(yn, ref), 4e-3) << "normalized N=" << N << " K=" << K;
+    EXPECT_LT(rel_err(ya, refa), 1e-5) << "accumulated N=" << N << " K=" << K;
+  }
+}
+
 // Attention over a paged cache: sequences with scattered block tables, mixing a long prefill
 // chunk (through the absorbed path), decode steps and chunks appended to existing contexts, all in
 // one launch. The CPU reference is computed once per case; the kernel runs once per split count.

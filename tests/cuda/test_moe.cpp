@@ -33,7 +33,17 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
         wts[size_t(t) * cs.K + k] = std::uniform_real_distribution<float>(0.1f, 1.5f)(g);
       }
     }
-    auto x = round_bf16(randn(size_t(cs.T) * cs.H, g));
+    // x = bf16(RMSNorm(xf)) as add_rmsnorm would store it; the second launch normalizes xf itself
+    const auto xf = randn(size_t(cs.T) * cs.H, g, 2.0f);
+    std::vector<float> nw(size_t(cs.H)), x(xf.size());
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    for (int t = 0; t < cs.T; ++t) {
+      double ss = 0;
+      for (int h = 0; h < cs.H; ++h) ss += double(xf[size_t(t) * cs.H + h]) * xf[size_t(t) * cs.H + h];
+      const float inv = float(1.0 / std::sqrt(ss / cs.H + 1e-6));
+      for (int h = 0; h < cs.H; ++h)
+        x[size_t(t) * cs.H + h] = bf16_to_f32(f32_to_bf16(nw[size_t(h)] * (xf[size_t(t) * cs.H + h] * inv)));
+    }
     auto wgu = round_bf16(randn(size_t(ES) * 2 * cs.I * cs.H, g, 0.05f));   // [ES, 2I, H]
     auto wdown = round_bf16(randn(size_t(ES) * cs.H * cs.I, g, 0.05f));     // [ES, H, I]
     Dev<int32_t> dids(ids);
@@ -57,6 +67,18 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     p.act = scratch.p;
     p.y = dy.p;
     moe_rows(p, 0);
+    const auto y1 = dy.get();
+    // the residual form: normalize xf in the kernel and add into y (starting at 0.25)
+    Dev<float> dxf(xf), dnw(nw), dy2(std::vector<float>(size_t(cs.T) * cs.H, 0.25f));
+    p.x = nullptr;
+    p.xf = dxf.p;
+    p.norm_w = dnw.p;
+    p.eps = 1e-6f;
+    p.accumulate = true;
+    p.y = dy2.p;
+    moe_rows(p, 0);
+    auto y2 = dy2.get();
+    for (float& v : y2) v -= 0.25f;
     std::vector<float> ref(size_t(cs.T) * cs.H, 0.0f);
     for (int t = 0; t < cs.T; ++t) {
       auto expert = [&](int e, float wgt) {
@@ -80,7 +102,8 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
       for (int s = 0; s < cs.S; ++s) expert(cs.E + s, 1.0f);
       for (int k = 0; k < cs.K; ++k) expert(ids[size_t(t) * cs.K + k], wts[size_t(t) * cs.K + k]);
     }
-    EXPECT_LT(rel_err(dy.get(), ref), 5e-3)
+    EXPECT_LT(rel_err(y2, ref), 5e-3) << "normalized in the kernel, T=" << cs.T << " H=" << cs.H;
+    EXPECT_LT(rel_err(y1, ref), 5e-3)
         << "T=" << cs.T << " E=" << cs.E << " K=" << cs.K << " S=" << cs.S << " H=" << cs.H << " I=" << cs.I;
   }
 }
@@ -111,27 +134,46 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
     Dev<float> dx(x), dw(w), dlog(size_t(cs.T) * r.E), dwts(size_t(cs.T) * KS);
     Dev<int32_t> dids(size_t(cs.T) * KS);
     Dev<unsigned> ticket(std::vector<unsigned>{0u});
-    for (int rep = 0; rep < 2; ++rep) {
+    // third launch: x is the raw residual stream, normalized in the kernel with weights nw
+    std::vector<float> nw(size_t(cs.H)), xraw(x.size()), logits_n(logits.size());
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    for (int t = 0; t < cs.T; ++t) {
+      for (int h = 0; h < cs.H; ++h) xraw[size_t(t) * cs.H + h] = 3.0f * x[size_t(t) * cs.H + h];
+      double ss = 0;
+      for (int h = 0; h < cs.H; ++h) ss += double(xraw[size_t(t) * cs.H + h]) * xraw[size_t(t) * cs.H + h];
+      const double inv = 1.0 / std::sqrt(ss / cs.H + 1e-6);
+      for (int e = 0; e < r.E; ++e) {
+        double acc = 0;
+        for (int h = 0; h < cs.H; ++h)
+          acc += nw[size_t(h)] * xraw[size_t(t) * cs.H + h] * inv * w[size_t(e) * cs.H + h];
+        logits_n[size_t(t) * r.E + e] = float(acc);
+      }
+    }
+    Dev<float> dxraw(xraw), dnw(nw);
+    for (int rep = 0; rep < 3; ++rep) {
       dwts.poison();
       dids.poison();
       RouterParams p{dlog.p, cs.T, r.E, r.K, r.n_group, r.topk_group, r.group, r.norm, float(r.scaling), dids.p,
                      dwts.p};
       const int stride = rep == 0 ? r.K : KS;
-      if (rep == 1) {
+      if (rep >= 1) {
         p.ids_stride = KS;
         p.n_extra = 2;
       }
-      moe_route_small(p, dx.p, dw.p, cs.H, ticket.p, 0);
+      if (rep == 2)
+        moe_route_small(p, dxraw.p, dw.p, cs.H, ticket.p, 0, dnw.p, 1e-6f);
+      else
+        moe_route_small(p, dx.p, dw.p, cs.H, ticket.p, 0);
       ASSERT_EQ(ticket.get()[0], 0u) << "ticket not reset";
       const auto ids = dids.get();
       const auto wts = dwts.get();
-      for (int t = 0; rep == 1 && t < cs.T; ++t)
+      for (int t = 0; rep >= 1 && t < cs.T; ++t)
         for (int x2 = 0; x2 < 2; ++x2) {
           EXPECT_EQ(ids[size_t(t) * stride + r.K + x2], r.E + x2);
           EXPECT_EQ(wts[size_t(t) * stride + r.K + x2], 1.0f);
         }
-      EXPECT_LE(routing_mismatches(r, logits, cs.T, ids, wts, stride), cs.T > 4 ? 1 : 0)
-          << "E=" << r.E << " K=" << r.K << " T=" << cs.T;
+      EXPECT_LE(routing_mismatches(r, rep == 2 ? logits_n : logits, cs.T, ids, wts, stride), cs.T > 4 ? 1 : 0)
+          << "rep " << rep << " E=" << r.E << " K=" << r.K << " T=" << cs.T;
     }
   }
 }

@@ -195,6 +195,9 @@ class CudaModelImpl final : public CudaModel {
   void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
                 uint64_t step);
   void layers_forward(int T, int R, int n_items, int n_splits, int n_chunks);
+  // One-token passes without separate norm kernels: the products that follow each RMSNorm normalize
+  // the residual stream themselves, and o_proj / the FFN add their output straight into x.
+  bool fused_one_token(int T) const;
   void attention(int l, int T, int n_items, int n_splits, int n_chunks);
   void attend_decompressed(const DevLayer& L, const bf16* q, int q_stride, const bf16* cache_l, const DecompChunk& dc);
   void ffn(int l, int T);
@@ -287,6 +290,7 @@ class CudaModelImpl final : public CudaModel {
   // 459) to 8 (659 vs 923), where the grouped products read each expert once for all its tokens.
   bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
   static constexpr int kMoeRowsTokens = 1;
+  bool fused1_ = false;  // the pass being recorded is a fused one-token pass
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
@@ -837,19 +841,35 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
   mark("start");
   embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
   const float eps = float(c_.rms_norm_eps);
+  fused1_ = fused_one_token(T);
   for (size_t l = 0; l < layers_.size(); ++l) {
     DevLayer& L = layers_[l];
     // x += delta (the previous layer's FFN output); xn = RMSNorm_in(x)
-    add_rmsnorm(x_.p, l == 0 ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p, nullptr, stream_);
-    mark("norm");
+    if (!fused1_) {
+      add_rmsnorm(x_.p, l == 0 ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p, nullptr, stream_);
+      mark("norm");
+    }
     attention(int(l), T, n_items, n_splits, n_chunks);
-    add_rmsnorm(x_.p, delta_.p, nullptr, T, H_, L.post_norm.p, eps, xn_.p, L.moe ? xnf_.p : nullptr, stream_);
-    mark("norm");
+    if (!fused1_) {
+      add_rmsnorm(x_.p, delta_.p, nullptr, T, H_, L.post_norm.p, eps, xn_.p, L.moe ? xnf_.p : nullptr, stream_);
+      mark("norm");
+    } else if (!L.moe) {
+      add_rmsnorm(x_.p, nullptr, nullptr, T, H_, L.post_norm.p, eps, xn_.p, nullptr, stream_);
+      mark("norm");
+    }
     ffn(int(l), T);
   }
-  add_rmsnorm(x_.p, delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
+  add_rmsnorm(x_.p, fused1_ ? nullptr : delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
   gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
   mark("lm_head");
+}
+
+bool CudaModelImpl::fused_one_token(int T) const {
+  if (T != 1 || !gemv1_on_ || !moe_rows_on_ || !gemv1_norm_supported(H_) || H_ % 4 != 0) return false;
+  const bool any_moe = std::any_of(layers_.begin(), layers_.end(), [](const DevLayer& L) { return L.moe; });
+  return !any_moe || (int(c_.num_experts_per_tok) <= 64 &&
+                      moe_rows_supported(1, int(c_.num_experts_per_tok), int(c_.n_shared_experts), H_,
+                                         int(c_.moe_intermediate_size)));
 }
 
 void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chunks) {
@@ -857,7 +877,10 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   DevLayer& L = layers_[size_t(l)];
   const int32_t* meta = meta_.p;
   // [T, H] -> [T, q_out + kv_lora + rope]
-  gemm(xn_.p, T, H_, H_, L.w_qkv.p, qkv_out_, qkv_.p, false, qkv_out_);
+  if (fused1_)
+    gemv1_norm(x_.p, L.input_norm.p, float(c_.rms_norm_eps), L.w_qkv.p, qkv_out_, H_, qkv_.p, stream_);
+  else
+    gemm(xn_.p, T, H_, H_, L.w_qkv.p, qkv_out_, qkv_.p, false, qkv_out_);
   const bf16* q = qkv_.p;
   int q_stride = qkv_out_;
   if (c_.q_lora_rank > 0) {
@@ -930,7 +953,10 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   // all rows of the pass).
   for (const DecompChunk& dc : decomp_) attend_decompressed(L, q, q_stride, cache_l, dc);
   if (!decomp_.empty()) mark("decomp_attention");
-  gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
+  if (fused1_)
+    gemv1_accumulate(o_.p, L.o_proj.p, H_, heads_ * vdim_, x_.p, stream_);
+  else
+    gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
   mark("o_proj");
 }
 
@@ -1008,7 +1034,10 @@ void CudaModelImpl::ffn(int l, int T) {
     const int I = int(c_.intermediate_size);
     gemm(xn_.p, T, H_, H_, L.gate_up.p, 2 * I, gu_.p, false, 2 * I);
     silu_mul(gu_.p, T, I, act_.p, stream_);
-    gemm(act_.p, T, I, I, L.down.p, H_, delta_.p, true, H_);
+    if (fused1_)
+      gemv1_accumulate(act_.p, L.down.p, H_, I, x_.p, stream_);
+    else
+      gemm(act_.p, T, I, I, L.down.p, H_, delta_.p, true, H_);
     mark("dense_mlp");
     return;
   }
@@ -1027,6 +1056,7 @@ void CudaModelImpl::ffn(int l, int T) {
   rp.weights = moe_w_.p;
   const int NS = int(c_.n_shared_experts);
   const bool rows_path = moe_rows_on_ && T <= kMoeRowsTokens && moe_rows_supported(T, K, NS, H_, Im);
+  DSV2_CHECK(!fused1_ || rows_path, "one-token pass without the two-kernel MoE");
   const bool per_expert_cublas = !rows_path && moe_cublas_ && T * K >= kMoeCublasRows && !capturing_;
   // Decode-sized batches on the grouped path: the shared pieces become rows of pseudo-experts
   // E..E+NS-1 (weight 1) in the same products; prefill-sized ones keep them in cuBLAS.
@@ -1036,7 +1066,11 @@ void CudaModelImpl::ffn(int l, int T) {
     rp.n_extra = NS;
   }
   if (T <= kRouteSmallMaxTokens && H_ % 4 == 0) {
-    moe_route_small(rp, xnf_.p, L.router.p, H_, route_ticket_.p, stream_);  // logits and routing, one launch
+    // logits and routing, one launch (fused one-token passes: with the post-attention RMSNorm)
+    if (fused1_)
+      moe_route_small(rp, x_.p, L.router.p, H_, route_ticket_.p, stream_, L.post_norm.p, float(c_.rms_norm_eps));
+    else
+      moe_route_small(rp, xnf_.p, L.router.p, H_, route_ticket_.p, stream_);
   } else {
     // router logits in fp32: [T, H] x [E, H]^T
     const float one = 1.0f, zero = 0.0f;
@@ -1061,6 +1095,14 @@ void CudaModelImpl::ffn(int l, int T) {
     mp.w_down = L.exp_down.p;
     mp.act = actp_.p;
     mp.y = delta_.p;
+    if (fused1_) {
+      mp.x = nullptr;
+      mp.xf = x_.p;
+      mp.norm_w = L.post_norm.p;
+      mp.eps = float(c_.rms_norm_eps);
+      mp.accumulate = true;
+      mp.y = x_.p;
+    }
     moe_rows(mp, stream_);
     mark("experts");
     return;

@@ -337,7 +337,8 @@ constexpr int kRouteSmallWarps = 2;
 constexpr int kRouteU = 16;
 __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
                                                                             const float* w, int H,
-                                                                            unsigned* ticket) {
+                                                                            unsigned* ticket,
+                                                                            const float* norm_w, float eps) {
   extern __shared__ float s[];
   __shared__ float red[32];
   __shared__ int sel[64];
@@ -357,6 +358,24 @@ __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(Rout
   };
   load(0);
   pdl_entry();
+  // With norm_w, x is the residual stream: each warp finds every token's RMS itself, and the logits
+  // read norm_w * x * inv, add_rmsnorm's fp32 output.
+  float inv[kRouteSmallMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
+    inv[t] = 1.0f;
+    if (!norm_w || t >= p.T) continue;
+    const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
+    float ss = 0.f;
+#pragma unroll 16
+    for (int i = lane; i < H4; i += 32) {
+      const float4 a = xr[i];
+      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    inv[t] = rsqrtf(ss / float(H) + eps);
+  }
+  const float4* g4 = reinterpret_cast<const float4*>(norm_w);
   float acc[kRouteSmallMaxTokens];
 #pragma unroll
   for (int t = 0; t < kRouteSmallMaxTokens; ++t) acc[t] = 0.f;
@@ -370,7 +389,12 @@ __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(Rout
       for (int u = 0; u < kRouteU; ++u) {
         const int i = i0 + u * 32 + lane;
         if (i >= H4) break;
-        const float4 a = xr[i], b = wv[u];
+        float4 a = xr[i];
+        const float4 b = wv[u];
+        if (norm_w) {
+          const float4 g = g4[i];
+          a = make_float4(g.x * (a.x * inv[t]), g.y * (a.y * inv[t]), g.z * (a.z * inv[t]), g.w * (a.w * inv[t]));
+        }
         acc[t] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
       }
     }
@@ -673,13 +697,13 @@ void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, 
 }
 
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
-                     cudaStream_t s) {
+                     cudaStream_t s, const float* norm_w, float eps) {
   if (p.T == 0) return;
   DSV2_CHECK(p.K <= 64 && p.n_group <= 256 && H % 4 == 0, "router: top_k {}, n_group {} or H {} unsupported", p.K,
              p.n_group, H);
   const unsigned blocks = unsigned((p.E + kRouteSmallWarps - 1) / kRouteSmallWarps);
   launch_pdl(route_small_kernel, dim3(blocks), dim3(kRouteSmallWarps * 32), size_t(2 * p.E + p.n_group) * sizeof(float),
-             s, p, x, w, H, ticket);
+             s, p, x, w, H, ticket, norm_w, eps);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -233,19 +233,32 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __res
 // GEMV). A warp owns kG1Rows outputs and streams their weight rows in pieces of 256 * kG1U columns,
 // kG1Rows * kG1U 16-byte loads in flight per lane. The weights do not depend on earlier kernels, so
 // the first piece is loaded before the PDL wait and streams while the previous kernel finishes.
+// kNorm: x is the fp32 residual stream and the product reads bf16(norm_w * x * rsqrt(mean(x^2) + eps))
+// (add_rmsnorm's bf16 output); K <= 256 * kG1U, so every warp holds the whole row and computes the
+// mean itself. accumulate (fp32 out): y[n] += the product (the residual add).
 constexpr int kG1Warps = 8, kG1Rows = 2, kG1U = 8;
-template <bool kF32Out>
-__global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                              int N, int K, int n_head, long long w_head_rows,
-                                                              long long x_head, void* y) {
+struct Gemv1Args {
+  const bf16* x;
+  const float* xf;
+  const float* norm_w;
+  float eps;
+  const bf16* w;
+  int N, K, n_head;
+  long long w_head_rows, x_head;
+  void* y;
+  bool accumulate;
+};
+template <bool kF32Out, bool kNorm>
+__global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int N = a.N, K = a.K;
   const int n0 = (blockIdx.x * kG1Warps + warp) * kG1Rows;
-  const int h = min(n0, N - 1) / n_head;  // every row of the warp is in this head (checked by the launcher)
+  const int h = min(n0, N - 1) / a.n_head;  // every row of the warp is in this head (checked by the launcher)
   const bf16* wr[kG1Rows];
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) {
     const int n = min(n0 + r, N - 1);
-    wr[r] = w + (size_t(h) * w_head_rows + (n - h * n_head)) * K;
+    wr[r] = a.w + (size_t(h) * a.w_head_rows + (n - h * a.n_head)) * K;
   }
   uint4 wv[kG1Rows][kG1U];
   auto load = [&](int kk) {
@@ -259,7 +272,20 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const bf16* __rest
   };
   load(0);
   pdl_entry();
-  const bf16* xh = x + size_t(h) * x_head;
+  const bf16* xh = a.x + size_t(h) * a.x_head;
+  float inv = 1.0f;
+  if constexpr (kNorm) {
+    float ss = 0.f;
+#pragma unroll
+    for (int u = 0; u < kG1U; ++u) {
+      const int k = (u * 32 + lane) * 8;
+      if (k >= K) break;
+      const float4 p = *reinterpret_cast<const float4*>(a.xf + k), q = *reinterpret_cast<const float4*>(a.xf + k + 4);
+      ss += p.x * p.x + p.y * p.y + p.z * p.z + p.w * p.w + q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    inv = rsqrtf(ss / float(K) + a.eps);
+  }
   float acc[kG1Rows];
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) acc[r] = 0.f;
@@ -269,15 +295,35 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const bf16* __rest
     for (int u = 0; u < kG1U; ++u) {
       const int k = kk + (u * 32 + lane) * 8;
       if (k >= K) break;
-      const uint4 xv = *reinterpret_cast<const uint4*>(xh + k);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+      float xv[8];
+      if constexpr (kNorm) {
+        const float4* x4 = reinterpret_cast<const float4*>(a.xf + k);
+        const float4* g4 = reinterpret_cast<const float4*>(a.norm_w + k);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const float4 xx = x4[i], gg = g4[i];
+          xv[4 * i + 0] = __bfloat162float(__float2bfloat16(gg.x * (xx.x * inv)));
+          xv[4 * i + 1] = __bfloat162float(__float2bfloat16(gg.y * (xx.y * inv)));
+          xv[4 * i + 2] = __bfloat162float(__float2bfloat16(gg.z * (xx.z * inv)));
+          xv[4 * i + 3] = __bfloat162float(__float2bfloat16(gg.w * (xx.w * inv)));
+        }
+      } else {
+        const uint4 xu = *reinterpret_cast<const uint4*>(xh + k);
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xu);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 f = __bfloat1622float2(x2[q]);
+          xv[2 * q] = f.x;
+          xv[2 * q + 1] = f.y;
+        }
+      }
 #pragma unroll
       for (int r = 0; r < kG1Rows; ++r) {
         const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-          acc[r] += wf.x * xf.x + wf.y * xf.y;
+          const float2 wf = __bfloat1622float2(w2[q]);
+          acc[r] += wf.x * xv[2 * q] + wf.y * xv[2 * q + 1];
         }
       }
     }
@@ -287,32 +333,54 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const bf16* __rest
     float v = acc[r];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0 && n0 + r < N) {
-      if constexpr (kF32Out)
-        static_cast<float*>(y)[n0 + r] = v;
-      else
-        static_cast<bf16*>(y)[n0 + r] = __float2bfloat16(v);
+      if constexpr (kF32Out) {
+        float* yf = static_cast<float*>(a.y);
+        yf[n0 + r] = a.accumulate ? yf[n0 + r] + v : v;
+      } else {
+        static_cast<bf16*>(a.y)[n0 + r] = __float2bfloat16(v);
+      }
     }
   }
 }
 
 }  // namespace
 
+static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
+  if (a.N == 0) return;
+  if (a.n_head <= 0 || a.n_head >= a.N) {
+    a.n_head = a.N;
+    a.w_head_rows = 0;
+    a.x_head = 0;
+  }
+  DSV2_CHECK(a.K % 8 == 0 && (a.n_head == a.N || a.n_head % kG1Rows == 0), "gemv1: K {} or head width {} unsupported",
+             a.K, a.n_head);
+  const dim3 grid(unsigned((a.N + kG1Warps * kG1Rows - 1) / (kG1Warps * kG1Rows)));
+  const dim3 block(kG1Warps * 32);
+  if (a.norm_w) {
+    DSV2_CHECK(!out_f32 && a.K <= 256 * kG1U && a.n_head == a.N, "gemv1: normalized input with K {} unsupported", a.K);
+    launch_pdl(gemv1_kernel<false, true>, grid, block, 0, s, a);
+  } else if (out_f32) {
+    launch_pdl(gemv1_kernel<true, false>, grid, block, 0, s, a);
+  } else {
+    launch_pdl(gemv1_kernel<false, false>, grid, block, 0, s, a);
+  }
+  DSV2_CUDA_LAUNCHED();
+}
+
 void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head,
            long long w_head_rows, long long x_head) {
-  if (N == 0) return;
-  if (n_head <= 0 || n_head >= N) {
-    n_head = N;
-    w_head_rows = 0;
-    x_head = 0;
-  }
-  DSV2_CHECK(K % 8 == 0 && (n_head == N || n_head % kG1Rows == 0), "gemv1: K {} or head width {} unsupported", K,
-             n_head);
-  const dim3 grid(unsigned((N + kG1Warps * kG1Rows - 1) / (kG1Warps * kG1Rows)));
-  if (out_f32)
-    launch_pdl(gemv1_kernel<true>, grid, dim3(kG1Warps * 32), 0, s, x, w, N, K, n_head, w_head_rows, x_head, y);
-  else
-    launch_pdl(gemv1_kernel<false>, grid, dim3(kG1Warps * 32), 0, s, x, w, N, K, n_head, w_head_rows, x_head, y);
-  DSV2_CUDA_LAUNCHED();
+  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, n_head, w_head_rows, x_head, y, false}, out_f32, s);
+}
+
+void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s) {
+  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, 0, 0, 0, y, true}, true, s);
+}
+
+bool gemv1_norm_supported(int K) { return K % 8 == 0 && K <= 256 * kG1U; }
+
+void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y,
+                cudaStream_t s) {
+  launch_gemv1(Gemv1Args{nullptr, x, norm_w, eps, w, N, K, 0, 0, 0, y, false}, false, s);
 }
 
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
@@ -380,9 +448,32 @@ __global__ void __launch_bounds__(256, kNT == 1 ? 3 : 1) moe_rows_gu_kernel(MoeR
     we = p.w_gu + size_t(p.ids[y]) * 2 * I * H;
     load(0);
   }
-  for (int i = tid; i < nr * (H / 8); i += blockDim.x) {
-    const int r = i / (H / 8), c = i % (H / 8);
-    reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
+  if (p.norm_w) {
+    // RMSNorm of the residual rows into shared memory (add_rmsnorm's bf16 values)
+    __shared__ float red[8][kNT];
+    for (int r = 0; r < nr; ++r) {
+      const float* xr = p.xf + size_t(t0 + r) * H;
+      float ss = 0.f;
+      for (int k = tid * 4; k < H; k += blockDim.x * 4) {
+        const float4 v = *reinterpret_cast<const float4*>(xr + k);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) red[warp][r < kNT ? r : 0] = ss;
+    }
+    __syncthreads();
+    for (int r = 0; r < nr; ++r) {
+      float ss = 0.f;
+      for (int w8 = 0; w8 < 8; ++w8) ss += red[w8][r < kNT ? r : 0];
+      const float inv = rsqrtf(ss / float(H) + p.eps);
+      const float* xr = p.xf + size_t(t0 + r) * H;
+      for (int k = tid; k < H; k += blockDim.x) sx[size_t(r) * H + k] = __float2bfloat16(p.norm_w[k] * (xr[k] * inv));
+    }
+  } else {
+    for (int i = tid; i < nr * (H / 8); i += blockDim.x) {
+      const int r = i / (H / 8), c = i % (H / 8);
+      reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
+    }
   }
   __syncthreads();
   float acc[8][kNT];
@@ -450,6 +541,7 @@ __global__ void __launch_bounds__(256, 2) moe_rows_down_kernel(MoeRowsParams p) 
   const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
   bf16* sa = reinterpret_cast<bf16*>(smem_rows);                  // [nrow, I]
   float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);  // [16 groups]
+  float* wrow = part + 16;                                          // [nrow] row weights
   const int tid = threadIdx.x, lane = tid & 31, grp = tid >> 4, gl = tid & 15;
   const int n = n0 + (grp >> 1);
   const int nck = I / 8;
@@ -474,6 +566,7 @@ __global__ void __launch_bounds__(256, 2) moe_rows_down_kernel(MoeRowsParams p) 
     const int j = i / nck, c = i % nck;
     reinterpret_cast<uint4*>(sa + size_t(j) * I)[c] = reinterpret_cast<const uint4*>(p.act + src_row(j) * I)[c];
   }
+  for (int j = tid; j < nrow; j += blockDim.x) wrow[j] = j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)];
   __syncthreads();
   float tot = 0.f;
   for (int jp = j0; jp < nrow; jp += 4) {
@@ -500,19 +593,23 @@ __global__ void __launch_bounds__(256, 2) moe_rows_down_kernel(MoeRowsParams p) 
             acc += wf.x * af.x + wf.y * af.y;
           }
         }
-        tot += (j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)]) * acc;
+        tot += wrow[j] * acc;
       }
     }
   }
   for (int o = 8; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
   if (gl == 0) part[grp] = tot;
   __syncthreads();
-  if (tid < kRowsDownCols && n0 + tid < H) p.y[size_t(t) * H + n0 + tid] = part[2 * tid] + part[2 * tid + 1];
+  if (tid < kRowsDownCols && n0 + tid < H) {
+    float* yo = p.y + size_t(t) * H + n0 + tid;
+    const float v = part[2 * tid] + part[2 * tid + 1];
+    *yo = p.accumulate ? *yo + v : v;
+  }
   (void)lane;
 }
 
 bool moe_rows_supported(int T, int K, int S, int H, int I) {
-  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + 16 * sizeof(float);
+  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + size_t(16 + K + S) * sizeof(float);
   return T >= 1 && T <= kMoeRowsMaxTokens && H % 8 == 0 && I % 8 == 0 &&
          size_t(kMoeRowsMaxTokens) * H * sizeof(bf16) <= 48 * 1024 && down_smem <= 48 * 1024;
 }
@@ -528,7 +625,7 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
     launch_pdl(moe_rows_gu_kernel<kMoeRowsMaxTokens>, gu_grid, dim3(256), gu_smem, s, p);
   const int nrow = p.K + p.S;
   launch_pdl(moe_rows_down_kernel, dim3(dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T)), dim3(256),
-             size_t(nrow) * p.I * sizeof(bf16) + 16 * sizeof(float), s, p);
+             size_t(nrow) * p.I * sizeof(bf16) + size_t(16 + nrow) * sizeof(float), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 

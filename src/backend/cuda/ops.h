@@ -115,10 +115,11 @@ struct RouterParams {
 void moe_route(const RouterParams& p, cudaStream_t s);
 // The same for a few tokens with the logits computed in the same launch: p.logits [T, E] is
 // written (scratch), x [T, H] fp32, w [E, H] fp32 router weights, H % 4 == 0; `ticket` is one
-// device counter, zero before the first launch (each launch leaves it zero).
+// device counter, zero before the first launch (each launch leaves it zero). With norm_w, x is the
+// residual stream and the logits use RMSNorm(x) (weights norm_w, eps) as add_rmsnorm's fp32 output.
 constexpr int kRouteSmallMaxTokens = 8;
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
-                     cudaStream_t s);
+                     cudaStream_t s, const float* norm_w = nullptr, float eps = 0.0f);
 
 // Decode-sized MoE work: experts get fewer than ~96 of the R rows on average.
 inline bool moe_decode_sized(int R, int E) { return R < 96 * E; }
@@ -158,6 +159,11 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
 constexpr int kMoeRowsMaxTokens = 8;
 struct MoeRowsParams {
   const bf16* x;          // [T, H] post-attention normalized hidden states
+  const float* xf;        // instead of x (when norm_w is set): [T, H] residual stream, normalized here
+  const float* norm_w;    //   with these RMSNorm weights
+  float eps;
+  bool accumulate;        // y += the MoE output (the residual add) instead of y =
+
   const int32_t* ids;     // [T, K] routed experts
   const float* weights;   // [T, K] their weights
   int T, K, S, E, H, I;   // S shared pieces (pseudo-experts E..E+S-1), I = moe_intermediate_size
@@ -180,6 +186,12 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 // K % 8 == 0, x and the weight rows 16-byte aligned. gemv_rows with M == 1 lands here.
 void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head = 0,
            long long w_head_rows = 0, long long x_head = 0);
+// y[n] += sum_k x[k] w[n, k] (one row, fp32 y: the residual add fused into the product).
+void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s);
+// y[n] = sum_k bf16(RMSNorm(x))[k] w[n, k] for the fp32 row x with norm weights norm_w (the same
+// bf16 values add_rmsnorm writes, without the separate kernel); K <= gemv1's one-piece width.
+bool gemv1_norm_supported(int K);
+void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y, cudaStream_t s);
 // Absorbed queries of one token: out[h * out_stride + c] = sum_d q[h * q_stride + d] *
 // w[(h * w_head_rows + d) * C + c] for d < nope, c < C (W_UK of kv_b_proj); C % 64 == 0.
 void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
