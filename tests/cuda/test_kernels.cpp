@@ -324,6 +324,48 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
     dout.poison();
     dov.poison();
     absorb_q1(dq.p, qd, dw.p, cs.heads, cs.nope, rows, cs.C, dout.p, D, 0);
+    {
+      // with the rope/cache row in the same launch: the same bits as rope_and_cache
+      std::vector<double> inv_freq(32);
+      for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(10000.0, -2.0 * i / 64);
+      auto kv = round_bf16(randn(size_t(cs.C) + 64, g));
+      std::vector<float> kvn(static_cast<size_t>(cs.C));
+      for (float& v : kvn) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+      Dev<double> dfreq(inv_freq);
+      Dev<float> dkvn(kvn);
+      Dev<bf16> dkv(to_bf16(kv)), c1(size_t(8) * D), c2(size_t(8) * D), q1(size_t(cs.heads) * D), q2(size_t(cs.heads) * D);
+      Dev<int32_t> dpos(std::vector<int32_t>{12345}), dslot(std::vector<int32_t>{3});
+      for (auto* b : {&c1, &c2, &q1, &q2}) b->poison();
+      RopeCacheParams rp{};
+      rp.q = dq.p;
+      rp.q_stride = cs.heads * qd;
+      rp.kv = dkv.p;
+      rp.kv_stride = cs.C + 64;
+      rp.kv_norm = dkvn.p;
+      rp.pos = dpos.p;
+      rp.slot = dslot.p;
+      rp.inv_freq = dfreq.p;
+      rp.attn_factor = 1.25f;
+      rp.T = 1;
+      rp.heads = cs.heads;
+      rp.nope = cs.nope;
+      rp.rope = 64;
+      rp.kv_lora = cs.C;
+      rp.qfull = q1.p;
+      rp.cache = c1.p;
+      rope_and_cache(rp, 0);
+      rp.qfull = q2.p;
+      rp.cache = c2.p;
+      absorb_q1(dq.p, qd, dw.p, cs.heads, cs.nope, rows, cs.C, q2.p, D, 0, &rp);
+      const auto r1 = from_bf16(c1.get()), r2 = from_bf16(c2.get()), a1 = from_bf16(q1.get()),
+                 a2 = from_bf16(q2.get()), a0 = from_bf16(dout.get());
+      for (int i = 0; i < D; ++i) ASSERT_EQ(r1[size_t(3) * D + i], r2[size_t(3) * D + i]) << "cache column " << i;
+      for (int h = 0; h < cs.heads; ++h)
+        for (int i = cs.C; i < D; ++i) ASSERT_EQ(a1[size_t(h) * D + i], a2[size_t(h) * D + i]) << "q_pe head " << h;
+      for (int h = 0; h < cs.heads; ++h)
+        for (int c = 0; c < cs.C; ++c)
+          ASSERT_EQ(a2[size_t(h) * D + c], a0[size_t(h) * D + c]) << "absorbed head " << h;
+    }
     gemv1(dlat.p, dw.p + size_t(cs.nope) * cs.C, cs.heads * cs.vdim, cs.C, dov.p, false, 0, cs.vdim, rows, cs.C);
     gemv1(dlat.p, dw.p + size_t(cs.nope) * cs.C, cs.heads * cs.vdim, cs.C, dovf.p, true, 0, cs.vdim, rows, cs.C);
     const auto out = from_bf16(dout.get()), ov = from_bf16(dov.get());

@@ -291,6 +291,11 @@ class CudaModelImpl final : public CudaModel {
   bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
   static constexpr int kMoeRowsTokens = 1;
   bool fused1_ = false;  // the pass being recorded is a fused one-token pass
+  // DSV2_CUDA_NO_FUSE_NORM=1: one-token passes keep the separate add_rmsnorm kernels.
+  bool fuse_norm_on_ = std::getenv("DSV2_CUDA_NO_FUSE_NORM") == nullptr;
+  // DSV2_CUDA_ROUTER_SGEMM=1: router logits by cuBLAS SGEMM and routing in its own kernel at every
+  // batch size (unfused passes only).
+  bool router_sgemm_ = std::getenv("DSV2_CUDA_ROUTER_SGEMM") != nullptr;
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
@@ -301,6 +306,14 @@ class CudaModelImpl final : public CudaModel {
   std::map<std::string, double> prof_ms_;
   int prof_passes_ = 0;
   std::string prof_prefix_;
+  // DSV2_CUDA_SKIP=stage,stage,...: leaves those launches out of every pass (qkv, absorb, attention,
+  // uv, o_proj, router, gate_up, down, lm_head). The results are wrong; the point is the step time
+  // without a stage, inside CUDA graphs, where per-kernel profilers cannot look.
+  std::string skip_ = [] {
+    const char* v = std::getenv("DSV2_CUDA_SKIP");
+    return v ? "," + std::string(v) + "," : std::string();
+  }();
+  bool skip(const char* stage) const { return !skip_.empty() && skip_.find("," + std::string(stage) + ",") != std::string::npos; }
   void mark(const char* name) {
     if (!prof_on_) return;
     cudaEvent_t e;
@@ -860,14 +873,14 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     ffn(int(l), T);
   }
   add_rmsnorm(x_.p, fused1_ ? nullptr : delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
-  gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
+  if (!skip("lm_head")) gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
   mark("lm_head");
 }
 
 bool CudaModelImpl::fused_one_token(int T) const {
-  if (T != 1 || !gemv1_on_ || !moe_rows_on_ || !gemv1_norm_supported(H_) || H_ % 4 != 0) return false;
+  if (T != 1 || !gemv1_on_ || !fuse_norm_on_ || router_sgemm_ || !moe_rows_on_ || !gemv1_norm_supported(H_) || H_ % 4 != 0) return false;
   const bool any_moe = std::any_of(layers_.begin(), layers_.end(), [](const DevLayer& L) { return L.moe; });
-  return !any_moe || (int(c_.num_experts_per_tok) <= 64 &&
+  return !any_moe || (moe_route_small_supported(H_, int(c_.num_experts_per_tok), int(c_.n_group)) &&
                       moe_rows_supported(1, int(c_.num_experts_per_tok), int(c_.n_shared_experts), H_,
                                          int(c_.moe_intermediate_size)));
 }
@@ -877,7 +890,8 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   DevLayer& L = layers_[size_t(l)];
   const int32_t* meta = meta_.p;
   // [T, H] -> [T, q_out + kv_lora + rope]
-  if (fused1_)
+  if (skip("qkv")) {
+  } else if (fused1_)
     gemv1_norm(x_.p, L.input_norm.p, float(c_.rms_norm_eps), L.w_qkv.p, qkv_out_, H_, qkv_.p, stream_);
   else
     gemm(xn_.p, T, H_, H_, L.w_qkv.p, qkv_out_, qkv_.p, false, qkv_out_);
@@ -909,14 +923,19 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   rp.kv_lora = kvl_;
   rp.qfull = qfull_.p;
   rp.cache = cache_l;
-  rope_and_cache(rp, stream_);
-  mark("rope_cache");
+  // One token: the W_UK absorb and the rope/cache row in one launch.
+  const bool one_token =
+      T == 1 && n_items > 0 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && rope_ <= 256 && aligned16(L.kv_b.p);
+  if (!one_token) {
+    rope_and_cache(rp, stream_);
+    mark("rope_cache");
+  }
   const float one = 1.0f, zero = 0.0f;
   if (n_items > 0) {
     // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
-    const bool one_token = T == 1 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && aligned16(L.kv_b.p);
-    if (one_token)
-      absorb_q1(q, qd_, L.kv_b.p, heads_, nope_, nope_ + vdim_, kvl_, qfull_.p, D_, stream_);
+    if (skip("absorb")) {
+    } else if (one_token)
+      absorb_q1(q, qd_, L.kv_b.p, heads_, nope_, nope_ + vdim_, kvl_, qfull_.p, D_, stream_, &rp);
     else
       CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         cublas_, CUBLAS_OP_N, CUBLAS_OP_N, kvl_, T, nope_, &one, L.kv_b.p, CUDA_R_16BF, kvl_,
@@ -936,10 +955,11 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     ap.out = olat_.p;
     ap.part_o = part_o_.p;
     ap.part_ml = part_ml_.p;
-    mla_attention(ap, kvl_, rope_, stream_);
+    if (!skip("attention")) mla_attention(ap, kvl_, rope_, stream_);
     mark("attention");
     // o[t, h, 0:v] = W_UV_h olat[t, h]
-    if (one_token)
+    if (skip("uv")) {
+    } else if (one_token)
       gemv1(olat_.p, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, false, stream_, vdim_,
             nope_ + vdim_, kvl_);
     else
@@ -953,7 +973,8 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   // all rows of the pass).
   for (const DecompChunk& dc : decomp_) attend_decompressed(L, q, q_stride, cache_l, dc);
   if (!decomp_.empty()) mark("decomp_attention");
-  if (fused1_)
+  if (skip("o_proj")) {
+  } else if (fused1_)
     gemv1_accumulate(o_.p, L.o_proj.p, H_, heads_ * vdim_, x_.p, stream_);
   else
     gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
@@ -1065,7 +1086,8 @@ void CudaModelImpl::ffn(int l, int T) {
     rp.ids_stride = K + NS;
     rp.n_extra = NS;
   }
-  if (T <= kRouteSmallMaxTokens && H_ % 4 == 0) {
+  if (skip("router")) {
+  } else if (T <= kRouteSmallMaxTokens && !router_sgemm_ && moe_route_small_supported(H_, K, rp.n_group)) {
     // logits and routing, one launch (fused one-token passes: with the post-attention RMSNorm)
     if (fused1_)
       moe_route_small(rp, x_.p, L.router.p, H_, route_ticket_.p, stream_, L.post_norm.p, float(c_.rms_norm_eps));
@@ -1103,7 +1125,7 @@ void CudaModelImpl::ffn(int l, int T) {
       mp.accumulate = true;
       mp.y = x_.p;
     }
-    moe_rows(mp, stream_);
+    moe_rows(mp, stream_, (skip("gate_up") ? 0 : 1) | (skip("down") ? 0 : 2));
     mark("experts");
     return;
   }

@@ -141,14 +141,9 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
   }
 }
 
-// One block per token: the cache row (normalized c, roped k_pe) and the roped q_pe of every head.
-__global__ void rope_cache_kernel(RopeCacheParams p) {
-  pdl_entry();
-  extern __shared__ float sh[];
-  float* cs = sh;               // [rope/2]
-  float* sn = sh + p.rope / 2;  // [rope/2]
-  __shared__ float red[32];
-  const int t = blockIdx.x;
+// Token t's cache row (normalized c, roped k_pe) and the roped q_pe of every head, by one block;
+// cs/sn hold rope/2 floats each.
+__device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float* sn, float* red) {
   const int half = p.rope / 2;
   const int pos = p.pos[t];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -187,15 +182,32 @@ __global__ void rope_cache_kernel(RopeCacheParams p) {
   }
 }
 
+// One block per token.
+__global__ void rope_cache_kernel(RopeCacheParams p) {
+  pdl_entry();
+  extern __shared__ float sh[];  // [rope/2] cos, [rope/2] sin
+  __shared__ float red[32];
+  rope_cache_row(p, blockIdx.x, sh, sh + p.rope / 2, red);
+}
+
 // Absorbed queries of one token: block (64 columns, head). Thread (cg, dg) owns columns cg*8..+8 of
 // the slice and rows d = dg + 32 j of W_UK; its first kAbsorbU weight pieces are loaded before the
 // PDL wait. The 32 row groups are summed in shared memory in a fixed order.
 constexpr int kAbsorbU = 4;
+constexpr int kAbsorbMaxRope = 256;
 __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__ q, int q_stride,
                                                         const bf16* __restrict__ w, int nope, long long w_head_rows,
-                                                        int C, bf16* __restrict__ out, int out_stride) {
+                                                        int C, bf16* __restrict__ out, int out_stride,
+                                                        RopeCacheParams rp, bool with_rope) {
   __shared__ float part[32][65];
   const int h = blockIdx.y, c0 = blockIdx.x * 64;
+  if (h == int(gridDim.y) - 1 && with_rope) {
+    // the last row of blocks: block 0 ropes the token and writes its cache row
+    pdl_entry();
+    float* f = &part[0][0];  // [rope/2] cos, [rope/2] sin, [32] reduction
+    if (blockIdx.x == 0) rope_cache_row(rp, 0, f, f + kAbsorbMaxRope / 2, f + kAbsorbMaxRope);
+    return;
+  }
   const int cg = threadIdx.x & 7, dg = threadIdx.x >> 3;
   const bf16* wh = w + size_t(h) * w_head_rows * C + c0 + cg * 8;
   uint4 wv[kAbsorbU];
@@ -217,11 +229,15 @@ __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__
         wv[j] = d < nope ? *reinterpret_cast<const uint4*>(wh + size_t(d) * C) : make_uint4(0, 0, 0, 0);
       }
     }
+    float qv[kAbsorbU];  // all q loads in flight together
 #pragma unroll
     for (int j = 0; j < kAbsorbU; ++j) {
       const int d = d0 + dg + 32 * j;
-      if (d >= nope) break;
-      const float qd = __bfloat162float(qh[d]);
+      qv[j] = d < nope ? __bfloat162float(qh[d]) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kAbsorbU; ++j) {
+      const float qd = qv[j];
       const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -330,9 +346,10 @@ __global__ void route_kernel(RouterParams p) {
 }
 
 // Few tokens: the logits and the routing in one launch. Warp w of block b computes expert
-// b * kRouteSmallWarps + w for every token (fp32 dot products over H, the first kRouteU float4 pieces
-// of the expert's weights per lane loaded before the PDL wait); the block that finishes last (a
-// ticket counter, reset by that block for the next launch) routes all tokens.
+// b * kRouteSmallWarps + w for every token: fp32 dot products over H <= 32 * 4 * kRouteU, the
+// expert's weights (and the norm weights) held in registers from before the PDL wait, each token's
+// row loaded with all its loads in flight at once. The block that finishes last (a ticket counter,
+// reset by that block for the next launch) routes all tokens.
 constexpr int kRouteSmallWarps = 2;
 constexpr int kRouteU = 16;
 __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
@@ -348,63 +365,38 @@ __global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(Rout
   float* logits = const_cast<float*>(p.logits);
   const int H4 = H / 4;
   const float4* wr = reinterpret_cast<const float4*>(w + size_t(e < p.E ? e : 0) * H);
-  float4 wv[kRouteU];
-  auto load = [&](int i0) {
+  const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 wv[kRouteU], gv[kRouteU];
 #pragma unroll
-    for (int u = 0; u < kRouteU; ++u) {
-      const int i = i0 + u * 32 + lane;
-      wv[u] = (e < p.E && i < H4) ? wr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-  };
-  load(0);
+  for (int u = 0; u < kRouteU; ++u) {
+    const int i = u * 32 + lane;
+    wv[u] = (e < p.E && i < H4) ? wr[i] : zero4;
+    gv[u] = (norm_w && i < H4) ? reinterpret_cast<const float4*>(norm_w)[i] : zero4;
+  }
   pdl_entry();
-  // With norm_w, x is the residual stream: each warp finds every token's RMS itself, and the logits
-  // read norm_w * x * inv, add_rmsnorm's fp32 output.
-  float inv[kRouteSmallMaxTokens];
-#pragma unroll
-  for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
-    inv[t] = 1.0f;
-    if (!norm_w || t >= p.T) continue;
+  for (int t = 0; t < p.T; ++t) {
     const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
-    float ss = 0.f;
-#pragma unroll 16
-    for (int i = lane; i < H4; i += 32) {
-      const float4 a = xr[i];
-      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    float4 xv[kRouteU];
+#pragma unroll
+    for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
+    if (norm_w) {
+      // x is the residual stream: the logits read norm_w * x * inv, add_rmsnorm's fp32 output
+      float ss = 0.f;
+#pragma unroll
+      for (int u = 0; u < kRouteU; ++u) ss += xv[u].x * xv[u].x + xv[u].y * xv[u].y + xv[u].z * xv[u].z + xv[u].w * xv[u].w;
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll
+      for (int u = 0; u < kRouteU; ++u)
+        xv[u] = make_float4(gv[u].x * (xv[u].x * inv), gv[u].y * (xv[u].y * inv), gv[u].z * (xv[u].z * inv),
+                            gv[u].w * (xv[u].w * inv));
     }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    inv[t] = rsqrtf(ss / float(H) + eps);
-  }
-  const float4* g4 = reinterpret_cast<const float4*>(norm_w);
-  float acc[kRouteSmallMaxTokens];
+    float acc = 0.f;
 #pragma unroll
-  for (int t = 0; t < kRouteSmallMaxTokens; ++t) acc[t] = 0.f;
-  for (int i0 = 0; i0 < H4; i0 += 32 * kRouteU) {
-    if (i0 > 0) load(i0);
-#pragma unroll
-    for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
-      if (t >= p.T) break;
-      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
-#pragma unroll
-      for (int u = 0; u < kRouteU; ++u) {
-        const int i = i0 + u * 32 + lane;
-        if (i >= H4) break;
-        float4 a = xr[i];
-        const float4 b = wv[u];
-        if (norm_w) {
-          const float4 g = g4[i];
-          a = make_float4(g.x * (a.x * inv[t]), g.y * (a.y * inv[t]), g.z * (a.z * inv[t]), g.w * (a.w * inv[t]));
-        }
-        acc[t] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < kRouteSmallMaxTokens; ++t) {
-    if (t >= p.T) break;
-    float v = acc[t];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && e < p.E) logits[size_t(t) * p.E + e] = v;
+    for (int u = 0; u < kRouteU; ++u)
+      acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0 && e < p.E) logits[size_t(t) * p.E + e] = acc;
   }
   __threadfence();
   __syncthreads();
@@ -689,17 +681,24 @@ void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
 }
 
 void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
-               bf16* out, int out_stride, cudaStream_t s) {
+               bf16* out, int out_stride, cudaStream_t s, const RopeCacheParams* rope) {
   DSV2_CHECK(C % 64 == 0, "absorb_q1: latent width {} is not a multiple of 64", C);
-  launch_pdl(absorb_q1_kernel, dim3(unsigned(C / 64), unsigned(heads)), dim3(256), 0, s, q, q_stride, w, nope,
-             w_head_rows, C, out, out_stride);
+  DSV2_CHECK(!rope || (rope->T == 1 && rope->rope <= kAbsorbMaxRope), "absorb_q1: rope part for {} tokens, width {}",
+             rope ? rope->T : 0, rope ? rope->rope : 0);
+  const RopeCacheParams rp = rope ? *rope : RopeCacheParams{};
+  launch_pdl(absorb_q1_kernel, dim3(unsigned(C / 64), unsigned(heads + (rope ? 1 : 0))), dim3(256), 0, s, q, q_stride,
+             w, nope, w_head_rows, C, out, out_stride, rp, rope != nullptr);
   DSV2_CUDA_LAUNCHED();
+}
+
+bool moe_route_small_supported(int H, int K, int n_group) {
+  return K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
 }
 
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
                      cudaStream_t s, const float* norm_w, float eps) {
   if (p.T == 0) return;
-  DSV2_CHECK(p.K <= 64 && p.n_group <= 256 && H % 4 == 0, "router: top_k {}, n_group {} or H {} unsupported", p.K,
+  DSV2_CHECK(moe_route_small_supported(H, p.K, p.n_group), "router: top_k {}, n_group {} or H {} unsupported", p.K,
              p.n_group, H);
   const unsigned blocks = unsigned((p.E + kRouteSmallWarps - 1) / kRouteSmallWarps);
   launch_pdl(route_small_kernel, dim3(blocks), dim3(kRouteSmallWarps * 32), size_t(2 * p.E + p.n_group) * sizeof(float),

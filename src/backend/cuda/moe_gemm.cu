@@ -237,6 +237,35 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __res
 // (add_rmsnorm's bf16 output); K <= 256 * kG1U, so every warp holds the whole row and computes the
 // mean itself. accumulate (fp32 out): y[n] += the product (the residual add).
 constexpr int kG1Warps = 8, kG1Rows = 2, kG1U = 8;
+
+// y[k] = bf16(g[k] * x[k] * rsqrt(mean(x^2) + eps)) for the fp32 row x of length H (H % 4 == 0), by
+// the whole block into shared memory (add_rmsnorm's bf16 values); red holds one float per warp.
+// Ends with a barrier.
+__device__ void stage_rmsnorm_bf16(const float* __restrict__ x, const float* __restrict__ g, int H, float eps,
+                                   bf16* y, float* red) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  float ss = 0.f;
+#pragma unroll 4
+  for (int k = tid * 4; k < H; k += nt * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + k);
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((tid & 31) == 0) red[tid >> 5] = ss;
+  __syncthreads();
+  ss = 0.f;
+  for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
+  const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll 4
+  for (int k = tid * 4; k < H; k += nt * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + k), w = *reinterpret_cast<const float4*>(g + k);
+    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
+    d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
+    d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
+  }
+  __syncthreads();
+}
+
 struct Gemv1Args {
   const bf16* x;
   const float* xf;
@@ -271,59 +300,37 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     }
   };
   load(0);
+  if (kNorm && warp == 0) prefetch_l2_floats(a.norm_w, K, lane);
   pdl_entry();
-  const bf16* xh = a.x + size_t(h) * a.x_head;
-  float inv = 1.0f;
+  // x pieces come from shared memory (kNorm: the block normalizes the row there once) or straight
+  // from global memory with all loads of a piece issued together (no branch between them).
+  __shared__ __align__(16) bf16 sxn[kNorm ? 256 * kG1U : 8];
   if constexpr (kNorm) {
-    float ss = 0.f;
-#pragma unroll
-    for (int u = 0; u < kG1U; ++u) {
-      const int k = (u * 32 + lane) * 8;
-      if (k >= K) break;
-      const float4 p = *reinterpret_cast<const float4*>(a.xf + k), q = *reinterpret_cast<const float4*>(a.xf + k + 4);
-      ss += p.x * p.x + p.y * p.y + p.z * p.z + p.w * p.w + q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w;
-    }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    inv = rsqrtf(ss / float(K) + a.eps);
+    __shared__ float red[kG1Warps];
+    stage_rmsnorm_bf16(a.xf, a.norm_w, K, a.eps, sxn, red);
   }
+  const bf16* xh = kNorm ? sxn : a.x + size_t(h) * a.x_head;
   float acc[kG1Rows];
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) acc[r] = 0.f;
   for (int kk = 0; kk < K; kk += kG1U * 256) {
     if (kk > 0) load(kk);
+    uint4 xq[kG1U];
 #pragma unroll
     for (int u = 0; u < kG1U; ++u) {
       const int k = kk + (u * 32 + lane) * 8;
-      if (k >= K) break;
-      float xv[8];
-      if constexpr (kNorm) {
-        const float4* x4 = reinterpret_cast<const float4*>(a.xf + k);
-        const float4* g4 = reinterpret_cast<const float4*>(a.norm_w + k);
+      xq[u] = k < K ? *reinterpret_cast<const uint4*>(xh + k) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const float4 xx = x4[i], gg = g4[i];
-          xv[4 * i + 0] = __bfloat162float(__float2bfloat16(gg.x * (xx.x * inv)));
-          xv[4 * i + 1] = __bfloat162float(__float2bfloat16(gg.y * (xx.y * inv)));
-          xv[4 * i + 2] = __bfloat162float(__float2bfloat16(gg.z * (xx.z * inv)));
-          xv[4 * i + 3] = __bfloat162float(__float2bfloat16(gg.w * (xx.w * inv)));
-        }
-      } else {
-        const uint4 xu = *reinterpret_cast<const uint4*>(xh + k);
-        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xu);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 f = __bfloat1622float2(x2[q]);
-          xv[2 * q] = f.x;
-          xv[2 * q + 1] = f.y;
-        }
-      }
+    for (int u = 0; u < kG1U; ++u) {
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xq[u]);
 #pragma unroll
       for (int r = 0; r < kG1Rows; ++r) {
         const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]);
-          acc[r] += wf.x * xv[2 * q] + wf.y * xv[2 * q + 1];
+          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
+          acc[r] += wf.x * xf.x + wf.y * xf.y;
         }
       }
     }
@@ -402,230 +409,176 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode-sized MoE (T <= kMoeRowsMaxTokens) without dispatch: the routed rows read the router's ids
-// directly, the shared experts are the pseudo-experts E..E+S-1 applied to every token, and the
-// down product sums each token's rows with their weights straight into y.
+// One-token MoE without dispatch: the routed rows read the router's ids directly, the shared
+// experts are the pseudo-experts E..E+S-1, and the down product sums the token's rows with their
+// weights straight into y. Both kernels follow gemv1: many small blocks, each warp issuing all its
+// weight loads of a 2048-column piece at once (before the PDL wait where the addresses allow).
 
-// Gate/up + SiLU: block (kRowsGuIdx intermediate indices, row). Rows y < T*K are routed rows (one
-// token each); rows T*K + s are shared piece s for all T tokens, so that its weights are read once.
-// Warp w owns 4 indices: their 4 gate and 4 up weight rows are streamed together, two 256-column
-// steps per batch (16 loads in flight per lane), and the block writes act = bf16(silu(bf16 g) *
-// bf16 u), as silu_mul would from bf16 g/u. kNT is the most tokens per launch (1 keeps the
-// accumulators at 8 registers, so that all blocks of a V2-Lite layer are resident at once). Shared
-// rows do not depend on the router: their first weights are loaded before the PDL wait.
-constexpr int kRowsGuIdx = 32;
-constexpr int kRowsGuSteps = 2;
-template <int kNT>
-__global__ void __launch_bounds__(256, kNT == 1 ? 3 : 1) moe_rows_gu_kernel(MoeRowsParams p) {
+// Gate/up + SiLU: block (kGuIdx intermediate indices, grid row). Grid rows 0..S-1 are the shared
+// pieces (first, so that the block scheduler starts them while the router runs), then the K routed
+// experts; act row y = K + s for shared piece s, y = k for routed expert k. Warp w streams the gate and up rows of index blockIdx.x * kGuIdx + w
+// and writes act = bf16(silu(bf16 g) * bf16 u), as silu_mul would from bf16 g/u. Shared rows do not
+// depend on the router (the kernel before this one) and skip the PDL wait: x is complete before the
+// router started. With norm_w, x is the fp32 residual stream, normalized into shared memory here.
+constexpr int kGuIdx = 8;
+__global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams p) {
   extern __shared__ __align__(16) unsigned char smem_rows[];
   bf16* sx = reinterpret_cast<bf16*>(smem_rows);
-  const int y = blockIdx.y, i0 = blockIdx.x * kRowsGuIdx;
-  const int H = p.H, I = p.I, TK = p.T * p.K;
-  const bool routed = y < TK;
-  const int t0 = routed ? y / p.K : 0, nr = routed ? 1 : p.T;
+  __shared__ float red[kGuIdx];
+  const bool routed = int(blockIdx.y) >= p.S;
+  const int y = routed ? blockIdx.y - p.S : p.K + blockIdx.y, H = p.H, I = p.I;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int ib = i0 + warp * 4;
-  const bf16* we = nullptr;
-  uint4 wv[kRowsGuSteps][8];
+  const int i = blockIdx.x * kGuIdx + warp;
+  if (p.norm_w && warp == 0) prefetch_l2_floats(p.norm_w, H, lane);
+  int e;
+  if (routed) {
+    pdl_entry();
+    e = p.ids[y];
+  } else {
+    pdl_launch();
+    e = p.E + (y - p.K);
+  }
+  const bf16* wg = p.w_gu + (size_t(e) * 2 * I + min(i, I - 1)) * H;
+  const bf16* wu = wg + size_t(I) * H;
+  uint4 wv[2][kG1U];
   auto load = [&](int kk) {
 #pragma unroll
-    for (int b = 0; b < kRowsGuSteps; ++b) {
-      const int k = kk + b * 256 + lane * 8;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int i = ib + (j & 3);
-        const size_t wrow = size_t(j < 4 ? i : I + i);
-        wv[b][j] = (i < I && k < H) ? *reinterpret_cast<const uint4*>(we + wrow * H + k) : make_uint4(0, 0, 0, 0);
-      }
+    for (int u = 0; u < kG1U; ++u) {
+      const int k = kk + (u * 32 + lane) * 8;
+      const bool ok = k < H && i < I;
+      wv[0][u] = ok ? *reinterpret_cast<const uint4*>(wg + k) : make_uint4(0, 0, 0, 0);
+      wv[1][u] = ok ? *reinterpret_cast<const uint4*>(wu + k) : make_uint4(0, 0, 0, 0);
     }
   };
-  if (!routed) {
-    we = p.w_gu + size_t(p.E + (y - TK)) * 2 * I * H;
-    load(0);
-  }
-  pdl_entry();
-  if (routed) {
-    we = p.w_gu + size_t(p.ids[y]) * 2 * I * H;
-    load(0);
-  }
+  load(0);
   if (p.norm_w) {
-    // RMSNorm of the residual rows into shared memory (add_rmsnorm's bf16 values)
-    __shared__ float red[8][kNT];
-    for (int r = 0; r < nr; ++r) {
-      const float* xr = p.xf + size_t(t0 + r) * H;
-      float ss = 0.f;
-      for (int k = tid * 4; k < H; k += blockDim.x * 4) {
-        const float4 v = *reinterpret_cast<const float4*>(xr + k);
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) red[warp][r < kNT ? r : 0] = ss;
-    }
-    __syncthreads();
-    for (int r = 0; r < nr; ++r) {
-      float ss = 0.f;
-      for (int w8 = 0; w8 < 8; ++w8) ss += red[w8][r < kNT ? r : 0];
-      const float inv = rsqrtf(ss / float(H) + p.eps);
-      const float* xr = p.xf + size_t(t0 + r) * H;
-      for (int k = tid; k < H; k += blockDim.x) sx[size_t(r) * H + k] = __float2bfloat16(p.norm_w[k] * (xr[k] * inv));
-    }
+    stage_rmsnorm_bf16(p.xf, p.norm_w, H, p.eps, sx, red);  // add_rmsnorm's bf16 values
   } else {
-    for (int i = tid; i < nr * (H / 8); i += blockDim.x) {
-      const int r = i / (H / 8), c = i % (H / 8);
-      reinterpret_cast<uint4*>(sx + size_t(r) * H)[c] = reinterpret_cast<const uint4*>(p.x + size_t(t0 + r) * H)[c];
-    }
+    for (int c = tid; c < H / 8; c += blockDim.x)
+      reinterpret_cast<uint4*>(sx)[c] = reinterpret_cast<const uint4*>(p.x)[c];
   }
   __syncthreads();
-  float acc[8][kNT];
+  float ag = 0.f, au = 0.f;
+  for (int kk = 0; kk < H; kk += kG1U * 256) {
+    if (kk > 0) load(kk);
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int r = 0; r < kNT; ++r) acc[j][r] = 0.f;
-  for (int kk = 0; kk < H; kk += kRowsGuSteps * 256) {
-#pragma unroll
-    for (int b = 0; b < kRowsGuSteps; ++b) {
-      const int k = kk + b * 256 + lane * 8;
+    for (int u = 0; u < kG1U; ++u) {
+      const int k = kk + (u * 32 + lane) * 8;
       if (k >= H) break;
+      const uint4 xv = *reinterpret_cast<const uint4*>(sx + k);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&wv[0][u]);
+      const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&wv[1][u]);
 #pragma unroll
-      for (int r = 0; r < kNT; ++r) {
-        if (r >= nr) break;
-        const uint4 xv = *reinterpret_cast<const uint4*>(sx + size_t(r) * H + k);
-        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[b][j]);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-            acc[j][r] += wf.x * xf.x + wf.y * xf.y;
-          }
-        }
+      for (int q = 0; q < 4; ++q) {
+        const float2 xf = __bfloat1622float2(x2[q]), gf = __bfloat1622float2(g2[q]), uf = __bfloat1622float2(u2[q]);
+        ag += gf.x * xf.x + gf.y * xf.y;
+        au += uf.x * xf.x + uf.y * xf.y;
       }
     }
-    if (kk + kRowsGuSteps * 256 < H) load(kk + kRowsGuSteps * 256);
   }
-#pragma unroll
-  for (int r = 0; r < kNT; ++r) {
-    if (r >= nr) break;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      for (int o = 16; o > 0; o >>= 1) acc[j][r] += __shfl_xor_sync(0xffffffffu, acc[j][r], o);
-    if (lane < 4 && ib + lane < I) {
-      float g = 0.f, u = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (j == lane) {
-          g = acc[j][r];
-          u = acc[4 + j][r];
-        }
-      g = __bfloat162float(__float2bfloat16(g));
-      u = __bfloat162float(__float2bfloat16(u));
-      const size_t row = routed ? size_t(y) : size_t(TK) + size_t(y - TK) * p.T + r;
-      p.act[row * I + ib + lane] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
-    }
+  for (int o = 16; o > 0; o >>= 1) {
+    ag += __shfl_xor_sync(0xffffffffu, ag, o);
+    au += __shfl_xor_sync(0xffffffffu, au, o);
+  }
+  if (lane == 0 && i < I) {
+    const float g = __bfloat162float(__float2bfloat16(ag)), u = __bfloat162float(__float2bfloat16(au));
+    p.act[size_t(y) * I + i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
   }
 }
 
-// Down + combine: block (kRowsDownCols outputs, token t). Each dot product (one output column of
-// one of the token's K + S rows, length I) belongs to a 16-lane group that streams the weight row in
-// kRowsDownU 16-byte pieces per lane; a group does two rows at a time (2 * kRowsDownU loads in flight
-// per lane). The weights are known once the router has run, so the first two rows' loads are issued
-// before the PDL wait for the gate/up kernel; the activations then come to shared memory. Group g
-// takes column g / 2 and every other row; each lane keeps its weighted partial sum, and the two
-// groups of a column are added in a fixed order.
-constexpr int kRowsDownCols = 8;
-constexpr int kRowsDownU = 12;
-__global__ void __launch_bounds__(256, 2) moe_rows_down_kernel(MoeRowsParams p) {
+// Down + combine: block (kDownCols outputs). Warp w takes output n = n0 + w / 2 and half w % 2 of the
+// K + S rows; its lanes walk the flattened (row, 16-byte piece) list of that half, kDownU pieces per
+// lane in flight, each piece's dot product scaled by its row weight. The expert rows are known once
+// the router has run (two kernels back), so the first pieces are loaded before the PDL wait for the
+// gate/up kernel; the activations then come to shared memory. The two halves are added in order.
+constexpr int kDownCols = 4, kDownU = 24, kDownMaxRows = 32;
+__global__ void __launch_bounds__(kDownCols * 64) moe_rows_down_kernel(MoeRowsParams p) {
   extern __shared__ __align__(16) unsigned char smem_rows[];
-  const int t = blockIdx.y, n0 = blockIdx.x * kRowsDownCols;
-  const int I = p.I, H = p.H, nrow = p.K + p.S, TK = p.T * p.K;
-  bf16* sa = reinterpret_cast<bf16*>(smem_rows);                  // [nrow, I]
-  float* part = reinterpret_cast<float*>(sa + size_t(nrow) * I);  // [16 groups]
-  float* wrow = part + 16;                                          // [nrow] row weights
-  const int tid = threadIdx.x, lane = tid & 31, grp = tid >> 4, gl = tid & 15;
-  const int n = n0 + (grp >> 1);
-  const int nck = I / 8;
-  // row j < S: shared piece j; else routed row j - S
-  auto src_row = [&](int j) { return j < p.S ? size_t(TK) + size_t(j) * p.T + t : size_t(t) * p.K + (j - p.S); };
-  auto expert = [&](int j) { return j < p.S ? p.E + j : p.ids[t * p.K + (j - p.S)]; };
-  uint4 wv[2][kRowsDownU];
-  auto load = [&](int j, int c0, uint4* dst) {
-    const bool ok = j < nrow && n < H;
-    const bf16* wr = ok ? p.w_down + (size_t(expert(j)) * H + n) * I : nullptr;
+  const int n0 = blockIdx.x * kDownCols;
+  const int I = p.I, H = p.H, nrow = p.K + p.S;
+  bf16* sa = reinterpret_cast<bf16*>(smem_rows);  // [nrow, I]
+  __shared__ const bf16* wbase[kDownMaxRows];
+  __shared__ float wrow[kDownMaxRows];
+  __shared__ float part[kDownCols * 2];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int n = min(n0 + (warp >> 1), H - 1);
+  const int rh = (nrow + 1) / 2, j0 = (warp & 1) * rh, nj = min(rh, nrow - j0);
+  const int nck = I / 8, nf = nj * nck;
+  // row j < S: shared piece j; else routed expert j - S (router order)
+  if (tid < nrow) {
+    const int j = tid;
+    const int e = j < p.S ? p.E + j : p.ids[j - p.S];
+    wbase[j] = p.w_down + size_t(e) * H * I;
+  }
+  __syncthreads();
+  uint4 wv[kDownU];
+  auto load = [&](int f0) {
 #pragma unroll
-    for (int u = 0; u < kRowsDownU; ++u) {
-      const int c = c0 + u * 16 + gl;
-      dst[u] = (ok && c < nck) ? *reinterpret_cast<const uint4*>(wr + size_t(c) * 8) : make_uint4(0, 0, 0, 0);
+    for (int u = 0; u < kDownU; ++u) {
+      const int f = f0 + u * 32 + lane;
+      if (f < nf) {
+        const int jj = f / nck, c = f - jj * nck;
+        wv[u] = *reinterpret_cast<const uint4*>(wbase[j0 + jj] + size_t(n) * I + size_t(c) * 8);
+      } else {
+        wv[u] = make_uint4(0, 0, 0, 0);
+      }
     }
   };
-  const int j0 = grp & 1;
-  load(j0, 0, wv[0]);
-  load(j0 + 2, 0, wv[1]);
+  load(0);
   pdl_entry();
-  for (int i = tid; i < nrow * nck; i += blockDim.x) {
-    const int j = i / nck, c = i % nck;
-    reinterpret_cast<uint4*>(sa + size_t(j) * I)[c] = reinterpret_cast<const uint4*>(p.act + src_row(j) * I)[c];
+  for (int c = tid; c < nrow * nck; c += blockDim.x) {
+    const int j = c / nck, cc = c - j * nck;
+    const size_t src = j < p.S ? size_t(p.K) + j : size_t(j - p.S);  // act rows: routed 0..K-1, shared K..
+    reinterpret_cast<uint4*>(sa + size_t(j) * I)[cc] = reinterpret_cast<const uint4*>(p.act + src * I)[cc];
   }
-  for (int j = tid; j < nrow; j += blockDim.x) wrow[j] = j < p.S ? 1.0f : p.weights[t * p.K + (j - p.S)];
+  if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : p.weights[tid - p.S];
   __syncthreads();
   float tot = 0.f;
-  for (int jp = j0; jp < nrow; jp += 4) {
-    for (int c0 = 0; c0 < nck; c0 += 16 * kRowsDownU) {
-      if (jp != j0 || c0 != 0) {
-        load(jp, c0, wv[0]);
-        load(jp + 2, c0, wv[1]);
+  for (int f0 = 0; f0 < nf; f0 += 32 * kDownU) {
+    if (f0 > 0) load(f0);
+#pragma unroll
+    for (int u = 0; u < kDownU; ++u) {
+      const int f = f0 + u * 32 + lane;
+      if (f >= nf) break;
+      const int jj = f / nck, c = f - jj * nck;
+      const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j0 + jj) * I + size_t(c) * 8);
+      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[u]);
+      float d = 0.f;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
+        d += wf.x * af.x + wf.y * af.y;
       }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int j = jp + 2 * h;
-        if (j >= nrow) break;
-        float acc = 0.f;
-#pragma unroll
-        for (int u = 0; u < kRowsDownU; ++u) {
-          const int c = c0 + u * 16 + gl;
-          if (c >= nck) break;
-          const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j) * I + size_t(c) * 8);
-          const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
-          const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[h][u]);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
-            acc += wf.x * af.x + wf.y * af.y;
-          }
-        }
-        tot += wrow[j] * acc;
-      }
+      tot += wrow[j0 + jj] * d;
     }
   }
-  for (int o = 8; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
-  if (gl == 0) part[grp] = tot;
+  for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
+  if (lane == 0) part[warp] = tot;
   __syncthreads();
-  if (tid < kRowsDownCols && n0 + tid < H) {
-    float* yo = p.y + size_t(t) * H + n0 + tid;
+  if (tid < kDownCols && n0 + tid < H) {
+    float* yo = p.y + n0 + tid;
     const float v = part[2 * tid] + part[2 * tid + 1];
     *yo = p.accumulate ? *yo + v : v;
   }
-  (void)lane;
 }
 
 bool moe_rows_supported(int T, int K, int S, int H, int I) {
-  const size_t down_smem = size_t(K + S) * I * sizeof(bf16) + size_t(16 + K + S) * sizeof(float);
-  return T >= 1 && T <= kMoeRowsMaxTokens && H % 8 == 0 && I % 8 == 0 &&
-         size_t(kMoeRowsMaxTokens) * H * sizeof(bf16) <= 48 * 1024 && down_smem <= 48 * 1024;
+  const size_t down_smem = size_t(K + S) * I * sizeof(bf16);
+  return T == 1 && K + S <= kDownMaxRows && H % 8 == 0 && I % 8 == 0 && size_t(H) * sizeof(bf16) <= 48 * 1024 &&
+         down_smem <= 48 * 1024;
 }
 
-void moe_rows(const MoeRowsParams& p, cudaStream_t s) {
+void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages) {
   DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
              p.K, p.S, p.H, p.I);
-  const dim3 gu_grid((p.I + kRowsGuIdx - 1) / kRowsGuIdx, p.T * p.K + p.S);
-  const size_t gu_smem = size_t(p.T) * p.H * sizeof(bf16);
-  if (p.T == 1)
-    launch_pdl(moe_rows_gu_kernel<1>, gu_grid, dim3(256), gu_smem, s, p);
-  else
-    launch_pdl(moe_rows_gu_kernel<kMoeRowsMaxTokens>, gu_grid, dim3(256), gu_smem, s, p);
-  const int nrow = p.K + p.S;
-  launch_pdl(moe_rows_down_kernel, dim3(dim3((p.H + kRowsDownCols - 1) / kRowsDownCols, p.T)), dim3(256),
-             size_t(nrow) * p.I * sizeof(bf16) + size_t(16 + nrow) * sizeof(float), s, p);
+  if (stages & 1)
+    launch_pdl(moe_rows_gu_kernel, dim3((p.I + kGuIdx - 1) / kGuIdx, p.K + p.S), dim3(kGuIdx * 32),
+               size_t(p.H) * sizeof(bf16), s, p);
+  if (stages & 2)
+    launch_pdl(moe_rows_down_kernel, dim3((p.H + kDownCols - 1) / kDownCols), dim3(kDownCols * 64),
+               size_t(p.K + p.S) * p.I * sizeof(bf16), s, p);
   DSV2_CUDA_LAUNCHED();
 }
 

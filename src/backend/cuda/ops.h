@@ -114,10 +114,11 @@ struct RouterParams {
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
 // The same for a few tokens with the logits computed in the same launch: p.logits [T, E] is
-// written (scratch), x [T, H] fp32, w [E, H] fp32 router weights, H % 4 == 0; `ticket` is one
+// written (scratch), x [T, H] fp32, w [E, H] fp32 router weights; `ticket` is one
 // device counter, zero before the first launch (each launch leaves it zero). With norm_w, x is the
 // residual stream and the logits use RMSNorm(x) (weights norm_w, eps) as add_rmsnorm's fp32 output.
 constexpr int kRouteSmallMaxTokens = 8;
+bool moe_route_small_supported(int H, int K, int n_group);  // H <= 2048
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
                      cudaStream_t s, const float* norm_w = nullptr, float eps = 0.0f);
 
@@ -151,29 +152,29 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
               void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr);
 
 
-// The whole MoE block of a decode-sized batch (T <= kMoeRowsMaxTokens tokens) in two kernels and
-// without dispatch: y[t] = sum_s down_{E+s}(act) + sum_k weights[t, k] * down_{ids[t, k]}(act), where
-// act = silu(gate) * up of the same expert (rounded to bf16 as silu_mul does). The S shared experts
-// are stored as pseudo-experts E..E+S-1 of w_gu / w_down (piece s = intermediate columns
-// [s*I, (s+1)*I) of the shared MLP), so that every expert has the routed experts' shapes.
-constexpr int kMoeRowsMaxTokens = 8;
+// The whole MoE block of one token in two kernels and without dispatch: y = sum_s down_{E+s}(act) +
+// sum_k weights[k] * down_{ids[k]}(act), where act = silu(gate) * up of the same expert (rounded to
+// bf16 as silu_mul does). The S shared experts are stored as pseudo-experts E..E+S-1 of w_gu /
+// w_down (piece s = intermediate columns [s*I, (s+1)*I) of the shared MLP), so that every expert has
+// the routed experts' shapes. (For two or more tokens the grouped products read each expert once for
+// all its tokens, which measured faster.)
 struct MoeRowsParams {
   const bf16* x;          // [T, H] post-attention normalized hidden states
   const float* xf;        // instead of x (when norm_w is set): [T, H] residual stream, normalized here
   const float* norm_w;    //   with these RMSNorm weights
   float eps;
   bool accumulate;        // y += the MoE output (the residual add) instead of y =
-
   const int32_t* ids;     // [T, K] routed experts
   const float* weights;   // [T, K] their weights
-  int T, K, S, E, H, I;   // S shared pieces (pseudo-experts E..E+S-1), I = moe_intermediate_size
+  int T, K, S, E, H, I;   // T = 1; S shared pieces (pseudo-experts E..E+S-1), I = moe_intermediate_size
   const bf16* w_gu;       // [E + S, 2I, H]: gate rows then up rows per expert
   const bf16* w_down;     // [E + S, H, I]
-  bf16* act;              // scratch [T*K + S*T, I]: bf16(silu(gate) * up) per row
+  bf16* act;              // scratch [K + S, I]: bf16(silu(gate) * up) per row (routed, then shared)
   float* y;               // [T, H], overwritten
 };
 bool moe_rows_supported(int T, int K, int S, int H, int I);
-void moe_rows(const MoeRowsParams& p, cudaStream_t s);
+// stages: 1 = gate/up only, 2 = down only, 3 = both (the split is for timing experiments).
+void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 
 // Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
 // rows (ldx % 8 == 0). y row stride ldy; bf16 or f32 out.
@@ -193,9 +194,10 @@ void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cuda
 bool gemv1_norm_supported(int K);
 void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y, cudaStream_t s);
 // Absorbed queries of one token: out[h * out_stride + c] = sum_d q[h * q_stride + d] *
-// w[(h * w_head_rows + d) * C + c] for d < nope, c < C (W_UK of kv_b_proj); C % 64 == 0.
+// w[(h * w_head_rows + d) * C + c] for d < nope, c < C (W_UK of kv_b_proj); C % 64 == 0. With rope
+// (one token), the same launch also does rope_and_cache(*rope) in one more block.
 void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
-               bf16* out, int out_stride, cudaStream_t s);
+               bf16* out, int out_stride, cudaStream_t s, const RopeCacheParams* rope = nullptr);
 
 // ---- sampling and utilities (kernels.cu) ----
 

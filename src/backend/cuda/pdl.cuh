@@ -24,6 +24,14 @@ __device__ __forceinline__ void pdl_launch() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// Starts moving the 128-byte line at p into L2 (constants a kernel needs right after its PDL wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+// The lines of n floats at p, spread over the 32 lanes of one warp.
+__device__ __forceinline__ void prefetch_l2_floats(const float* p, int n, int lane) {
+  for (int i = lane * 32; i < n; i += 32 * 32) prefetch_l2(p + i);
+}
 __device__ __forceinline__ void pdl_entry() {
   pdl_wait();
   pdl_launch();
