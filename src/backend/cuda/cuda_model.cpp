@@ -130,8 +130,6 @@ class CudaModelImpl final : public CudaModel {
     DSV2_CUDA_CHECK(cudaEventCreate(&ev0_));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
     DSV2_CUDA_CHECK(cudaMallocHost(&host_offsets_, size_t(c_.n_routed_experts + 1) * sizeof(int32_t)));
-    route_ticket_.reserve(1);
-    DSV2_CUDA_CHECK(cudaMemset(route_ticket_.p, 0, sizeof(unsigned)));
   }
 
   ~CudaModelImpl() override {
@@ -235,7 +233,6 @@ class CudaModelImpl final : public CudaModel {
 
   // Scratch (grown on demand; growth invalidates captured graphs).
   DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_, router_logits_;
-  DevBuf<unsigned> route_ticket_;  // moe_route_small's counter (zero between launches)
   DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
   DevBuf<float> yp_;
   // Decompressed prefill attention: gathered cache rows, materialized K/V, scores, probabilities.
@@ -1090,9 +1087,9 @@ void CudaModelImpl::ffn(int l, int T) {
   } else if (T <= kRouteSmallMaxTokens && !router_sgemm_ && moe_route_small_supported(H_, K, rp.n_group)) {
     // logits and routing, one launch (fused one-token passes: with the post-attention RMSNorm)
     if (fused1_)
-      moe_route_small(rp, x_.p, L.router.p, H_, route_ticket_.p, stream_, L.post_norm.p, float(c_.rms_norm_eps));
+      moe_route_small(rp, x_.p, L.router.p, H_, stream_, L.post_norm.p, float(c_.rms_norm_eps));
     else
-      moe_route_small(rp, xnf_.p, L.router.p, H_, route_ticket_.p, stream_);
+      moe_route_small(rp, xnf_.p, L.router.p, H_, stream_);
   } else {
     // router logits in fp32: [T, H] x [E, H]^T
     const float one = 1.0f, zero = 0.0f;

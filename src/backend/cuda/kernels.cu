@@ -2,6 +2,7 @@
 // fill kernels of the CUDA backend. One block per row for the row-wise ops; fp32 math throughout,
 // bf16 only where a value is stored for a matrix product.
 #include <cfloat>
+#include <cooperative_groups.h>
 #include <cmath>
 
 #include "backend/cuda/ops.h"
@@ -345,72 +346,72 @@ __global__ void route_kernel(RouterParams p) {
   route_token(p, blockIdx.x, p.logits + size_t(blockIdx.x) * p.E, s, red, sel);
 }
 
-// Few tokens: the logits and the routing in one launch. Warp w of block b computes expert
-// b * kRouteSmallWarps + w for every token: fp32 dot products over H <= 32 * 4 * kRouteU, the
-// expert's weights (and the norm weights) held in registers from before the PDL wait, each token's
-// row loaded with all its loads in flight at once. The block that finishes last (a ticket counter,
-// reset by that block for the next launch) routes all tokens.
-constexpr int kRouteSmallWarps = 2;
+// Few tokens: the logits and the routing in one launch of one thread-block cluster (kRouteCluster
+// blocks of kRouteWarps warps, Hopper). Warp g of the cluster computes experts g, g + 64, ... for
+// every token: fp32 dot products over H <= 32 * 4 * kRouteU, the first expert's weights (and the
+// norm weights) held in registers from before the PDL wait, each token's row loaded with all its
+// loads in flight at once. The logits go to block 0's shared memory through the cluster's
+// distributed shared memory; after one cluster barrier block 0 routes every token. No global
+// round trips between the dot products and the routing.
+constexpr int kRouteCluster = 8, kRouteWarps = 8;
 constexpr int kRouteU = 16;
-__global__ void __launch_bounds__(kRouteSmallWarps * 32) route_small_kernel(RouterParams p, const float* x,
-                                                                            const float* w, int H,
-                                                                            unsigned* ticket,
-                                                                            const float* norm_w, float eps) {
-  extern __shared__ float s[];
+__global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWarps * 32)
+    route_small_kernel(RouterParams p, const float* x, const float* w, int H, const float* norm_w, float eps) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ float s[];  // [E + n_group] routing scratch, then [T, E] logits (block 0's are used)
   __shared__ float red[32];
   __shared__ int sel[64];
-  __shared__ bool last;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int e = blockIdx.x * kRouteSmallWarps + warp;
-  float* logits = const_cast<float*>(p.logits);
+  const int nw = kRouteCluster * kRouteWarps;
+  const int g = int(cluster.block_rank()) * kRouteWarps + warp;
   const int H4 = H / 4;
-  const float4* wr = reinterpret_cast<const float4*>(w + size_t(e < p.E ? e : 0) * H);
   const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
   float4 wv[kRouteU], gv[kRouteU];
+  auto load_w = [&](int e) {
+    const float4* wr = reinterpret_cast<const float4*>(w + size_t(e < p.E ? e : 0) * H);
 #pragma unroll
-  for (int u = 0; u < kRouteU; ++u) {
-    const int i = u * 32 + lane;
-    wv[u] = (e < p.E && i < H4) ? wr[i] : zero4;
-    gv[u] = (norm_w && i < H4) ? reinterpret_cast<const float4*>(norm_w)[i] : zero4;
-  }
+    for (int u = 0; u < kRouteU; ++u) wv[u] = (e < p.E && u * 32 + lane < H4) ? wr[u * 32 + lane] : zero4;
+  };
+  load_w(g);
+#pragma unroll
+  for (int u = 0; u < kRouteU; ++u)
+    gv[u] = (norm_w && u * 32 + lane < H4) ? reinterpret_cast<const float4*>(norm_w)[u * 32 + lane] : zero4;
   pdl_entry();
-  for (int t = 0; t < p.T; ++t) {
-    const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
-    float4 xv[kRouteU];
+  float* logits0 = cluster.map_shared_rank(s + p.E + p.n_group, 0);
+  for (int e0 = g; e0 < p.E; e0 += nw) {
+    if (e0 != g) load_w(e0);
+    for (int t = 0; t < p.T; ++t) {
+      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
+      float4 xv[kRouteU];
 #pragma unroll
-    for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
-    if (norm_w) {
-      // x is the residual stream: the logits read norm_w * x * inv, add_rmsnorm's fp32 output
-      float ss = 0.f;
+      for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
+      if (norm_w) {
+        // x is the residual stream: the logits read norm_w * x * inv, add_rmsnorm's fp32 output
+        float ss = 0.f;
 #pragma unroll
-      for (int u = 0; u < kRouteU; ++u) ss += xv[u].x * xv[u].x + xv[u].y * xv[u].y + xv[u].z * xv[u].z + xv[u].w * xv[u].w;
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      const float inv = rsqrtf(ss / float(H) + eps);
+        for (int u = 0; u < kRouteU; ++u)
+          ss += xv[u].x * xv[u].x + xv[u].y * xv[u].y + xv[u].z * xv[u].z + xv[u].w * xv[u].w;
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll
+        for (int u = 0; u < kRouteU; ++u)
+          xv[u] = make_float4(gv[u].x * (xv[u].x * inv), gv[u].y * (xv[u].y * inv), gv[u].z * (xv[u].z * inv),
+                              gv[u].w * (xv[u].w * inv));
+      }
+      float acc = 0.f;
 #pragma unroll
       for (int u = 0; u < kRouteU; ++u)
-        xv[u] = make_float4(gv[u].x * (xv[u].x * inv), gv[u].y * (xv[u].y * inv), gv[u].z * (xv[u].z * inv),
-                            gv[u].w * (xv[u].w * inv));
+        acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) logits0[t * p.E + e0] = acc;
     }
-    float acc = 0.f;
-#pragma unroll
-    for (int u = 0; u < kRouteU; ++u)
-      acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0 && e < p.E) logits[size_t(t) * p.E + e] = acc;
   }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int t = 0; t < p.T; ++t) {
-    // Other blocks' logits: read through L2 (__ldcg), never from this block's L1.
-    for (int i = threadIdx.x; i < p.E; i += blockDim.x) s[p.E + p.n_group + i] = __ldcg(logits + size_t(t) * p.E + i);
-    __syncthreads();
-    route_token(p, t, s + p.E + p.n_group, s, red, sel);
-  }
-  if (threadIdx.x == 0) *ticket = 0u;
+  cluster.sync();
+  if (cluster.block_rank() != 0) return;
+  for (int t = 0; t < p.T; ++t) route_token(p, t, s + p.E + p.n_group + t * p.E, s, red, sel);
+#endif
 }
 
 __global__ void moe_count_kernel(const int32_t* ids, int n, int32_t* counts) {
@@ -692,17 +693,21 @@ void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, 
 }
 
 bool moe_route_small_supported(int H, int K, int n_group) {
-  return K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
+  static const bool hopper = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return hopper && K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
 }
 
-void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
-                     cudaStream_t s, const float* norm_w, float eps) {
+void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, cudaStream_t s,
+                     const float* norm_w, float eps) {
   if (p.T == 0) return;
-  DSV2_CHECK(moe_route_small_supported(H, p.K, p.n_group), "router: top_k {}, n_group {} or H {} unsupported", p.K,
-             p.n_group, H);
-  const unsigned blocks = unsigned((p.E + kRouteSmallWarps - 1) / kRouteSmallWarps);
-  launch_pdl(route_small_kernel, dim3(blocks), dim3(kRouteSmallWarps * 32), size_t(2 * p.E + p.n_group) * sizeof(float),
-             s, p, x, w, H, ticket, norm_w, eps);
+  DSV2_CHECK(p.T <= kRouteSmallMaxTokens && moe_route_small_supported(H, p.K, p.n_group),
+             "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
+  launch_pdl(route_small_kernel, dim3(kRouteCluster), dim3(kRouteWarps * 32),
+             size_t(p.E + p.n_group + p.T * p.E) * sizeof(float), s, p, x, w, H, norm_w, eps);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -113,14 +113,14 @@ struct RouterParams {
 };
 // Softmax, (group-limited) top-k and scaling of the router logits in one kernel, one block per token.
 void moe_route(const RouterParams& p, cudaStream_t s);
-// The same for a few tokens with the logits computed in the same launch: p.logits [T, E] is
-// written (scratch), x [T, H] fp32, w [E, H] fp32 router weights; `ticket` is one
-// device counter, zero before the first launch (each launch leaves it zero). With norm_w, x is the
-// residual stream and the logits use RMSNorm(x) (weights norm_w, eps) as add_rmsnorm's fp32 output.
+// The same for a few tokens (T <= kRouteSmallMaxTokens) with the logits computed in the same launch
+// (one thread-block cluster; Hopper): p.logits is not used, x [T, H] fp32, w [E, H] fp32 router
+// weights, H <= 2048. With norm_w, x is the residual stream and the logits use RMSNorm(x) (weights
+// norm_w, eps) as add_rmsnorm's fp32 output.
 constexpr int kRouteSmallMaxTokens = 8;
-bool moe_route_small_supported(int H, int K, int n_group);  // H <= 2048
-void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, unsigned* ticket,
-                     cudaStream_t s, const float* norm_w = nullptr, float eps = 0.0f);
+bool moe_route_small_supported(int H, int K, int n_group);
+void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, cudaStream_t s,
+                     const float* norm_w = nullptr, float eps = 0.0f);
 
 // Decode-sized MoE work: experts get fewer than ~96 of the R rows on average.
 inline bool moe_decode_sized(int R, int E) { return R < 96 * E; }
