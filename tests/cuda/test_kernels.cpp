@@ -272,6 +272,12 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
       for (int k = 0; k < cs.K; ++k)
         for (int n = 0; n < cs.N; ++n) hgot2.push_back(h2[size_t(slots2[size_t(t) * cs.K + k]) * cs.N + n]);
     EXPECT_EQ(hgot2, hgot) << "gathered rows, tile " << cs.tile_m << " T=" << cs.T << " H=" << cs.H;
+    // tiles along the grid's x: the same tiles, the same bits
+    Dev<bf16> dh3(size_t(R) * cs.N);
+    dh3.poison();
+    moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh3.p, false, 0, rowtok.p, true);
+    const auto h3 = from_bf16(dh3.get());
+    EXPECT_EQ(h3, h2) << "tile-major grid, tile " << cs.tile_m << " T=" << cs.T << " H=" << cs.H;
   }
 }
 

@@ -271,8 +271,14 @@ class CudaModelImpl final : public CudaModel {
   // (475 vs 232 ms), whose tokens crowd into few experts; off by default.
   bool moe_cublas_ = std::getenv("DSV2_CUDA_MOE_CUBLAS") != nullptr;
   // DSV2_CUDA_MOE_GATHER=1: the first grouped product reads x rows through the permutation instead
-  // of a permuted copy (not yet measured on a GPU, hence opt-in).
+  // of a permuted copy at every batch size. Decode batches of >= kMoeTileFastTokens tokens also take
+  // tiles in x order (row tiles of one expert, such as the shared pseudo-experts that hold every
+  // token, read its weights close in time). Measured on the H200 at 1647547+: both together at
+  // batch 256 18,813 -> 19,430 tok/s; at batch 64 5,950 -> 5,912 (each alone: 5,832 / 5,936), so
+  // only from 256 tokens. DSV2_CUDA_NO_MOE_TILE_FAST=1 turns that off.
   bool moe_gather_ = std::getenv("DSV2_CUDA_MOE_GATHER") != nullptr;
+  bool moe_tile_fast_on_ = std::getenv("DSV2_CUDA_NO_MOE_TILE_FAST") == nullptr;
+  static constexpr int kMoeTileFastTokens = 256;
   // Fewest cache positions per attention split when short contexts are split across blocks.
   int64_t attn_split_min_ = [] {
     const char* v = std::getenv("DSV2_CUDA_ATTN_SPLIT_MIN");
@@ -293,6 +299,7 @@ class CudaModelImpl final : public CudaModel {
   // DSV2_CUDA_ROUTER_SGEMM=1: router logits by cuBLAS SGEMM and routing in its own kernel at every
   // batch size (unfused passes only).
   bool router_sgemm_ = std::getenv("DSV2_CUDA_ROUTER_SGEMM") != nullptr;
+  RouterParams router_params(int T) const;
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
   bool capturing_ = false;
@@ -874,6 +881,22 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
   mark("lm_head");
 }
 
+RouterParams CudaModelImpl::router_params(int T) const {
+  RouterParams rp{};
+  rp.logits = router_logits_.p;
+  rp.T = T;
+  rp.E = int(c_.n_routed_experts);
+  rp.K = int(c_.num_experts_per_tok);
+  rp.n_group = int(c_.n_group);
+  rp.topk_group = int(c_.topk_group);
+  rp.group_limited = c_.topk_method == TopkMethod::group_limited_greedy;
+  rp.norm_topk = c_.norm_topk_prob;
+  rp.scaling = float(c_.routed_scaling_factor);
+  rp.ids = moe_ids_.p;
+  rp.weights = moe_w_.p;
+  return rp;
+}
+
 bool CudaModelImpl::fused_one_token(int T) const {
   if (T != 1 || !gemv1_on_ || !fuse_norm_on_ || router_sgemm_ || !moe_rows_on_ || !gemv1_norm_supported(H_) || H_ % 4 != 0) return false;
   const bool any_moe = std::any_of(layers_.begin(), layers_.end(), [](const DevLayer& L) { return L.moe; });
@@ -1060,18 +1083,7 @@ void CudaModelImpl::ffn(int l, int T) {
     return;
   }
   const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
-  RouterParams rp{};
-  rp.logits = router_logits_.p;
-  rp.T = T;
-  rp.E = E;
-  rp.K = K;
-  rp.n_group = int(c_.n_group);
-  rp.topk_group = int(c_.topk_group);
-  rp.group_limited = c_.topk_method == TopkMethod::group_limited_greedy;
-  rp.norm_topk = c_.norm_topk_prob;
-  rp.scaling = float(c_.routed_scaling_factor);
-  rp.ids = moe_ids_.p;
-  rp.weights = moe_w_.p;
+  RouterParams rp = router_params(T);
   const int NS = int(c_.n_shared_experts);
   const bool rows_path = moe_rows_on_ && T <= kMoeRowsTokens && moe_rows_supported(T, K, NS, H_, Im);
   DSV2_CHECK(!fused1_ || rows_path, "one-token pass without the two-kernel MoE");
@@ -1136,7 +1148,8 @@ void CudaModelImpl::ffn(int l, int T) {
   d.tile_m = moe_tile_rows(T * Kx, Ex);
   d.max_tiles = moe_max_tiles(T * Kx, Ex, d.tile_m);
   const int R = T * Kx;
-  const bool gather = moe_gather_ && !per_expert_cublas;
+  const bool tile_fast = moe_tile_fast_on_ && shared_grouped && T >= kMoeTileFastTokens;
+  const bool gather = (moe_gather_ || tile_fast) && !per_expert_cublas;
   moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
   mark("dispatch");
   if (per_expert_cublas) {
@@ -1160,9 +1173,10 @@ void CudaModelImpl::ffn(int l, int T) {
     }
   } else {
     moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
-             stream_, gather ? d.row_token : nullptr);
+             stream_, gather ? d.row_token : nullptr, tile_fast);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
-    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_);
+    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_, nullptr,
+             tile_fast);
   }
   mark("experts");
   if (!shared_grouped && NS > 0) {

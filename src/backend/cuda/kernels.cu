@@ -1,6 +1,7 @@
 // Elementwise, normalization, RoPE + cache write, MoE router/dispatch/combine, sampling and random
 // fill kernels of the CUDA backend. One block per row for the row-wise ops; fp32 math throughout,
 // bf16 only where a value is stored for a matrix product.
+#include <algorithm>
 #include <cfloat>
 #include <cooperative_groups.h>
 #include <cmath>

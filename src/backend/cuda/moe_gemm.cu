@@ -36,14 +36,17 @@ using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
 template <class C, bool kF32Out, bool kGather>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
-                                                              int K, void* y, const int32_t* __restrict__ x_rows) {
+                                                              int K, void* y, const int32_t* __restrict__ x_rows,
+                                                              bool tile_fast) {
   pdl_entry();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
-  const int tile = blockIdx.y;
+  // tile_fast: consecutive blocks take consecutive tiles of one column block, so that the row tiles
+  // of one expert (the shared pseudo-experts hold every token) read its weights close in time.
+  const int tile = tile_fast ? blockIdx.x : blockIdx.y;
   if (tile >= tiles[max_tiles * 3]) return;
   const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
-  const int n0 = blockIdx.x * BN;
+  const int n0 = (tile_fast ? blockIdx.y : blockIdx.x) * BN;
   const bf16* we = w + size_t(e) * N * K;
   bf16* st = reinterpret_cast<bf16*>(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -584,7 +587,7 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages) {
 
 template <class C, bool kF32Out, bool kGather>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-                         cudaStream_t s, const int32_t* x_rows) {
+                         cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   constexpr size_t smem = C::kSmemBytes;
   static bool configured[64] = {};  // per device and instance
   int dev = 0;
@@ -594,27 +597,28 @@ static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured[dev] = true;
   }
-  const dim3 grid((N + C::BN - 1) / C::BN, max_tiles);
+  const unsigned col_blocks = unsigned((N + C::BN - 1) / C::BN);
+  const dim3 grid = tile_fast ? dim3(unsigned(max_tiles), col_blocks) : dim3(col_blocks, unsigned(max_tiles));
   launch_pdl(moe_gemm_kernel<C, kF32Out, kGather>, grid, dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K,
-             y, x_rows);
+             y, x_rows, tile_fast);
   DSV2_CUDA_LAUNCHED();
 }
 
 template <class C>
 static void launch_cfg(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-                       bool out_f32, cudaStream_t s, const int32_t* x_rows) {
+                       bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   // The gathered form is only needed for the first product (bf16 out).
   DSV2_CHECK(!(x_rows && out_f32), "moe_gemm: gathered rows with f32 output");
   if (x_rows)
-    launch_tiles<C, false, true>(x, w, tile_info, max_tiles, N, K, y, s, x_rows);
+    launch_tiles<C, false, true>(x, w, tile_info, max_tiles, N, K, y, s, x_rows, tile_fast);
   else if (out_f32)
-    launch_tiles<C, true, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
+    launch_tiles<C, true, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr, tile_fast);
   else
-    launch_tiles<C, false, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
+    launch_tiles<C, false, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr, tile_fast);
 }
 
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows) {
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   if (max_tiles == 0) return;
   DSV2_CHECK(tile_m == CfgSmall::BM || tile_m == CfgLarge::BM, "moe_gemm: tile rows {} ({} or {})", tile_m,
              CfgSmall::BM, CfgLarge::BM);
@@ -625,9 +629,9 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
     return;
   }
   if (tile_m == CfgSmall::BM)
-    launch_cfg<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows);
+    launch_cfg<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast);
   else
-    launch_cfg<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows);
+    launch_cfg<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast);
 }
 
 }  // namespace dsv2::cuda
