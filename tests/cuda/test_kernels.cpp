@@ -227,6 +227,17 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
     moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh.p, false, 0);
     moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dyp.p, true, 0);
+    if (cs.tile_m == 32) {
+      // the persistent form walks the same tiles: the same bits, bf16 and f32 out
+      Dev<bf16> dhp(size_t(R) * cs.N);
+      Dev<float> dypp(size_t(R) * cs.H);
+      dhp.poison();
+      dypp.poison();
+      moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dhp.p, false, 0, nullptr, false, true);
+      moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dypp.p, true, 0, nullptr, false, true);
+      EXPECT_EQ(from_bf16(dhp.get()), from_bf16(dh.get())) << "persistent bf16, T=" << cs.T << " H=" << cs.H;
+      EXPECT_EQ(dypp.get(), dyp.get()) << "persistent f32, T=" << cs.T << " H=" << cs.H;
+    }
     moe_combine(dyp.p, slot.p, dwts.p, cs.T, cs.K, cs.H, dy.p, 0);
     const auto slots = slot.get();
     const auto h = from_bf16(dh.get());
@@ -278,6 +289,12 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh3.p, false, 0, rowtok.p, true);
     const auto h3 = from_bf16(dh3.get());
     EXPECT_EQ(h3, h2) << "tile-major grid, tile " << cs.tile_m << " T=" << cs.T << " H=" << cs.H;
+    if (cs.tile_m == 32) {
+      Dev<bf16> dh4(size_t(R) * cs.N);
+      dh4.poison();
+      moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh4.p, false, 0, rowtok.p, false, true);
+      EXPECT_EQ(from_bf16(dh4.get()), h2) << "persistent, gathered rows, T=" << cs.T << " H=" << cs.H;
+    }
   }
 }
 

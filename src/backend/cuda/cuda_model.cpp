@@ -278,6 +278,9 @@ class CudaModelImpl final : public CudaModel {
   // only from 256 tokens. DSV2_CUDA_NO_MOE_TILE_FAST=1 turns that off.
   bool moe_gather_ = std::getenv("DSV2_CUDA_MOE_GATHER") != nullptr;
   bool moe_tile_fast_on_ = std::getenv("DSV2_CUDA_NO_MOE_TILE_FAST") == nullptr;
+  // DSV2_CUDA_MOE_PERSISTENT=1: decode-sized grouped products as persistent blocks whose copy
+  // pipeline runs across (tile, column block) items (not yet measured on a GPU, hence opt-in).
+  bool moe_persistent_ = std::getenv("DSV2_CUDA_MOE_PERSISTENT") != nullptr;
   static constexpr int kMoeTileFastTokens = 256;
   // Fewest cache positions per attention split when short contexts are split across blocks.
   int64_t attn_split_min_ = [] {
@@ -311,8 +314,9 @@ class CudaModelImpl final : public CudaModel {
   int prof_passes_ = 0;
   std::string prof_prefix_;
   // DSV2_CUDA_SKIP=stage,stage,...: leaves those launches out of every pass (qkv, absorb, attention,
-  // uv, o_proj, router, gate_up, down, lm_head). The results are wrong; the point is the step time
-  // without a stage, inside CUDA graphs, where per-kernel profilers cannot look.
+  // uv, o_proj, router, gate_up, down, lm_head; on the grouped MoE path also dispatch, combine). The
+  // results are wrong; the point is the step time without a stage, inside CUDA graphs, where
+  // per-kernel profilers cannot look.
   std::string skip_ = [] {
     const char* v = std::getenv("DSV2_CUDA_SKIP");
     return v ? "," + std::string(v) + "," : std::string();
@@ -1150,7 +1154,7 @@ void CudaModelImpl::ffn(int l, int T) {
   const int R = T * Kx;
   const bool tile_fast = moe_tile_fast_on_ && shared_grouped && T >= kMoeTileFastTokens;
   const bool gather = (moe_gather_ || tile_fast) && !per_expert_cublas;
-  moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
+  if (!skip("dispatch")) moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
   mark("dispatch");
   if (per_expert_cublas) {
     // Prefill-sized: per-expert cuBLAS products over the permuted rows (the counts are read back
@@ -1172,11 +1176,13 @@ void CudaModelImpl::ffn(int l, int T) {
                   yp_.p + size_t(off) * H_, true, H_);
     }
   } else {
-    moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
-             stream_, gather ? d.row_token : nullptr, tile_fast);
+    if (!skip("gate_up"))
+      moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
+               stream_, gather ? d.row_token : nullptr, tile_fast, moe_persistent_);
     silu_mul(gup_.p, R, Im, actp_.p, stream_);
-    moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_, nullptr,
-             tile_fast);
+    if (!skip("down"))
+      moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_, nullptr,
+               tile_fast, moe_persistent_);
   }
   mark("experts");
   if (!shared_grouped && NS > 0) {
@@ -1192,7 +1198,7 @@ void CudaModelImpl::ffn(int l, int T) {
     DSV2_CUDA_CHECK(cudaMemsetAsync(delta_.p, 0, size_t(T) * H_ * sizeof(float), stream_));
   }
   mark("shared_exp");
-  moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, Kx, H_, delta_.p, stream_);
+  if (!skip("combine")) moe_combine(yp_.p, moe_slot_.p, moe_w_.p, T, Kx, H_, delta_.p, stream_);
   mark("combine");
 }
 

@@ -149,9 +149,11 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 // w is [E, N, K]. y is bf16 (out_f32 false) or f32.
 // With x_rows, permuted row r reads x row x_rows[r] (x not permuted: the gather replaces the copy).
 // tile_fast: the grid takes tiles along x and column blocks along y (the row tiles of one expert run
-// close together and share its weights in L2).
+// close together and share its weights in L2). persistent (32-row tiles only): one block per
+// resident slot walks the (tile, column block) items with its copy pipeline running across them.
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr, bool tile_fast = false);
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr, bool tile_fast = false,
+              bool persistent = false);
 
 
 // The whole MoE block of one token in two kernels and without dispatch: y = sum_s down_{E+s}(act) +
