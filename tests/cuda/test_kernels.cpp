@@ -212,8 +212,8 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
       }
     }
     auto x = round_bf16(randn(size_t(cs.T) * cs.H, g));
-    auto w1 = round_bf16(randn(size_t(cs.E) * cs.N * cs.H, g, 0.05f));  // [E, N, H]
-    auto w2 = round_bf16(randn(size_t(cs.E) * cs.H * cs.N, g, 0.05f));  // [E, H, N]
+    auto w1 = round_bf16(randw(size_t(cs.E) * cs.N * cs.H, g, 0.05f));  // [E, N, H]
+    auto w2 = round_bf16(randw(size_t(cs.E) * cs.H * cs.N, g, 0.05f));  // [E, H, N]
     auto y0 = randn(size_t(cs.T) * cs.H, g);
     const int R = cs.T * cs.K, max_tiles = moe_max_tiles(R, cs.E, cs.tile_m);
     Dev<int32_t> dids(ids), counts(size_t(cs.E)), offsets(size_t(cs.E) + 1), tiles(size_t(max_tiles) * 3 + 1),
@@ -305,7 +305,7 @@ TEST(CudaKernels, DenseGemvRows) {
     for (auto [N, K] : std::vector<std::pair<int, int>>{{3648, 2048}, {2048, 2048}, {64, 1408}, {37, 40}, {102400, 64}}) {
       const int ldx = K + 8, ldy = N + 3;
       auto x = round_bf16(randn(size_t(M) * ldx, g));
-      auto w = round_bf16(randn(size_t(N) * K, g, 0.05f));
+      auto w = round_bf16(randw(size_t(N) * K, g, 0.05f));
       Dev<bf16> dx(to_bf16(x)), dw(to_bf16(w)), dyb(size_t(M) * ldy);
       Dev<float> dyf(size_t(M) * ldy);
       dyb.poison();

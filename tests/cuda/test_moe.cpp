@@ -44,8 +44,8 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
       for (int h = 0; h < cs.H; ++h)
         x[size_t(t) * cs.H + h] = bf16_to_f32(f32_to_bf16(nw[size_t(h)] * (xf[size_t(t) * cs.H + h] * inv)));
     }
-    auto wgu = round_bf16(randn(size_t(ES) * 2 * cs.I * cs.H, g, 0.05f));   // [ES, 2I, H]
-    auto wdown = round_bf16(randn(size_t(ES) * cs.H * cs.I, g, 0.05f));     // [ES, H, I]
+    auto wgu = round_bf16(randw(size_t(ES) * 2 * cs.I * cs.H, g, 0.05f));   // [ES, 2I, H]
+    auto wdown = round_bf16(randw(size_t(ES) * cs.H * cs.I, g, 0.05f));     // [ES, H, I]
     Dev<int32_t> dids(ids);
     Dev<float> dw(wts), dy(size_t(cs.T) * cs.H);
     Dev<bf16> dx(to_bf16(x)), dgu(to_bf16(wgu)), ddown(to_bf16(wdown)),
