@@ -295,7 +295,6 @@ class CudaModelImpl final : public CudaModel {
   // Measured on the H200 at c830883: 316 vs 299 tok/s at batch 1, but slower from batch 2 (432 vs
   // 459) to 8 (659 vs 923), where the grouped products read each expert once for all its tokens.
   bool moe_rows_on_ = std::getenv("DSV2_CUDA_NO_MOE_ROWS") == nullptr;
-  static constexpr int kMoeRowsTokens = 1;
   bool fused1_ = false;  // the pass being recorded is a fused one-token pass
   // DSV2_CUDA_NO_FUSE_NORM=1: one-token passes keep the separate add_rmsnorm kernels.
   bool fuse_norm_on_ = std::getenv("DSV2_CUDA_NO_FUSE_NORM") == nullptr;
@@ -659,7 +658,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_row_token_.reserve(rows);
     grown |= moe_counts_.reserve(E);
     grown |= moe_offsets_.reserve(E + 1);
-    grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), 16)) * 3 + 1);
+    grown |= moe_tiles_.reserve(size_t(moe_max_tiles(int(rows), int(E), kMoeTileRowsDecode)) * 3 + 1);
     grown |= xp_.reserve(rows * H);
     grown |= gup_.reserve(rows * 2 * Im);
     grown |= actp_.reserve(rows * Im);
@@ -902,7 +901,8 @@ RouterParams CudaModelImpl::router_params(int T) const {
 }
 
 bool CudaModelImpl::fused_one_token(int T) const {
-  if (T != 1 || !gemv1_on_ || !fuse_norm_on_ || router_sgemm_ || !moe_rows_on_ || !gemv1_norm_supported(H_) || H_ % 4 != 0) return false;
+  if (T != 1 || !gemv1_on_ || !fuse_norm_on_ || router_sgemm_ || !moe_rows_on_ || !gemv1_norm_supported(H_))
+    return false;
   const bool any_moe = std::any_of(layers_.begin(), layers_.end(), [](const DevLayer& L) { return L.moe; });
   return !any_moe || (moe_route_small_supported(H_, int(c_.num_experts_per_tok), int(c_.n_group)) &&
                       moe_rows_supported(1, int(c_.num_experts_per_tok), int(c_.n_shared_experts), H_,
@@ -1089,7 +1089,7 @@ void CudaModelImpl::ffn(int l, int T) {
   const int E = int(c_.n_routed_experts), K = int(c_.num_experts_per_tok), Im = int(c_.moe_intermediate_size);
   RouterParams rp = router_params(T);
   const int NS = int(c_.n_shared_experts);
-  const bool rows_path = moe_rows_on_ && T <= kMoeRowsTokens && moe_rows_supported(T, K, NS, H_, Im);
+  const bool rows_path = moe_rows_on_ && moe_rows_supported(T, K, NS, H_, Im);  // one token
   DSV2_CHECK(!fused1_ || rows_path, "one-token pass without the two-kernel MoE");
   const bool per_expert_cublas = !rows_path && moe_cublas_ && T * K >= kMoeCublasRows && !capturing_;
   // Decode-sized batches on the grouped path: the shared pieces become rows of pseudo-experts

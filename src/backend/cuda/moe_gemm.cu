@@ -35,6 +35,7 @@ struct MmaCfg {
 using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
 // Prefill-sized groups: 64 x 64 warp tiles (32 products per 8 fragment loads).
 using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
+static_assert(CfgSmall::BM == kMoeTileRowsDecode && CfgLarge::BM == kMoeTileRowsPrefill, "moe_tile_rows");
 
 template <class C, bool kF32Out, bool kGather>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
@@ -422,8 +423,9 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 
 // Gate/up + SiLU: block (kGuIdx intermediate indices, grid row). Grid rows 0..S-1 are the shared
 // pieces (first, so that the block scheduler starts them while the router runs), then the K routed
-// experts; act row y = K + s for shared piece s, y = k for routed expert k. Warp w streams the gate and up rows of index blockIdx.x * kGuIdx + w
-// and writes act = bf16(silu(bf16 g) * bf16 u), as silu_mul would from bf16 g/u. Shared rows do not
+// experts; act row y = K + s for shared piece s, y = k for routed expert k. Warp w streams the gate
+// and up rows of index blockIdx.x * kGuIdx + w and writes act = bf16(silu(bf16 g) * bf16 u), as
+// silu_mul would from bf16 g/u. Shared rows do not
 // depend on the router (the kernel before this one) and skip the PDL wait: x is complete before the
 // router started. With norm_w, x is the fp32 residual stream, normalized into shared memory here.
 constexpr int kGuIdx = 8;

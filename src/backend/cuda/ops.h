@@ -126,7 +126,8 @@ void moe_route_small(const RouterParams& p, const float* x, const float* w, int 
 inline bool moe_decode_sized(int R, int E) { return R < 96 * E; }
 // Rows of one expert per GEMM tile: 32 for decode-sized work (128-row tiles would spend most of
 // their products on padding), else 128.
-inline int moe_tile_rows(int R, int E) { return moe_decode_sized(R, E) ? 32 : 128; }
+constexpr int kMoeTileRowsDecode = 32, kMoeTileRowsPrefill = 128;
+inline int moe_tile_rows(int R, int E) { return moe_decode_sized(R, E) ? kMoeTileRowsDecode : kMoeTileRowsPrefill; }
 struct MoeDispatch {
   int32_t* counts;      // [E]  (zeroed by moe_dispatch itself)
   int32_t* offsets;     // [E + 1]
