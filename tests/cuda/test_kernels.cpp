@@ -197,7 +197,9 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
   for (Case cs : {Case{1, 64, 6, 2048, 2816, 32}, Case{7, 8, 3, 64, 32, 128}, Case{300, 64, 6, 256, 384, 128},
                   Case{300, 64, 6, 256, 384, 32}, Case{33, 16, 2, 36, 24, 32}, Case{130, 4, 2, 128, 200, 32},
                   Case{130, 4, 2, 128, 200, 128}, Case{8, 64, 6, 2048, 2816, 32}, Case{5, 16, 3, 512, 1408, 128},
-                  Case{700, 8, 2, 256, 1408, 128}, Case{64, 64, 6, 2048, 1408, 32}, Case{90, 4, 3, 72, 136, 128}}) {
+                  Case{700, 8, 2, 256, 1408, 128}, Case{64, 64, 6, 2048, 1408, 32}, Case{90, 4, 3, 72, 136, 128},
+                  // more rows than the one-block dispatch takes
+                  Case{1100, 8, 2, 64, 32, 128}, Case{1030, 8, 2, 64, 48, 32}}) {
     std::vector<int32_t> ids(size_t(cs.T) * cs.K);
     std::vector<float> wts(size_t(cs.T) * cs.K);
     for (int t = 0; t < cs.T; ++t) {
@@ -227,16 +229,19 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     moe_dispatch(dids.p, cs.T, cs.K, cs.E, dx.p, cs.H, d, dxp.p, 0);
     moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh.p, false, 0);
     moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dyp.p, true, 0);
-    if (cs.tile_m == 32) {
-      // the persistent form walks the same tiles: the same bits, bf16 and f32 out
-      Dev<bf16> dhp(size_t(R) * cs.N);
-      Dev<float> dypp(size_t(R) * cs.H);
-      dhp.poison();
-      dypp.poison();
-      moe_gemm(dxp.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dhp.p, false, 0, nullptr, false, true);
-      moe_gemm(dh.p, dw2.p, tiles.p, max_tiles, cs.tile_m, cs.H, cs.N, dypp.p, true, 0, nullptr, false, true);
-      EXPECT_EQ(from_bf16(dhp.get()), from_bf16(dh.get())) << "persistent bf16, T=" << cs.T << " H=" << cs.H;
-      EXPECT_EQ(dypp.get(), dyp.get()) << "persistent f32, T=" << cs.T << " H=" << cs.H;
+    {
+      // the combine summed by add_rmsnorm gives the bits of moe_combine into a zeroed delta + add_rmsnorm
+      auto xr = randn(size_t(cs.T) * cs.H, g);
+      auto nw = randn(size_t(cs.H), g);
+      std::vector<float> zeros(size_t(cs.T) * cs.H, 0.0f);
+      Dev<float> dx1(xr), dx2(xr), ddelta(zeros), dnw(nw);
+      Dev<bf16> dn1(size_t(cs.T) * cs.H), dn2(size_t(cs.T) * cs.H);
+      moe_combine(dyp.p, slot.p, dwts.p, cs.T, cs.K, cs.H, ddelta.p, 0);
+      add_rmsnorm(dx1.p, ddelta.p, nullptr, cs.T, cs.H, dnw.p, 1e-6f, dn1.p, nullptr, 0);
+      add_rmsnorm(dx2.p, nullptr, nullptr, cs.T, cs.H, dnw.p, 1e-6f, dn2.p, nullptr, 0,
+                  MoeCombine{dyp.p, slot.p, dwts.p, cs.K});
+      EXPECT_EQ(dx2.get(), dx1.get()) << "combine in add_rmsnorm, T=" << cs.T << " H=" << cs.H;
+      EXPECT_EQ(from_bf16(dn2.get()), from_bf16(dn1.get())) << "combine in add_rmsnorm, T=" << cs.T;
     }
     moe_combine(dyp.p, slot.p, dwts.p, cs.T, cs.K, cs.H, dy.p, 0);
     const auto slots = slot.get();
@@ -289,11 +294,19 @@ TEST(CudaKernels, MoeDispatchGroupedGemmCombine) {
     moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh3.p, false, 0, rowtok.p, true);
     const auto h3 = from_bf16(dh3.get());
     EXPECT_EQ(h3, h2) << "tile-major grid, tile " << cs.tile_m << " T=" << cs.T << " H=" << cs.H;
-    if (cs.tile_m == 32) {
-      Dev<bf16> dh4(size_t(R) * cs.N);
-      dh4.poison();
-      moe_gemm(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, cs.N, cs.H, dh4.p, false, 0, rowtok.p, false, true);
-      EXPECT_EQ(from_bf16(dh4.get()), h2) << "persistent, gathered rows, T=" << cs.T << " H=" << cs.H;
+    if (cs.N % 2 == 0 && moe_swiglu_supported(cs.N / 2, cs.H)) {
+      // SiLU-and-multiply in the product's epilogue: the bits of the product followed by silu_mul
+      const int I = cs.N / 2;
+      Dev<bf16> dact(size_t(R) * I), dact2(size_t(R) * I), dact3(size_t(R) * I);
+      dact.poison();
+      dact2.poison();
+      dact3.poison();
+      silu_mul(dh2.p, R, I, dact.p, 0);
+      moe_gemm_swiglu(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, I, cs.H, dact2.p, 0, rowtok.p);
+      moe_gemm_swiglu(dx.p, dw1.p, tiles.p, max_tiles, cs.tile_m, I, cs.H, dact3.p, 0, rowtok.p, true);
+      const auto a1 = from_bf16(dact.get());
+      EXPECT_EQ(from_bf16(dact2.get()), a1) << "SiLU epilogue, tile " << cs.tile_m << " T=" << cs.T << " N=" << cs.N;
+      EXPECT_EQ(from_bf16(dact3.get()), a1) << "SiLU epilogue, tile-major grid, T=" << cs.T << " N=" << cs.N;
     }
   }
 }

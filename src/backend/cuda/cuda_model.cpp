@@ -278,9 +278,12 @@ class CudaModelImpl final : public CudaModel {
   // only from 256 tokens. DSV2_CUDA_NO_MOE_TILE_FAST=1 turns that off.
   bool moe_gather_ = std::getenv("DSV2_CUDA_MOE_GATHER") != nullptr;
   bool moe_tile_fast_on_ = std::getenv("DSV2_CUDA_NO_MOE_TILE_FAST") == nullptr;
-  // DSV2_CUDA_MOE_PERSISTENT=1: decode-sized grouped products as persistent blocks whose copy
-  // pipeline runs across (tile, column block) items (not yet measured on a GPU, hence opt-in).
-  bool moe_persistent_ = std::getenv("DSV2_CUDA_MOE_PERSISTENT") != nullptr;
+  // Decode-sized grouped passes (shared experts as pseudo-experts): the first product gathers x
+  // rows and applies SiLU-and-multiply in its epilogue, and the combine is summed by the next
+  // layer's add_rmsnorm (pending_comb_) instead of a memset and a combine kernel.
+  // DSV2_CUDA_NO_MOE_FUSE=1 keeps the separate kernels.
+  bool moe_fuse_ = std::getenv("DSV2_CUDA_NO_MOE_FUSE") == nullptr;
+  MoeCombine pending_comb_{};
   static constexpr int kMoeTileFastTokens = 256;
   // Fewest cache positions per attention split when short contexts are split across blocks.
   int64_t attn_split_min_ = [] {
@@ -866,7 +869,9 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     DevLayer& L = layers_[l];
     // x += delta (the previous layer's FFN output); xn = RMSNorm_in(x)
     if (!fused1_) {
-      add_rmsnorm(x_.p, l == 0 ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p, nullptr, stream_);
+      add_rmsnorm(x_.p, l == 0 || pending_comb_.yp ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p,
+                  nullptr, stream_, pending_comb_);
+      pending_comb_ = {};
       mark("norm");
     }
     attention(int(l), T, n_items, n_splits, n_chunks);
@@ -879,7 +884,9 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     }
     ffn(int(l), T);
   }
-  add_rmsnorm(x_.p, fused1_ ? nullptr : delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps, xn_.p, nullptr, stream_);
+  add_rmsnorm(x_.p, fused1_ || pending_comb_.yp ? nullptr : delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps,
+              xn_.p, nullptr, stream_, pending_comb_);
+  pending_comb_ = {};
   if (!skip("lm_head")) gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
   mark("lm_head");
 }
@@ -1153,7 +1160,9 @@ void CudaModelImpl::ffn(int l, int T) {
   d.max_tiles = moe_max_tiles(T * Kx, Ex, d.tile_m);
   const int R = T * Kx;
   const bool tile_fast = moe_tile_fast_on_ && shared_grouped && T >= kMoeTileFastTokens;
-  const bool gather = (moe_gather_ || tile_fast) && !per_expert_cublas;
+  // fused: gathered rows, SiLU in the first product's epilogue, the combine in the next add_rmsnorm
+  const bool fused = moe_fuse_ && shared_grouped && moe_swiglu_supported(Im, H_);
+  const bool gather = (moe_gather_ || tile_fast || fused) && !per_expert_cublas;
   if (!skip("dispatch")) moe_dispatch(moe_ids_.p, T, Kx, Ex, xn_.p, H_, d, gather ? nullptr : xp_.p, stream_);
   mark("dispatch");
   if (per_expert_cublas) {
@@ -1176,15 +1185,26 @@ void CudaModelImpl::ffn(int l, int T) {
                   yp_.p + size_t(off) * H_, true, H_);
     }
   } else {
-    if (!skip("gate_up"))
-      moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
-               stream_, gather ? d.row_token : nullptr, tile_fast, moe_persistent_);
-    silu_mul(gup_.p, R, Im, actp_.p, stream_);
+    if (fused) {
+      if (!skip("gate_up"))
+        moe_gemm_swiglu(xn_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, Im, H_, actp_.p, stream_, d.row_token,
+                        tile_fast);
+    } else {
+      if (!skip("gate_up"))
+        moe_gemm(gather ? xn_.p : xp_.p, L.exp_gu.p, d.tile_info, d.max_tiles, d.tile_m, 2 * Im, H_, gup_.p, false,
+                 stream_, gather ? d.row_token : nullptr, tile_fast);
+      silu_mul(gup_.p, R, Im, actp_.p, stream_);
+    }
     if (!skip("down"))
       moe_gemm(actp_.p, L.exp_down.p, d.tile_info, d.max_tiles, d.tile_m, H_, Im, yp_.p, true, stream_, nullptr,
-               tile_fast, moe_persistent_);
+               tile_fast);
   }
   mark("experts");
+  if (fused) {
+    // no shared-expert rows outside the products: the next add_rmsnorm sums the combine into x
+    if (!skip("combine")) pending_comb_ = MoeCombine{yp_.p, moe_slot_.p, moe_w_.p, Kx};
+    return;
+  }
   if (!shared_grouped && NS > 0) {
     // The pseudo-experts E..E+NS-1 are consecutive [2I, H] blocks: one product gives [T, NS, 2I],
     // i.e. NS*T rows of [gate | up]; their activations are [T, NS*I] in the shared MLP's column

@@ -75,7 +75,7 @@ __global__ void embed_kernel(const bf16* embed, const int32_t* tokens, int H, fl
 constexpr int kNormPer = 16;
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add,
                                    const int32_t* __restrict__ rows, int H, const float* __restrict__ w, float eps,
-                                   bf16* __restrict__ y, float* __restrict__ yf) {
+                                   bf16* __restrict__ y, float* __restrict__ yf, MoeCombine comb) {
   pdl_entry();
   __shared__ float red[32];
   const int r = blockIdx.x;
@@ -89,12 +89,31 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restric
     const int k = threadIdx.x + j * nt;
     v[j] = k < H ? xr[k] : 0.0f;
   }
+  if (comb.yp) {
+    // the MoE combine, summed as moe_combine sums it into a zeroed delta, then added to x
+    float cv[kNormPer];
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) cv[j] = 0.0f;
+    for (int q = 0; q < comb.K; ++q) {
+      const float wq = comb.weights[i * comb.K + q];
+      const float* yr = comb.yp + size_t(comb.slot_of[i * comb.K + q]) * H;
+#pragma unroll
+      for (int j = 0; j < kNormPer; ++j) {
+        const int k = threadIdx.x + j * nt;
+        if (k < H) cv[j] += wq * yr[k];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) v[j] += cv[j];
+  }
   if (ar) {
 #pragma unroll
     for (int j = 0; j < kNormPer; ++j) {
       const int k = threadIdx.x + j * nt;
       if (k < H) v[j] += ar[k];
     }
+  }
+  if (ar || comb.yp) {
 #pragma unroll
     for (int j = 0; j < kNormPer; ++j) {
       const int k = threadIdx.x + j * nt;
@@ -492,6 +511,100 @@ __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* off
   }
 }
 
+// Decode-sized dispatch in one block (n = T*K <= kDispatchOneBlockMax): counts with shared-memory
+// atomics, offsets and tile list, then each (token, k)'s permuted row. The order of rows within an
+// expert depends on the atomics; every row's product is computed on its own, so results do not.
+constexpr int kDispatchThreads = 1024;
+__global__ void __launch_bounds__(kDispatchThreads)
+    moe_dispatch_block_kernel(const int32_t* __restrict__ ids, int n, int K, int E, int32_t* offsets,
+                              int32_t* tile_info, int max_tiles, int tile_m, int32_t* slot_of, int32_t* row_token) {
+  pdl_entry();
+  extern __shared__ int dsm[];  // [E] counts, then [E] offsets, then [n] ranks
+  int* cnt = dsm;
+  int* off = dsm + E;
+  int* rank = dsm + 2 * E;
+  __shared__ int wrows[32], wtiles[32], base_rows, base_tiles;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = int(blockDim.x >> 5);
+  for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
+  if (tid == 0) base_rows = base_tiles = 0;
+  __syncthreads();
+  for (int i = tid; i < n; i += blockDim.x) rank[i] = atomicAdd(&cnt[ids[i]], 1);
+  __syncthreads();
+  // exclusive scans of rows and tiles over the experts, blockDim.x experts at a time
+  for (int e0 = 0; e0 < E; e0 += blockDim.x) {
+    const int e = e0 + tid;
+    const int c = e < E ? cnt[e] : 0, nt = (c + tile_m - 1) / tile_m;
+    int rs = c, ts = nt;  // inclusive within the warp
+    for (int o = 1; o < 32; o <<= 1) {
+      const int a = __shfl_up_sync(0xffffffffu, rs, o), b = __shfl_up_sync(0xffffffffu, ts, o);
+      if (lane >= o) {
+        rs += a;
+        ts += b;
+      }
+    }
+    if (lane == 31) {
+      wrows[warp] = rs;
+      wtiles[warp] = ts;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      int a = lane < nwarps ? wrows[lane] : 0, b = lane < nwarps ? wtiles[lane] : 0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int pa = __shfl_up_sync(0xffffffffu, a, o), pb = __shfl_up_sync(0xffffffffu, b, o);
+        if (lane >= o) {
+          a += pa;
+          b += pb;
+        }
+      }
+      wrows[lane] = a;  // inclusive over warps
+      wtiles[lane] = b;
+    }
+    __syncthreads();
+    const int r_excl = base_rows + (warp ? wrows[warp - 1] : 0) + rs - c;
+    const int t_excl = base_tiles + (warp ? wtiles[warp - 1] : 0) + ts - nt;
+    if (e < E) {
+      off[e] = r_excl;
+      offsets[e] = r_excl;
+      for (int i = 0; i < nt; ++i) {
+        tile_info[(t_excl + i) * 3 + 0] = e;
+        tile_info[(t_excl + i) * 3 + 1] = r_excl + i * tile_m;
+        tile_info[(t_excl + i) * 3 + 2] = min(tile_m, c - i * tile_m);
+      }
+    }
+    __syncthreads();
+    if (tid == 0) {
+      base_rows += wrows[nwarps - 1];
+      base_tiles += wtiles[nwarps - 1];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    offsets[E] = base_rows;
+    tile_info[max_tiles * 3] = base_tiles;
+  }
+  for (int i = tid; i < n; i += blockDim.x) {
+    const int slot = off[ids[i]] + rank[i];
+    slot_of[i] = slot;
+    row_token[slot] = i / K;
+  }
+}
+
+// The permuted copy of x: one block per permuted row.
+__global__ void moe_copy_rows_kernel(const int32_t* __restrict__ row_token, const bf16* __restrict__ x, int H,
+                                     bf16* __restrict__ xp) {
+  pdl_entry();
+  const int slot = blockIdx.x;
+  const bf16* src = x + size_t(row_token[slot]) * H;
+  bf16* dst = xp + size_t(slot) * H;
+  if ((H & 7) == 0) {
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    for (int k = threadIdx.x; k < H / 8; k += blockDim.x) d4[k] = s4[k];
+  } else {
+    for (int k = threadIdx.x; k < H; k += blockDim.x) dst[k] = src[k];
+  }
+}
+
 __global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, const float* weights, int K, int H,
                                    float* y) {
   pdl_entry();
@@ -655,12 +768,13 @@ void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x
 }
 
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, const float* w, float eps, bf16* y,
-                 float* yf, cudaStream_t s) {
+                 float* yf, cudaStream_t s, const MoeCombine& comb) {
   if (R == 0) return;
   // enough threads for kNormPer values each (H at most 16384)
   DSV2_CHECK(H <= 1024 * kNormPer, "add_rmsnorm: hidden size {} above {}", H, 1024 * kNormPer);
   const int threads = std::max(128, (H + kNormPer - 1) / kNormPer + 31) / 32 * 32;
-  launch_pdl(add_rmsnorm_kernel, dim3(R), dim3(std::min(threads, 1024)), 0, s, x, add, rows, H, w, eps, y, yf);
+  launch_pdl(add_rmsnorm_kernel, dim3(R), dim3(std::min(threads, 1024)), 0, s, x, add, rows, H, w, eps, y, yf,
+             comb);
   DSV2_CUDA_LAUNCHED();
 }
 
@@ -722,6 +836,18 @@ void moe_route(const RouterParams& p, cudaStream_t s) {
 void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
                   cudaStream_t s) {
   if (T == 0) return;
+  const int n = T * K;
+  if (n <= kDispatchOneBlockMax) {
+    const size_t smem = (size_t(2) * E + size_t(n)) * sizeof(int);
+    launch_pdl(moe_dispatch_block_kernel, dim3(1), dim3(kDispatchThreads), smem, s, ids, n, K, E, d.offsets,
+               d.tile_info, d.max_tiles, d.tile_m, d.slot_of, d.row_token);
+    DSV2_CUDA_LAUNCHED();
+    if (xp) {
+      launch_pdl(moe_copy_rows_kernel, dim3(n), dim3(128), 0, s, d.row_token, x, H, xp);
+      DSV2_CUDA_LAUNCHED();
+    }
+    return;
+  }
   DSV2_CUDA_CHECK(cudaMemsetAsync(d.counts, 0, size_t(E) * sizeof(int32_t), s));
   launch_pdl(moe_count_kernel, dim3(blocks_for(size_t(T) * K, 256)), dim3(256), 0, s, ids, T * K, d.counts);
   DSV2_CUDA_LAUNCHED();

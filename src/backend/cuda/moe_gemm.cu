@@ -37,7 +37,10 @@ using CfgSmall = MmaCfg<32, 128, 64, 1, 4, 4>;
 using CfgLarge = MmaCfg<128, 128, 32, 2, 2, 4>;
 static_assert(CfgSmall::BM == kMoeTileRowsDecode && CfgLarge::BM == kMoeTileRowsPrefill, "moe_tile_rows");
 
-template <class C, bool kF32Out, bool kGather>
+// kSwiGLU: w is [E, 2N, K] with rows [gate | up]; the block's BN weight rows are BN/2 gate rows and
+// the matching up rows, laid out so that each warp holds gate and up columns in the same lanes, and
+// the epilogue writes y[r, n] = bf16(silu(bf16 g) * bf16 u) (as silu_mul would from a bf16 product).
+template <class C, bool kF32Out, bool kGather, bool kSwiGLU>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
                                                               int K, void* y, const int32_t* __restrict__ x_rows,
@@ -50,8 +53,10 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
   const int tile = tile_fast ? blockIdx.x : blockIdx.y;
   if (tile >= tiles[max_tiles * 3]) return;
   const int e = tiles[tile * 3], r0 = tiles[tile * 3 + 1], rows = tiles[tile * 3 + 2];
-  const int n0 = (tile_fast ? blockIdx.y : blockIdx.x) * BN;
-  const bf16* we = w + size_t(e) * N * K;
+  constexpr int BNO = kSwiGLU ? BN / 2 : BN;  // output columns per block
+  constexpr int HW = C::WTN / 2;                // gate (and up) columns per warp, kSwiGLU
+  const int n0 = (tile_fast ? blockIdx.y : blockIdx.x) * BNO;
+  const bf16* we = w + size_t(e) * (kSwiGLU ? 2 : 1) * N * K;
   bf16* st = reinterpret_cast<bf16*>(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp / C::WN, wn = warp % C::WN;
@@ -88,8 +93,14 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
     for (int i = 0; i < BN * P / C::THREADS; ++i) {
       const int idx = tid + i * C::THREADS;
       const int r = idx / P, c = (idx % P) * 8;
-      const bool ok = n0 + r < N && k0 + c < K;
-      cp_async16(sB + r * LDS + c, ok ? we + size_t(n0 + r) * K + k0 + c : we, ok);
+      int wr = n0 + r, oc = n0 + r;  // weight row, output column
+      if constexpr (kSwiGLU) {
+        const int cw = r % C::WTN;
+        oc = n0 + (r / C::WTN) * HW + (cw < HW ? cw : cw - HW);
+        wr = cw < HW ? oc : N + oc;
+      }
+      const bool ok = oc < N && k0 + c < K;
+      cp_async16(sB + r * LDS + c, ok ? we + size_t(wr) * K + k0 + c : we, ok);
     }
   };
 
@@ -143,24 +154,50 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
   cp_async_wait<0>();
   // Accumulator (i, j): rows g and g + 8 of the 16-row tile, columns 2 * (lane & 3) + {0, 1}.
   const int g = lane >> 2, c2 = (lane & 3) * 2;
+  if constexpr (kSwiGLU) {
+    // warp columns j < NI/2 are gate columns, j + NI/2 the matching up columns
 #pragma unroll
-  for (int i = 0; i < MI; ++i)
+    for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < NI; ++j) {
-      const int col = n0 + wn * C::WTN + j * 8 + c2;
-      if (col >= N) continue;
+      for (int j = 0; j < NI / 2; ++j) {
+        const int col = n0 + wn * HW + j * 8 + c2;
+        if (col >= N) continue;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = wm * C::WTM + i * 16 + g + h * 8;
-        if (r >= rows) continue;
-        const size_t o = size_t(r0 + r) * N + col;
-        if constexpr (kF32Out)
-          *reinterpret_cast<float2*>(static_cast<float*>(y) + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-        else
-          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + o) =
-              __floats2bfloat162_rn(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+          const int r = wm * C::WTM + i * 16 + g + h * 8;
+          if (r >= rows) continue;
+          float a[2];
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const float gv = __bfloat162float(__float2bfloat16(acc[i][j][2 * h + q]));
+            const float uv = __bfloat162float(__float2bfloat16(acc[i][j + NI / 2][2 * h + q]));
+            a[q] = gv / (1.0f + __expf(-gv)) * uv;
+          }
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + size_t(r0 + r) * N + col) =
+              __floats2bfloat162_rn(a[0], a[1]);
+        }
       }
-    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int j = 0; j < NI; ++j) {
+        const int col = n0 + wn * C::WTN + j * 8 + c2;
+        if (col >= N) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wm * C::WTM + i * 16 + g + h * 8;
+          if (r >= rows) continue;
+          const size_t o = size_t(r0 + r) * N + col;
+          if constexpr (kF32Out)
+            *reinterpret_cast<float2*>(static_cast<float*>(y) + o) =
+                make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+          else
+            *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + o) =
+                __floats2bfloat162_rn(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        }
+      }
+  }
 }
 
 // Any K: one thread per output element (small test shapes only).
@@ -590,195 +627,7 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages) {
   DSV2_CUDA_LAUNCHED();
 }
 
-// Persistent form of moe_gemm_kernel (DSV2_CUDA_MOE_PERSISTENT=1, decode-sized tiles only; not yet
-// measured on a GPU): as many blocks as fit on the device walk the work items (tile, column block),
-// column block fastest, with stride gridDim.x, and the cp.async ring runs across item boundaries: the
-// first stages of a block's next item load while it finishes the current one, instead of every item
-// paying the pipeline fill and the last wave running part-empty.
-template <class C, bool kF32Out, bool kGather>
-__global__ void __launch_bounds__(C::THREADS)
-    moe_gemm_persistent_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                               const int32_t* __restrict__ tiles, int max_tiles, int N, int K, void* y,
-                               const int32_t* __restrict__ x_rows) {
-  pdl_entry();
-  extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
-  constexpr int P = BK / 8;  // 16-byte pieces per row
-  constexpr int kAPieces = (BM * P + C::THREADS - 1) / C::THREADS;
-  const int col_blocks = (N + BN - 1) / BN;
-  const int total = tiles[max_tiles * 3] * col_blocks;
-  if (int(blockIdx.x) >= total) return;
-  bf16* st = reinterpret_cast<bf16*>(smem);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int wm = warp / C::WN, wn = warp % C::WN;
-  const int nk = (K + BK - 1) / BK;
-  struct Item {
-    int index, r0, rows, n0;
-    const bf16* we;
-  };
-  auto decode = [&](int i) {
-    const int t = i / col_blocks;
-    Item it;
-    it.index = i;
-    it.r0 = tiles[t * 3 + 1];
-    it.rows = tiles[t * 3 + 2];
-    it.n0 = (i - t * col_blocks) * BN;
-    it.we = w + size_t(tiles[t * 3]) * N * K;
-    return it;
-  };
-  // loader side: the item and k step of the next load, and (kGather) its A rows
-  Item L = decode(blockIdx.x);
-  int l_kt = 0;
-  const bf16* arow[kGather ? kAPieces : 1];
-  auto set_rows = [&]() {
-    if constexpr (kGather) {
-#pragma unroll
-      for (int i = 0; i < kAPieces; ++i) {
-        const int r = (tid + i * C::THREADS) / P;
-        arow[i] = r < L.rows ? x + size_t(x_rows[L.r0 + r]) * K : x;
-      }
-    }
-  };
-  set_rows();
-  auto load = [&](int stage) {
-    bf16* sA = st + stage * C::kStageElems;
-    bf16* sB = sA + BM * LDS;
-    const int k0 = l_kt * BK;
-#pragma unroll
-    for (int i = 0; i < kAPieces; ++i) {
-      const int idx = tid + i * C::THREADS;
-      if (idx < BM * P) {
-        const int r = idx / P, c = (idx % P) * 8;
-        const bool ok = r < L.rows && k0 + c < K;
-        if constexpr (kGather)
-          cp_async16(sA + r * LDS + c, ok ? arow[i] + k0 + c : x, ok);
-        else
-          cp_async16(sA + r * LDS + c, ok ? x + size_t(L.r0 + r) * K + k0 + c : x, ok);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < BN * P / C::THREADS; ++i) {
-      const int idx = tid + i * C::THREADS;
-      const int r = idx / P, c = (idx % P) * 8;
-      const bool ok = L.n0 + r < N && k0 + c < K;
-      cp_async16(sB + r * LDS + c, ok ? L.we + size_t(L.n0 + r) * K + k0 + c : L.we, ok);
-    }
-  };
-  // issues the next load (if any work is left) into `stage`, then moves the loader on
-  auto load_next = [&](int stage) {
-    if (L.index < total) {
-      load(stage);
-      if (++l_kt == nk) {
-        l_kt = 0;
-        const int next = L.index + int(gridDim.x);
-        if (next < total) {
-          L = decode(next);
-          set_rows();
-        } else {
-          L.index = total;
-        }
-      }
-    }
-    cp_async_commit();
-  };
-
-  float acc[MI][NI][4];
-  auto zero_acc = [&]() {
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-      for (int j = 0; j < NI; ++j)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-  };
-  zero_acc();
-  Item Cc = L;  // compute side
-  int c_kt = 0;
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s) load_next(s);
-  const int a_off = (wm * C::WTM + (lane & 15)) * LDS + (lane >> 4) * 8;
-  const int b_off = BM * LDS + (wn * C::WTN + (lane & 7) + ((lane >> 4) << 3)) * LDS + ((lane >> 3) & 1) * 8;
-  const unsigned s_base = unsigned(__cvta_generic_to_shared(st));
-  const int g = lane >> 2, c2 = (lane & 3) * 2;
-  for (int step = 0;; ++step) {
-    cp_async_wait<C::STAGES - 2>();
-    __syncthreads();
-    load_next((step + C::STAGES - 1) % C::STAGES);
-    const unsigned stage = s_base + unsigned((step % C::STAGES) * C::kStageElems * sizeof(bf16));
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      uint32_t af[MI][4], bfr[NI][2];
-#pragma unroll
-      for (int i = 0; i < MI; ++i) ldmatrix_x4(af[i], stage + unsigned((a_off + i * 16 * LDS + kk) * 2));
-#pragma unroll
-      for (int j = 0; j < NI / 2; ++j) {
-        uint32_t r[4];
-        ldmatrix_x4(r, stage + unsigned((b_off + j * 16 * LDS + kk) * 2));
-        bfr[2 * j][0] = r[0];
-        bfr[2 * j][1] = r[1];
-        bfr[2 * j + 1][0] = r[2];
-        bfr[2 * j + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j) mma_bf16(acc[i][j], af[i], bfr[j][0], bfr[j][1]);
-    }
-    if (++c_kt < nk) continue;
-    // the item is complete: write it out (as moe_gemm_kernel) and move to the next
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        const int col = Cc.n0 + wn * C::WTN + j * 8 + c2;
-        if (col >= N) continue;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = wm * C::WTM + i * 16 + g + h * 8;
-          if (r >= Cc.rows) continue;
-          const size_t o = size_t(Cc.r0 + r) * N + col;
-          if constexpr (kF32Out)
-            *reinterpret_cast<float2*>(static_cast<float*>(y) + o) =
-                make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-          else
-            *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + o) =
-                __floats2bfloat162_rn(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-        }
-      }
-    const int next = Cc.index + int(gridDim.x);
-    if (next >= total) break;
-    Cc = decode(next);
-    c_kt = 0;
-    zero_acc();
-  }
-  cp_async_wait<0>();
-}
-
-template <class C, bool kF32Out, bool kGather>
-static void launch_persistent(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K,
-                              void* y, cudaStream_t s, const int32_t* x_rows) {
-  constexpr size_t smem = C::kSmemBytes;
-  static int slots[64] = {};  // per device and instance: resident blocks on the whole device
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  int n_slots = dev < 64 ? slots[dev] : 0;
-  if (n_slots == 0) {
-    auto* kernel = moe_gemm_persistent_kernel<C, kF32Out, kGather>;
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    int per_sm = 0, sms = 0;
-    DSV2_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, C::THREADS, smem));
-    DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    n_slots = std::max(1, per_sm) * sms;
-    if (dev < 64) slots[dev] = n_slots;
-  }
-  const long long items = (long long)max_tiles * ((N + C::BN - 1) / C::BN);
-  const unsigned grid = unsigned(std::min<long long>(items, n_slots));
-  launch_pdl(moe_gemm_persistent_kernel<C, kF32Out, kGather>, dim3(grid), dim3(C::THREADS), smem, s, x, w, tile_info,
-             max_tiles, N, K, y, x_rows);
-  DSV2_CUDA_LAUNCHED();
-}
-
-template <class C, bool kF32Out, bool kGather>
+template <class C, bool kF32Out, bool kGather, bool kSwiGLU = false>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
                          cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   constexpr size_t smem = C::kSmemBytes;
@@ -786,33 +635,23 @@ static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info,
   int dev = 0;
   DSV2_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 64 && !configured[dev]) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<C, kF32Out, kGather>,
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<C, kF32Out, kGather, kSwiGLU>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured[dev] = true;
   }
-  const unsigned col_blocks = unsigned((N + C::BN - 1) / C::BN);
+  constexpr int BNO = kSwiGLU ? C::BN / 2 : C::BN;
+  const unsigned col_blocks = unsigned((N + BNO - 1) / BNO);
   const dim3 grid = tile_fast ? dim3(unsigned(max_tiles), col_blocks) : dim3(col_blocks, unsigned(max_tiles));
-  launch_pdl(moe_gemm_kernel<C, kF32Out, kGather>, grid, dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K,
+  launch_pdl(moe_gemm_kernel<C, kF32Out, kGather, kSwiGLU>, grid, dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K,
              y, x_rows, tile_fast);
   DSV2_CUDA_LAUNCHED();
 }
 
 template <class C>
 static void launch_cfg(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
-                       bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast, bool persistent) {
+                       bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   // The gathered form is only needed for the first product (bf16 out).
   DSV2_CHECK(!(x_rows && out_f32), "moe_gemm: gathered rows with f32 output");
-  if constexpr (std::is_same_v<C, CfgSmall>) {
-    if (persistent) {
-      if (x_rows)
-        launch_persistent<C, false, true>(x, w, tile_info, max_tiles, N, K, y, s, x_rows);
-      else if (out_f32)
-        launch_persistent<C, true, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
-      else
-        launch_persistent<C, false, false>(x, w, tile_info, max_tiles, N, K, y, s, nullptr);
-      return;
-    }
-  }
   if (x_rows)
     launch_tiles<C, false, true>(x, w, tile_info, max_tiles, N, K, y, s, x_rows, tile_fast);
   else if (out_f32)
@@ -822,7 +661,7 @@ static void launch_cfg(const bf16* x, const bf16* w, const int32_t* tile_info, i
 }
 
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast, bool persistent) {
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   if (max_tiles == 0) return;
   DSV2_CHECK(tile_m == CfgSmall::BM || tile_m == CfgLarge::BM, "moe_gemm: tile rows {} ({} or {})", tile_m,
              CfgSmall::BM, CfgLarge::BM);
@@ -833,9 +672,22 @@ void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_ti
     return;
   }
   if (tile_m == CfgSmall::BM)
-    launch_cfg<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast, persistent);
+    launch_cfg<CfgSmall>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast);
   else
-    launch_cfg<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast, false);
+    launch_cfg<CfgLarge>(x, w, tile_info, max_tiles, N, K, y, out_f32, s, x_rows, tile_fast);
+}
+
+void moe_gemm_swiglu(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int I, int K,
+                     bf16* act, cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
+  if (max_tiles == 0) return;
+  DSV2_CHECK(moe_swiglu_supported(I, K) && x_rows, "moe_gemm_swiglu: I {} K {} (multiples of 8, gathered rows)", I,
+             K);
+  DSV2_CHECK(tile_m == CfgSmall::BM || tile_m == CfgLarge::BM, "moe_gemm_swiglu: tile rows {} ({} or {})", tile_m,
+             CfgSmall::BM, CfgLarge::BM);
+  if (tile_m == CfgSmall::BM)
+    launch_tiles<CfgSmall, false, true, true>(x, w, tile_info, max_tiles, I, K, act, s, x_rows, tile_fast);
+  else
+    launch_tiles<CfgLarge, false, true, true>(x, w, tile_info, max_tiles, I, K, act, s, x_rows, tile_fast);
 }
 
 }  // namespace dsv2::cuda

@@ -24,10 +24,19 @@ using bf16 = __nv_bfloat16;
 // x[t] (f32 residual) = float(embed[tokens[t]]); tokens out of range give zeros (callers validate).
 void embed_rows(const bf16* embed, const int32_t* tokens, int T, int H, float* x, cudaStream_t s);
 
-// For output row r (source row i = rows ? rows[r] : r): if add, x[i] += add[i]; then
+// The MoE combine of a grouped pass, to be summed into the residual by the next add_rmsnorm:
+// sum_k weights[i, k] * yp[slot_of[i, k]] for token row i (yp null: none).
+struct MoeCombine {
+  const float* yp = nullptr;
+  const int32_t* slot_of = nullptr;
+  const float* weights = nullptr;
+  int K = 0;
+};
+// For output row r (source row i = rows ? rows[r] : r): if comb.yp, x[i] += its combine (as
+// moe_combine into a zeroed row computes it); if add, x[i] += add[i]; then
 // y[r] = bf16(w * x[i] / sqrt(mean(x[i]^2) + eps)); yf[r] (optional) gets the same in f32.
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, int R, int H, const float* w, float eps, bf16* y,
-                 float* yf, cudaStream_t s);
+                 float* yf, cudaStream_t s, const MoeCombine& comb = {});
 
 // RMSNorm of bf16 rows: y[t, 0:n] = bf16(w * x / rms(x)), x with row stride ldx, y with ldy.
 void rmsnorm_bf16(const bf16* x, int ldx, int T, int n, const float* w, float eps, bf16* y, int ldy, cudaStream_t s);
@@ -139,7 +148,9 @@ struct MoeDispatch {
 };
 inline int moe_max_tiles(int R, int E, int tile_m) { return (R + tile_m - 1) / tile_m + E; }
 // Counts, offsets, tile list and the permutation; copies x rows into xp [T*K, H] (expert-major),
-// unless xp is null (the first grouped product then gathers x rows through row_token).
+// unless xp is null (the first grouped product then gathers x rows through row_token). Up to
+// kDispatchOneBlockMax rows (decode batches) it is one launch (plus the copy, if any).
+constexpr int kDispatchOneBlockMax = 2048;
 void moe_dispatch(const int32_t* ids, int T, int K, int E, const bf16* x, int H, const MoeDispatch& d, bf16* xp,
                   cudaStream_t s);
 // y[t] += sum_k weights[t, k] * yp[slot_of[t, k]]
@@ -150,11 +161,15 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
 // w is [E, N, K]. y is bf16 (out_f32 false) or f32.
 // With x_rows, permuted row r reads x row x_rows[r] (x not permuted: the gather replaces the copy).
 // tile_fast: the grid takes tiles along x and column blocks along y (the row tiles of one expert run
-// close together and share its weights in L2). persistent (32-row tiles only): one block per
-// resident slot walks the (tile, column block) items with its copy pipeline running across them.
+// close together and share its weights in L2).
 void moe_gemm(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int N, int K,
-              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr, bool tile_fast = false,
-              bool persistent = false);
+              void* y, bool out_f32, cudaStream_t s, const int32_t* x_rows = nullptr, bool tile_fast = false);
+// The first expert product with the activation in its epilogue: w is [E, 2I, K] (rows [gate | up]),
+// x rows gathered through x_rows, act[r, i] = bf16(silu(bf16 g) * bf16 u), the same bits as moe_gemm
+// followed by silu_mul.
+inline bool moe_swiglu_supported(int I, int K) { return I % 8 == 0 && K % 8 == 0; }
+void moe_gemm_swiglu(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int tile_m, int I, int K,
+                     bf16* act, cudaStream_t s, const int32_t* x_rows, bool tile_fast = false);
 
 
 // The whole MoE block of one token in two kernels and without dispatch: y = sum_s down_{E+s}(act) +
