@@ -117,8 +117,11 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
     int T, H;
     RouterCase r;
   };
+  // one cluster per 8 tokens: full, partial and several clusters
   for (Case cs : {Case{1, 2048, {64, 6, 1, 1, false, false, 1.0}}, Case{8, 512, {160, 6, 8, 3, true, false, 16.0}},
-                  Case{3, 64, {8, 3, 1, 1, false, true, 1.0}}, Case{5, 128, {16, 3, 4, 2, true, false, 2.5}}}) {
+                  Case{3, 64, {8, 3, 1, 1, false, true, 1.0}}, Case{5, 128, {16, 3, 4, 2, true, false, 2.5}},
+                  Case{37, 2048, {64, 6, 1, 1, false, false, 1.0}}, Case{20, 512, {160, 6, 8, 3, true, false, 16.0}},
+                  Case{kRouteSmallMaxTokens, 2048, {64, 6, 1, 1, false, false, 1.0}}}) {
     const RouterCase& r = cs.r;
     const auto x = randn(size_t(cs.T) * cs.H, g);
     const auto w = randn(size_t(r.E) * cs.H, g, 0.05f);
@@ -170,7 +173,8 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
           EXPECT_EQ(ids[size_t(t) * stride + r.K + x2], r.E + x2);
           EXPECT_EQ(wts[size_t(t) * stride + r.K + x2], 1.0f);
         }
-      EXPECT_LE(routing_mismatches(r, rep == 2 ? logits_n : logits, cs.T, ids, wts, stride), cs.T > 4 ? 1 : 0)
+      EXPECT_LE(routing_mismatches(r, rep == 2 ? logits_n : logits, cs.T, ids, wts, stride),
+                cs.T > 4 ? std::max(1, cs.T / 32) : 0)
           << "rep " << rep << " E=" << r.E << " K=" << r.K << " T=" << cs.T;
     }
   }

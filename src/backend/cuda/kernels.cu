@@ -399,10 +399,12 @@ __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWa
   for (int u = 0; u < kRouteU; ++u)
     gv[u] = (norm_w && u * 32 + lane < H4) ? reinterpret_cast<const float4*>(norm_w)[u * 32 + lane] : zero4;
   pdl_entry();
-  float* logits0 = cluster.map_shared_rank(s + p.E + p.n_group, 0);
+  // this cluster's tokens t0 .. t0 + nt - 1; token t0 + j is routed by block j
+  const int t0 = int(blockIdx.x) / kRouteCluster * kRouteCluster, nt = min(kRouteCluster, p.T - t0);
   for (int e0 = g; e0 < p.E; e0 += nw) {
     if (e0 != g) load_w(e0);
-    for (int t = 0; t < p.T; ++t) {
+    for (int j = 0; j < nt; ++j) {
+      const int t = t0 + j;
       const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
       float4 xv[kRouteU];
 #pragma unroll
@@ -425,12 +427,12 @@ __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWa
       for (int u = 0; u < kRouteU; ++u)
         acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
       for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (lane == 0) logits0[t * p.E + e0] = acc;
+      if (lane == 0) cluster.map_shared_rank(s + p.E + p.n_group, j)[e0] = acc;
     }
   }
   cluster.sync();
-  if (cluster.block_rank() != 0) return;
-  for (int t = 0; t < p.T; ++t) route_token(p, t, s + p.E + p.n_group + t * p.E, s, red, sel);
+  const int j = int(cluster.block_rank());
+  if (j < nt) route_token(p, t0 + j, s + p.E + p.n_group, s, red, sel);
 #endif
 }
 
@@ -821,8 +823,9 @@ void moe_route_small(const RouterParams& p, const float* x, const float* w, int 
   if (p.T == 0) return;
   DSV2_CHECK(p.T <= kRouteSmallMaxTokens && moe_route_small_supported(H, p.K, p.n_group),
              "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
-  launch_pdl(route_small_kernel, dim3(kRouteCluster), dim3(kRouteWarps * 32),
-             size_t(p.E + p.n_group + p.T * p.E) * sizeof(float), s, p, x, w, H, norm_w, eps);
+  const unsigned clusters = unsigned((p.T + kRouteCluster - 1) / kRouteCluster);
+  launch_pdl(route_small_kernel, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32),
+             size_t(2 * p.E + p.n_group) * sizeof(float), s, p, x, w, H, norm_w, eps);
   DSV2_CUDA_LAUNCHED();
 }
 
