@@ -488,6 +488,17 @@ __global__ void moe_scan_kernel(int32_t* counts, int E, int32_t* offsets, int32_
   }
 }
 
+// One bf16 row of H values copied by the whole block (16-byte pieces when H allows).
+__device__ __forceinline__ void copy_row_block(const bf16* src, bf16* dst, int H) {
+  if ((H & 7) == 0) {
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    for (int k = threadIdx.x; k < H / 8; k += blockDim.x) d4[k] = s4[k];
+  } else {
+    for (int k = threadIdx.x; k < H; k += blockDim.x) dst[k] = src[k];
+  }
+}
+
 // One block per (token, k): its permuted row and the copy of the token's hidden row.
 __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* offsets, int32_t* cursor,
                                    int32_t* slot_of, int32_t* row_token, const bf16* x, int H, bf16* xp) {
@@ -504,13 +515,7 @@ __global__ void moe_permute_kernel(const int32_t* ids, int K, const int32_t* off
   __syncthreads();
   const bf16* src = x + size_t(i / K) * H;
   bf16* dst = xp + size_t(slot) * H;
-  if ((H & 7) == 0) {
-    const uint4* s4 = reinterpret_cast<const uint4*>(src);
-    uint4* d4 = reinterpret_cast<uint4*>(dst);
-    for (int k = threadIdx.x; k < H / 8; k += blockDim.x) d4[k] = s4[k];
-  } else {
-    for (int k = threadIdx.x; k < H; k += blockDim.x) dst[k] = src[k];
-  }
+  copy_row_block(src, dst, H);
 }
 
 // Decode-sized dispatch in one block (n = T*K <= kDispatchOneBlockMax): counts with shared-memory
@@ -598,13 +603,7 @@ __global__ void moe_copy_rows_kernel(const int32_t* __restrict__ row_token, cons
   const int slot = blockIdx.x;
   const bf16* src = x + size_t(row_token[slot]) * H;
   bf16* dst = xp + size_t(slot) * H;
-  if ((H & 7) == 0) {
-    const uint4* s4 = reinterpret_cast<const uint4*>(src);
-    uint4* d4 = reinterpret_cast<uint4*>(dst);
-    for (int k = threadIdx.x; k < H / 8; k += blockDim.x) d4[k] = s4[k];
-  } else {
-    for (int k = threadIdx.x; k < H; k += blockDim.x) dst[k] = src[k];
-  }
+  copy_row_block(src, dst, H);
 }
 
 __global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, const float* weights, int K, int H,
