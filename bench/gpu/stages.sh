@@ -2,6 +2,9 @@
 # What each stage of a decode step costs inside the CUDA graph: dsv2 bench with DSV2_CUDA_SKIP=stage
 # (that stage's launches left out of every pass; the results are wrong, the timing is the point)
 # against the full step, one row per stage, on the V2-Lite shape.
+# On the grouped MoE path (batch >= 2) the router, dispatch and lm_head rows do not time those stages:
+# leaving them out changes which experts the later layers read (without lm_head every token is the
+# same, so 8 experts run instead of 64). The expert, attention and projection rows are sound.
 # Usage: bench/gpu/stages.sh DSV2_BINARY [BATCH] [BENCH ARGS...]
 #   e.g. bench/gpu/stages.sh .gpu3/dsv2 1; STAGES="router gate_up" limits the rows (dispatch and
 #   combine exist on the grouped MoE path only, batch >= 2)
