@@ -193,6 +193,9 @@ class CudaModelImpl final : public CudaModel {
   void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
                 uint64_t step);
   void layers_forward(int T, int R, int n_items, int n_splits, int n_chunks);
+  // x += the previous FFN's output (delta_ when add_delta, or the pending MoE combine, which it
+  // consumes); xn = RMSNorm(x) of rows (all R rows when null).
+  void residual_norm(bool add_delta, const int32_t* rows, int R, const float* w);
   // One-token passes without separate norm kernels: the products that follow each RMSNorm normalize
   // the residual stream themselves, and o_proj / the FFN add their output straight into x.
   bool fused_one_token(int T) const;
@@ -871,9 +874,7 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     DevLayer& L = layers_[l];
     // x += delta (the previous layer's FFN output); xn = RMSNorm_in(x)
     if (!fused1_) {
-      add_rmsnorm(x_.p, l == 0 || pending_comb_.yp ? nullptr : delta_.p, nullptr, T, H_, L.input_norm.p, eps, xn_.p,
-                  nullptr, stream_, pending_comb_);
-      pending_comb_ = {};
+      residual_norm(l > 0, nullptr, T, L.input_norm.p);
       mark("norm");
     }
     attention(int(l), T, n_items, n_splits, n_chunks);
@@ -886,11 +887,16 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     }
     ffn(int(l), T);
   }
-  add_rmsnorm(x_.p, fused1_ || pending_comb_.yp ? nullptr : delta_.p, meta + m_rows_, R, H_, final_norm_.p, eps,
-              xn_.p, nullptr, stream_, pending_comb_);
-  pending_comb_ = {};
+  residual_norm(!fused1_, meta + m_rows_, R, final_norm_.p);
   if (!skip("lm_head")) gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
   mark("lm_head");
+}
+
+void CudaModelImpl::residual_norm(bool add_delta, const int32_t* rows, int R, const float* w) {
+  const bool comb = pending_comb_.yp != nullptr;
+  add_rmsnorm(x_.p, add_delta && !comb ? delta_.p : nullptr, rows, R, H_, w, float(c_.rms_norm_eps), xn_.p, nullptr,
+              stream_, pending_comb_);
+  pending_comb_ = {};
 }
 
 RouterParams CudaModelImpl::router_params(int T) const {
