@@ -572,6 +572,50 @@ TEST(CudaKernels, MlaAttentionPagedCausal) {
   for (const auto& ac : cases) run_attention_case(ac, {1, 4, 16, 64}, g);
 }
 
+// One token over few splits: gemv1_combine (the W_UV product merging the attention splits itself)
+// gives the same bits as mla_attention's own combine followed by gemv1.
+TEST(CudaKernels, OneTokenUvProductMergesSplits) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(14);
+  const int kvl = 512, rope = 64, D = kvl + rope, nope = 128, vdim = 128, rows = nope + vdim;
+  for (int heads : {16, 128}) {
+    auto w = round_bf16(randn(size_t(heads) * rows * kvl, g, 0.05f));
+    auto q = round_bf16(randn(size_t(heads) * D, g, 0.2f));
+    Dev<bf16> dw(to_bf16(w)), dq(to_bf16(q)), dlat(size_t(heads) * kvl), y1(size_t(heads) * vdim),
+        y2(size_t(heads) * vdim);
+    std::vector<int32_t> items;
+    for (int r = 0; r < heads; r += kAttnRows) items.insert(items.end(), {0, r, 0, 0});
+    const int n_items = int(items.size() / 4);
+    Dev<int32_t> ditems(items);
+    for (int len : {40, 300, 4999}) {
+      const int nb = (len + 1 + 63) / 64;
+      std::vector<int32_t> blocks(static_cast<size_t>(nb));
+      std::iota(blocks.begin(), blocks.end(), 0);
+      std::shuffle(blocks.begin(), blocks.end(), g);
+      Dev<bf16> dcache(to_bf16(round_bf16(randn(size_t(nb) * 64 * D, g))));
+      Dev<int32_t> dchunks(std::vector<int32_t>{0, 1, len + 1, 0}), dblocks(blocks);
+      for (int S : {2, 3, 8, 16}) {
+        Dev<float> part_o(size_t(n_items) * S * kAttnRows * kvl), part_ml(size_t(n_items) * S * kAttnRows * 2);
+        part_o.poison();
+        part_ml.poison();
+        AttnParams p{dq.p, dcache.p, ditems.p, dchunks.p, dblocks.p, n_items, S, heads, 0.1147f, dlat.p,
+                     part_o.p, part_ml.p};
+        ASSERT_TRUE(gemv1_combine_supported(p, kvl, vdim));
+        dlat.poison();
+        y1.poison();
+        y2.poison();
+        mla_attention(p, kvl, rope, 0);
+        gemv1(dlat.p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y1.p, false, 0, vdim, rows, kvl);
+        mla_attention(p, kvl, rope, 0, false);
+        gemv1_combine(p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y2.p, 0, vdim, rows);
+        const auto a = from_bf16(y1.get()), b = from_bf16(y2.get());
+        for (size_t i = 0; i < a.size(); ++i)
+          ASSERT_EQ(a[i], b[i]) << "heads " << heads << " context " << len + 1 << " splits " << S << " output " << i;
+      }
+    }
+  }
+}
+
 TEST(CudaKernels, SamplingGreedyAndTopP) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(7);

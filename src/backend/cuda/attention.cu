@@ -449,7 +449,7 @@ __global__ void __launch_bounds__(256) mla_combine_kernel(AttnParams p, int DV) 
 // The same merge for few splits (n_splits <= 16, kv_lora % 4 == 0, kv_lora <= 512): one block per
 // item, 16 threads per row. Each 16-lane group computes its row's weights with shuffles (no block
 // barrier) and then sums 4-column pieces over the splits, 8 independent 16-byte loads per split.
-constexpr int kCombineFewMax = 16;
+constexpr int kCombineFewMax = kAttnCombineFewMax;
 __global__ void __launch_bounds__(256) mla_combine_few_kernel(AttnParams p, int DV) {
   __shared__ float sw[kRows][kCombineFewMax];
   const int item = blockIdx.x, tid = threadIdx.x, r = tid >> 4, sub = tid & 15;
@@ -527,7 +527,7 @@ void launch_attn(const AttnParams& p, int D, int DV, cudaStream_t s) {
 
 }  // namespace
 
-void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s) {
+void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, bool combine) {
   if (p.n_items == 0) return;
   const int D = kv_lora + rope, DV = kv_lora;
   // Output columns per warp: 64 (8 n8 tiles) covers kv_lora up to 512, 8 covers up to 64.
@@ -539,6 +539,7 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s) {
     launch_attn<8, 0>(p, D, DV, s);
   else
     fail("mla_attention: kv_lora_rank {} is larger than the kernel's 512 columns", kv_lora);
+  if (!combine) return;
   if (p.n_splits > 1 && p.n_splits <= kCombineFewMax && DV % 4 == 0 && DV <= 512) {
     mla_combine_few_kernel<<<p.n_items, 256, 0, s>>>(p, DV);
     DSV2_CUDA_LAUNCHED();

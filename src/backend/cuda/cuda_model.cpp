@@ -304,6 +304,9 @@ class CudaModelImpl final : public CudaModel {
   bool fused1_ = false;  // the pass being recorded is a fused one-token pass
   // DSV2_CUDA_NO_FUSE_NORM=1: one-token passes keep the separate add_rmsnorm kernels.
   bool fuse_norm_on_ = std::getenv("DSV2_CUDA_NO_FUSE_NORM") == nullptr;
+  // DSV2_CUDA_NO_UV_COMBINE=1: one-token passes merge the attention splits in their own launch
+  // instead of inside the W_UV product.
+  bool uv_combine_on_ = std::getenv("DSV2_CUDA_NO_UV_COMBINE") == nullptr;
   // DSV2_CUDA_ROUTER_SGEMM=1: router logits by cuBLAS SGEMM and routing in its own kernel at every
   // batch size (unfused passes only).
   bool router_sgemm_ = std::getenv("DSV2_CUDA_ROUTER_SGEMM") != nullptr;
@@ -994,11 +997,15 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     ap.out = olat_.p;
     ap.part_o = part_o_.p;
     ap.part_ml = part_ml_.p;
-    if (!skip("attention")) mla_attention(ap, kvl_, rope_, stream_);
+    // One token over few splits: the W_UV product merges the splits itself (no combine launch).
+    const bool uv_combine = one_token && uv_combine_on_ && !skip("uv") && gemv1_combine_supported(ap, kvl_, vdim_);
+    if (!skip("attention")) mla_attention(ap, kvl_, rope_, stream_, !uv_combine);
     mark("attention");
     // o[t, h, 0:v] = W_UV_h olat[t, h]
     if (skip("uv")) {
-    } else if (one_token)
+    } else if (uv_combine)
+      gemv1_combine(ap, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, stream_, vdim_, nope_ + vdim_);
+    else if (one_token)
       gemv1(olat_.p, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, false, stream_, vdim_,
             nope_ + vdim_, kvl_);
     else

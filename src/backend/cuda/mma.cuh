@@ -17,6 +17,11 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool o
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) { cp_async16(smem_addr(dst), src, ok); }
+// The same with an L2 cache policy (createpolicy) for the source line.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok, unsigned long long pol) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(ok ? 16 : 0), "l"(pol));
+}
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 4 : 0));
 }

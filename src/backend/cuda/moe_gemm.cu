@@ -44,7 +44,7 @@ template <class C, bool kF32Out, bool kGather, bool kSwiGLU>
 __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
                                                               int K, void* y, const int32_t* __restrict__ x_rows,
-                                                              bool tile_fast) {
+                                                              bool tile_fast, bool evict_first) {
   pdl_entry();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
@@ -61,6 +61,7 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp / C::WN, wn = warp % C::WN;
   const int nk = (K + BK - 1) / BK;
+  const unsigned long long pol = l2_policy(evict_first);
 
   constexpr int P = BK / 8;  // 16-byte pieces per row
   constexpr int kAPieces = (BM * P + C::THREADS - 1) / C::THREADS;
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
         wr = cw < HW ? oc : N + oc;
       }
       const bool ok = oc < N && k0 + c < K;
-      cp_async16(sB + r * LDS + c, ok ? we + size_t(wr) * K + k0 + c : we, ok);
+      cp_async16(sB + r * LDS + c, ok ? we + size_t(wr) * K + k0 + c : we, ok, pol);
     }
   };
 
@@ -320,8 +321,62 @@ struct Gemv1Args {
   long long w_head_rows, x_head;
   void* y;
   bool accumulate;
+  bool evict_first;  // weights streamed with L2 evict_first
+  // kComb: x_h is row h of the attention output, merged here from these split partials
+  const float* part_o = nullptr;
+  const float* part_ml = nullptr;
+  int n_splits = 0;
 };
-template <bool kF32Out, bool kNorm>
+
+// y[0:K] = bf16 row `row` of a one-token attention output from its n_splits partials (AttnParams'
+// part_o / part_ml layout, 1 < S <= kAttnCombineFewMax), computed as mla_combine_few_kernel computes
+// it (the same operations in the same order, so the same bits), by the whole block into shared memory.
+// Ends with a barrier.
+__device__ void stage_combine_row(const float* __restrict__ part_o, const float* __restrict__ part_ml, int S, int row,
+                                  int K, bf16* y) {
+  __shared__ float sw[kAttnCombineFewMax + 1];  // split weights, then 1 / sum
+  const int tid = threadIdx.x;
+  const size_t base = size_t(row / kAttnRows) * S * kAttnRows + row % kAttnRows;
+  if (tid < 16) {
+    const float* ml = part_ml + base * 2;  // split s at ml[s * kAttnRows * 2]
+    float m = -INFINITY, l = 0.0f;
+    if (tid < S) {
+      l = ml[size_t(tid) * kAttnRows * 2 + 1];
+      if (l > 0.0f) m = ml[size_t(tid) * kAttnRows * 2];
+    }
+    float M = m;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0x0000ffffu, M, o));
+    const float w = l > 0.0f ? exp2f(m - M) : 0.0f;
+    float L = l * w;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) L += __shfl_xor_sync(0x0000ffffu, L, o);
+    sw[tid] = w;
+    if (tid == 0) sw[kAttnCombineFewMax] = L > 0.0f ? 1.0f / L : 0.0f;
+  }
+  __syncthreads();
+  const float inv = sw[kAttnCombineFewMax];
+  const float* po = part_o + base * K;
+  const size_t sstride = size_t(kAttnRows) * K;  // between splits
+  for (int c = 4 * tid; c < K; c += 4 * blockDim.x) {
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int s = 0; s < S; ++s) {
+      const float ws = sw[s];
+      if (ws == 0.0f) continue;
+      const float4 v = __ldg(reinterpret_cast<const float4*>(po + s * sstride + c));
+      acc.x += ws * v.x;
+      acc.y += ws * v.y;
+      acc.z += ws * v.z;
+      acc.w += ws * v.w;
+    }
+    __nv_bfloat162 v[2] = {__floats2bfloat162_rn(acc.x * inv, acc.y * inv),
+                           __floats2bfloat162_rn(acc.z * inv, acc.w * inv)};
+    *reinterpret_cast<uint2*>(y + c) = *reinterpret_cast<const uint2*>(v);
+  }
+  __syncthreads();
+}
+
+template <bool kF32Out, bool kNorm, bool kComb = false>
 __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.N, K = a.K;
@@ -334,13 +389,13 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     wr[r] = a.w + (size_t(h) * a.w_head_rows + (n - h * a.n_head)) * K;
   }
   uint4 wv[kG1Rows][kG1U];
+  const unsigned long long pol = l2_policy(a.evict_first);
   auto load = [&](int kk) {
 #pragma unroll
     for (int u = 0; u < kG1U; ++u) {
       const int k = kk + (u * 32 + lane) * 8;
 #pragma unroll
-      for (int r = 0; r < kG1Rows; ++r)
-        wv[r][u] = (k < K && n0 + r < N) ? *reinterpret_cast<const uint4*>(wr[r] + k) : make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < kG1Rows; ++r) wv[r][u] = ld_weight(wr[r] + k, k < K && n0 + r < N, pol);
     }
   };
   load(0);
@@ -348,12 +403,13 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
   pdl_entry();
   // x pieces come from shared memory (kNorm: the block normalizes the row there once) or straight
   // from global memory with all loads of a piece issued together (no branch between them).
-  __shared__ __align__(16) bf16 sxn[kNorm ? 256 * kG1U : 8];
+  __shared__ __align__(16) bf16 sxn[kNorm || kComb ? 256 * kG1U : 8];
   if constexpr (kNorm) {
     __shared__ float red[kG1Warps];
     stage_rmsnorm_bf16(a.xf, a.norm_w, K, a.eps, sxn, red);
   }
-  const bf16* xh = kNorm ? sxn : a.x + size_t(h) * a.x_head;
+  if constexpr (kComb) stage_combine_row(a.part_o, a.part_ml, a.n_splits, h, K, sxn);  // the block is in head h
+  const bf16* xh = kNorm || kComb ? sxn : a.x + size_t(h) * a.x_head;
   float acc[kG1Rows];
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) acc[r] = 0.f;
@@ -405,9 +461,12 @@ static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
   }
   DSV2_CHECK(a.K % 8 == 0 && (a.n_head == a.N || a.n_head % kG1Rows == 0), "gemv1: K {} or head width {} unsupported",
              a.K, a.n_head);
+  a.evict_first = (l2_hint_mask() & 1) != 0;
   const dim3 grid(unsigned((a.N + kG1Warps * kG1Rows - 1) / (kG1Warps * kG1Rows)));
   const dim3 block(kG1Warps * 32);
-  if (a.norm_w) {
+  if (a.part_o) {
+    launch_pdl(gemv1_kernel<false, false, true>, grid, block, 0, s, a);
+  } else if (a.norm_w) {
     DSV2_CHECK(!out_f32 && a.K <= 256 * kG1U && a.n_head == a.N, "gemv1: normalized input with K {} unsupported", a.K);
     launch_pdl(gemv1_kernel<false, true>, grid, block, 0, s, a);
   } else if (out_f32) {
@@ -420,18 +479,34 @@ static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
 
 void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head,
            long long w_head_rows, long long x_head) {
-  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, n_head, w_head_rows, x_head, y, false}, out_f32, s);
+  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, n_head, w_head_rows, x_head, y, false, false}, out_f32, s);
+}
+
+bool gemv1_combine_supported(const AttnParams& p, int K, int n_head) {
+  return p.n_splits > 1 && p.n_splits <= kAttnCombineFewMax && K % 8 == 0 && K <= 256 * kG1U && n_head > 0 &&
+         n_head % (kG1Warps * kG1Rows) == 0;
+}
+
+void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cudaStream_t s, int n_head,
+                   long long w_head_rows) {
+  DSV2_CHECK(gemv1_combine_supported(p, K, n_head) && N % n_head == 0 && N / n_head <= p.heads,
+             "gemv1_combine: {} splits, K {}, head width {}, N {} unsupported", p.n_splits, K, n_head, N);
+  Gemv1Args a{nullptr, nullptr, nullptr, 0.f, w, N, K, n_head, w_head_rows, 0, y, false, false};
+  a.part_o = p.part_o;
+  a.part_ml = p.part_ml;
+  a.n_splits = p.n_splits;
+  launch_gemv1(a, false, s);
 }
 
 void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s) {
-  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, 0, 0, 0, y, true}, true, s);
+  launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, 0, 0, 0, y, true, false}, true, s);
 }
 
 bool gemv1_norm_supported(int K) { return K % 8 == 0 && K <= 256 * kG1U; }
 
 void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y,
                 cudaStream_t s) {
-  launch_gemv1(Gemv1Args{nullptr, x, norm_w, eps, w, N, K, 0, 0, 0, y, false}, false, s);
+  launch_gemv1(Gemv1Args{nullptr, x, norm_w, eps, w, N, K, 0, 0, 0, y, false, false}, false, s);
 }
 
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,
@@ -486,13 +561,14 @@ __global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams 
   const bf16* wg = p.w_gu + (size_t(e) * 2 * I + min(i, I - 1)) * H;
   const bf16* wu = wg + size_t(I) * H;
   uint4 wv[2][kG1U];
+  const unsigned long long pol = l2_policy(p.evict_first);
   auto load = [&](int kk) {
 #pragma unroll
     for (int u = 0; u < kG1U; ++u) {
       const int k = kk + (u * 32 + lane) * 8;
       const bool ok = k < H && i < I;
-      wv[0][u] = ok ? *reinterpret_cast<const uint4*>(wg + k) : make_uint4(0, 0, 0, 0);
-      wv[1][u] = ok ? *reinterpret_cast<const uint4*>(wu + k) : make_uint4(0, 0, 0, 0);
+      wv[0][u] = ld_weight(wg + k, ok, pol);
+      wv[1][u] = ld_weight(wu + k, ok, pol);
     }
   };
   load(0);
@@ -558,13 +634,14 @@ __global__ void __launch_bounds__(kDownCols * 64) moe_rows_down_kernel(MoeRowsPa
   }
   __syncthreads();
   uint4 wv[kDownU];
+  const unsigned long long pol = l2_policy(p.evict_first);
   auto load = [&](int f0) {
 #pragma unroll
     for (int u = 0; u < kDownU; ++u) {
       const int f = f0 + u * 32 + lane;
       if (f < nf) {
         const int jj = f / nck, c = f - jj * nck;
-        wv[u] = *reinterpret_cast<const uint4*>(wbase[j0 + jj] + size_t(n) * I + size_t(c) * 8);
+        wv[u] = ld_weight(wbase[j0 + jj] + size_t(n) * I + size_t(c) * 8, true, pol);
       } else {
         wv[u] = make_uint4(0, 0, 0, 0);
       }
@@ -615,9 +692,11 @@ bool moe_rows_supported(int T, int K, int S, int H, int I) {
          down_smem <= 48 * 1024;
 }
 
-void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages) {
+void moe_rows(const MoeRowsParams& params, cudaStream_t s, int stages) {
+  MoeRowsParams p = params;
   DSV2_CHECK(moe_rows_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows: T {} K {} S {} H {} I {} not supported", p.T,
              p.K, p.S, p.H, p.I);
+  p.evict_first = (l2_hint_mask() & 2) != 0;
   if (stages & 1)
     launch_pdl(moe_rows_gu_kernel, dim3((p.I + kGuIdx - 1) / kGuIdx, p.K + p.S), dim3(kGuIdx * 32),
                size_t(p.H) * sizeof(bf16), s, p);
@@ -643,7 +722,7 @@ static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info,
   const unsigned col_blocks = unsigned((N + BNO - 1) / BNO);
   const dim3 grid = tile_fast ? dim3(unsigned(max_tiles), col_blocks) : dim3(col_blocks, unsigned(max_tiles));
   launch_pdl(moe_gemm_kernel<C, kF32Out, kGather, kSwiGLU>, grid, dim3(C::THREADS), smem, s, x, w, tile_info, max_tiles, N, K,
-             y, x_rows, tile_fast);
+             y, x_rows, tile_fast, (l2_hint_mask() & 8) != 0);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -81,7 +81,11 @@ constexpr int kAttnRows = 16;
 constexpr int kAttnTile = 64;   // cache block size the kernel's block tables index (it steps 32 positions)
 // MQA flash attention over the paged latent cache with QK width 576 and V width 512 (V = the first
 // 512 columns of the same rows), causal per row, split over the cache length when n_splits > 1.
-void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s);
+// combine = false: the split partials stay in part_o / part_ml for gemv1_combine (out is not written
+// when n_splits > 1).
+void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, bool combine = true);
+// Split counts merged by the few-splits combine (one block per item), and by gemv1_combine.
+constexpr int kAttnCombineFewMax = 16;
 
 // ---- decompressed prefill attention (prefill_attention.cu; the products are cuBLAS calls) ----
 
@@ -192,6 +196,7 @@ struct MoeRowsParams {
   const bf16* w_down;     // [E + S, H, I]
   bf16* act;              // scratch [K + S, I]: bf16(silu(gate) * up) per row (routed, then shared)
   float* y;               // [T, H], overwritten
+  bool evict_first = false; // set by moe_rows: weights streamed with L2 evict_first
 };
 bool moe_rows_supported(int T, int K, int S, int H, int I);
 // stages: 1 = gate/up only, 2 = down only, 3 = both (the split is for timing experiments).
@@ -208,6 +213,13 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 // K % 8 == 0, x and the weight rows 16-byte aligned. gemv_rows with M == 1 lands here.
 void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cudaStream_t s, int n_head = 0,
            long long w_head_rows = 0, long long x_head = 0);
+// gemv1 with heads (bf16 out) whose x_h is row h of the one-token attention output that
+// mla_attention(p, ..., combine = false) left as split partials: the block merges that row as the
+// few-splits combine does (the same bf16 values) before its product. One token (the rows of p are
+// its heads), 1 < n_splits <= kAttnCombineFewMax, K = kv_lora, n_head a multiple of 16.
+bool gemv1_combine_supported(const AttnParams& p, int K, int n_head);
+void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cudaStream_t s, int n_head,
+                   long long w_head_rows);
 // y[n] += sum_k x[k] w[n, k] (one row, fp32 y: the residual add fused into the product).
 void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s);
 // y[n] = sum_k bf16(RMSNorm(x))[k] w[n, k] for the fp32 row x with norm weights norm_w (the same
