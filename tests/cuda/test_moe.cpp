@@ -18,7 +18,8 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     int T, E, K, S, H, I;
   };
   for (Case cs : {Case{1, 64, 6, 2, 2048, 1408}, Case{1, 16, 4, 1, 256, 136}, Case{1, 8, 2, 0, 128, 64},
-                  Case{1, 160, 6, 2, 512, 96}, Case{1, 4, 4, 3, 64, 200}, Case{1, 4, 2, 2, 5120, 512}}) {
+                  Case{1, 160, 6, 2, 512, 96}, Case{1, 4, 4, 3, 64, 200}, Case{1, 4, 2, 2, 5120, 512},
+                  Case{1, 8, 2, 0, 256, 64}}) {
     ASSERT_TRUE(moe_rows_supported(cs.T, cs.K, cs.S, cs.H, cs.I));
     const int ES = cs.E + cs.S;
     std::vector<int32_t> ids(size_t(cs.T) * cs.K);
@@ -105,6 +106,32 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
     EXPECT_LT(rel_err(y2, ref), 5e-3) << "normalized in the kernel, T=" << cs.T << " H=" << cs.H;
     EXPECT_LT(rel_err(y1, ref), 5e-3)
         << "T=" << cs.T << " E=" << cs.E << " K=" << cs.K << " S=" << cs.S << " H=" << cs.H << " I=" << cs.I;
+    if (!moe_rows_tma_supported(cs.T, cs.K, cs.S, cs.H, cs.I)) continue;
+    // The bulk-copy form: the same activations as moe_rows' gate/up kernel (both input forms), and y
+    // within float rounding of moe_rows' (another summation order).
+    for (bool normalized : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "moe_rows_tma, normalized " << normalized << ", H=" << cs.H << " I=" << cs.I
+                                      << " K=" << cs.K << " S=" << cs.S);
+      p.x = normalized ? nullptr : dx.p;
+      p.xf = normalized ? dxf.p : nullptr;
+      p.norm_w = normalized ? dnw.p : nullptr;
+      p.accumulate = normalized;
+      scratch.poison();
+      moe_rows(p, 0, 1);
+      const auto act1 = from_bf16(scratch.get());
+      scratch.poison();
+      moe_rows_tma(p, 0, 1);
+      const auto act2 = from_bf16(scratch.get());
+      for (size_t i = 0; i < act1.size(); ++i) ASSERT_EQ(act1[i], act2[i]) << "activation " << i;
+      Dev<float> dy3(std::vector<float>(size_t(cs.T) * cs.H, 0.25f));
+      p.y = dy3.p;
+      moe_rows_tma(p, 0);
+      auto y3 = dy3.get();
+      if (normalized)
+        for (float& v : y3) v -= 0.25f;
+      EXPECT_LT(rel_err(y3, ref), 5e-3);
+      EXPECT_LT(rel_err(y3, normalized ? y2 : y1), 1e-5);
+    }
   }
 }
 

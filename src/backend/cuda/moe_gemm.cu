@@ -11,6 +11,7 @@
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/row_stage.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -282,34 +283,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __res
 // (add_rmsnorm's bf16 output); K <= 256 * kG1U, so every warp holds the whole row and computes the
 // mean itself. accumulate (fp32 out): y[n] += the product (the residual add).
 constexpr int kG1Warps = 8, kG1Rows = 2, kG1U = 8;
-
-// y[k] = bf16(g[k] * x[k] * rsqrt(mean(x^2) + eps)) for the fp32 row x of length H (H % 4 == 0), by
-// the whole block into shared memory (add_rmsnorm's bf16 values); red holds one float per warp.
-// Ends with a barrier.
-__device__ void stage_rmsnorm_bf16(const float* __restrict__ x, const float* __restrict__ g, int H, float eps,
-                                   bf16* y, float* red) {
-  const int tid = threadIdx.x, nt = blockDim.x;
-  float ss = 0.f;
-#pragma unroll 4
-  for (int k = tid * 4; k < H; k += nt * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(x + k);
-    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-  }
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((tid & 31) == 0) red[tid >> 5] = ss;
-  __syncthreads();
-  ss = 0.f;
-  for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
-  const float inv = rsqrtf(ss / float(H) + eps);
-#pragma unroll 4
-  for (int k = tid * 4; k < H; k += nt * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(x + k), w = *reinterpret_cast<const float4*>(g + k);
-    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
-    d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
-    d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
-  }
-  __syncthreads();
-}
 
 struct Gemv1Args {
   const bf16* x;

@@ -201,6 +201,11 @@ struct MoeRowsParams {
 bool moe_rows_supported(int T, int K, int S, int H, int I);
 // stages: 1 = gate/up only, 2 = down only, 3 = both (the split is for timing experiments).
 void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
+// The same products with resident blocks fed by bulk-copy pipelines (moe_tma.cu; Hopper, H a
+// multiple of 256 up to 2048): the same activations as moe_rows' gate/up kernel; y summed in another
+// order than moe_rows' down kernel.
+bool moe_rows_tma_supported(int T, int K, int S, int H, int I);
+void moe_rows_tma(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 
 // Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
 // rows (ldx % 8 == 0). y row stride ldy; bf16 or f32 out.

@@ -1,0 +1,301 @@
+// One-token MoE (batch-1 decode) with bulk-copy pipelines (Hopper): the same two products as
+// moe_rows (gate/up + SiLU, then down + combine into the residual), but each block is resident for
+// the whole product and one warp keeps a ring of shared-memory stages filled with bulk copies
+// (cp.async.bulk, completion on mbarriers), while 8 warps compute from the stages. The weight stream
+// then never stops between blocks: moe_rows' short blocks each issue their loads, wait, compute and
+// exit, so every SM's memory traffic drops at every block boundary.
+//
+// Gate/up: unit u = 8 gate rows and the 8 matching up rows of one expert (two contiguous copies),
+// units of the shared pieces first (they do not depend on the router, the kernel just before, and
+// are copied before the PDL wait), then the routed ones. Warp w computes row w of the unit, with the
+// same operations in the same order as moe_rows_gu_kernel (the same bf16 activations).
+// Down: item = kTmaDownCols outputs; its stages are those rows of each of the K + S experts (one
+// contiguous copy each, all known before the PDL wait since the router ran two kernels back); warp w
+// takes output w % 4 and half w / 4 of the columns; the item's sum goes into y.
+#include <algorithm>
+
+#include "backend/cuda/mma.cuh"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
+#include "backend/cuda/row_stage.cuh"
+#include "common/error.h"
+
+namespace dsv2::cuda {
+
+namespace {
+
+constexpr int kTmaWarps = 8;  // computing warps; warp kTmaWarps issues the copies
+constexpr int kTmaThreads = (kTmaWarps + 1) * 32;
+constexpr int kTmaGuRows = kTmaWarps;  // gate rows (and as many up rows) per unit: one pair per warp
+constexpr int kTmaDownCols = 4;        // outputs per down item
+constexpr int kTmaMaxStages = 16;
+constexpr int kTmaMaxPieces = 8;       // H / 256: x pieces of 8 per lane, held in registers
+constexpr size_t kTmaSmemBudget = 220 * 1024;
+constexpr int kTmaMaxRows = 32;        // K + S
+
+struct TmaLayout {
+  int stages;
+  size_t stage_bytes, ring, side, bars, total;  // side: x (gate/up) or the activations (down)
+};
+inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+inline TmaLayout tma_layout(size_t stage_bytes, size_t side_bytes) {
+  TmaLayout L{};
+  L.stage_bytes = stage_bytes;
+  const size_t fixed = align_up(side_bytes, 128) + 2 * kTmaMaxStages * sizeof(uint64_t);
+  L.stages = fixed < kTmaSmemBudget ? int(std::min<size_t>(kTmaMaxStages, (kTmaSmemBudget - fixed) / stage_bytes)) : 0;
+  L.ring = 0;
+  L.side = size_t(L.stages) * stage_bytes;
+  L.bars = L.side + align_up(side_bytes, 128);
+  L.total = L.bars + 2 * size_t(L.stages) * sizeof(uint64_t);
+  return L;
+}
+inline TmaLayout gu_layout(int H) { return tma_layout(size_t(2) * kTmaGuRows * H * sizeof(bf16), size_t(H) * sizeof(bf16)); }
+inline TmaLayout down_layout(int K, int S, int H, int I) {
+  (void)H;
+  return tma_layout(size_t(kTmaDownCols) * I * sizeof(bf16), size_t(K + S) * I * sizeof(bf16));
+}
+
+// Ring bookkeeping shared by the issuing and the computing warps: use n of the ring is stage n % S
+// in round n / S; the full barrier of a stage completes once per round (parity = round & 1), the
+// empty barrier when all computing warps have released it.
+struct Ring {
+  unsigned char* base;
+  uint64_t* full;
+  uint64_t* empty;
+  int stages;
+  size_t stage_bytes;
+  __device__ unsigned char* stage(int n) const { return base + size_t(n % stages) * stage_bytes; }
+  // issuing side: wait until use n may overwrite its stage, then announce `bytes` of copies
+  __device__ void produce(int n, unsigned bytes) const {
+    const int s = n % stages;
+    if (n >= stages) mbar_wait(&empty[s], unsigned((n / stages - 1) & 1));
+    mbar_arrive_expect(&full[s], bytes);
+  }
+  __device__ void consume_wait(int n) const { mbar_wait(&full[n % stages], unsigned((n / stages) & 1)); }
+  __device__ void release(int n, int lane) const {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[n % stages]);
+  }
+};
+
+__device__ Ring make_ring(unsigned char* smem, const TmaLayout& L) {
+  Ring r{smem + L.ring, reinterpret_cast<uint64_t*>(smem + L.bars), nullptr, L.stages, L.stage_bytes};
+  r.empty = r.full + L.stages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < L.stages; ++s) {
+      mbar_init(&r.full[s], 1);
+      mbar_init(&r.empty[s], kTmaWarps);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  return r;
+}
+
+__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParams p, TmaLayout L) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Ring ring = make_ring(smem, L);
+  const int H = p.H, I = p.I, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int upr = I / kTmaGuRows, n_units = (p.K + p.S) * upr;
+  const unsigned row_bytes = unsigned(kTmaGuRows * H * sizeof(bf16));
+  if (warp == kTmaWarps) {
+    if (lane == 0) {
+      const unsigned long long pol = l2_policy(true);
+      bool waited = false;
+      int n = 0;
+      for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
+        const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
+        if (y >= p.S && !waited) {  // routed units need the router's ids
+          pdl_wait();
+          pdl_launch();
+          waited = true;
+        }
+        const int e = y < p.S ? p.E + y : p.ids[y - p.S];
+        const bf16* g = p.w_gu + (size_t(e) * 2 * I + i0) * H;
+        ring.produce(n, 2 * row_bytes);
+        unsigned char* st = ring.stage(n);
+        bulk_copy_g2s(st, g, row_bytes, &ring.full[n % ring.stages], pol);
+        bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
+      }
+      if (!waited) {  // the down kernel reads the ids before its own wait
+        pdl_wait();
+        pdl_launch();
+      }
+    }
+    return;
+  }
+  // computing warps: x = the normalized row (add_rmsnorm's bf16 values), then one pair of rows each
+  bf16* sx = reinterpret_cast<bf16*>(smem + L.side);
+  __shared__ float red[kTmaWarps];
+  if (p.norm_w) {
+    stage_rmsnorm_bf16(p.xf, p.norm_w, H, p.eps, sx, red, kTmaWarps * 32, 1);
+  } else {
+    for (int c = threadIdx.x; c < H / 8; c += kTmaWarps * 32)
+      reinterpret_cast<uint4*>(sx)[c] = reinterpret_cast<const uint4*>(p.x)[c];
+    stage_sync(1, kTmaWarps * 32);
+  }
+  uint4 xq[kTmaMaxPieces];
+#pragma unroll
+  for (int j = 0; j < kTmaMaxPieces; ++j) {
+    const int k = (j * 32 + lane) * 8;
+    xq[j] = k < H ? *reinterpret_cast<const uint4*>(sx + k) : make_uint4(0, 0, 0, 0);
+  }
+  int n = 0;
+  for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
+    const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
+    ring.consume_wait(n);
+    const bf16* gs = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(warp) * H;
+    const bf16* us = gs + size_t(kTmaGuRows) * H;
+    float ag = 0.f, au = 0.f;
+#pragma unroll
+    for (int j = 0; j < kTmaMaxPieces; ++j) {
+      const int k = (j * 32 + lane) * 8;
+      if (k >= H) break;
+      const uint4 gv = *reinterpret_cast<const uint4*>(gs + k), uv = *reinterpret_cast<const uint4*>(us + k);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xq[j]);
+      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+      const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&uv);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 xf = __bfloat1622float2(x2[q]), gf = __bfloat1622float2(g2[q]), uf = __bfloat1622float2(u2[q]);
+        ag += gf.x * xf.x + gf.y * xf.y;
+        au += uf.x * xf.x + uf.y * xf.y;
+      }
+    }
+    ring.release(n, lane);
+    for (int o = 16; o > 0; o >>= 1) {
+      ag += __shfl_xor_sync(0xffffffffu, ag, o);
+      au += __shfl_xor_sync(0xffffffffu, au, o);
+    }
+    if (lane == 0) {
+      const float g = __bfloat162float(__float2bfloat16(ag)), v = __bfloat162float(__float2bfloat16(au));
+      const int row = y < p.S ? p.K + y : y - p.S;  // act rows: routed 0..K-1, shared K..
+      p.act[size_t(row) * I + i] = __float2bfloat16(g / (1.0f + __expf(-g)) * v);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Ring ring = make_ring(smem, L);
+  const int H = p.H, I = p.I, nrow = p.K + p.S, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_items = H / kTmaDownCols;
+  const unsigned seg_bytes = unsigned(kTmaDownCols * I * sizeof(bf16));
+  if (warp == kTmaWarps) {
+    // the expert ids come from the router, complete before the gate/up kernel let this one launch
+    if (lane == 0) {
+      const unsigned long long pol = l2_policy(true);
+      int n = 0;
+      for (int it = blockIdx.x; it < n_items; it += gridDim.x)
+        for (int j = 0; j < nrow; ++j, ++n) {
+          const int e = j < p.S ? p.E + j : p.ids[j - p.S];
+          ring.produce(n, seg_bytes);
+          bulk_copy_g2s(ring.stage(n), p.w_down + (size_t(e) * H + size_t(it) * kTmaDownCols) * I, seg_bytes,
+                        &ring.full[n % ring.stages], pol);
+        }
+    }
+    return;
+  }
+  bf16* sa = reinterpret_cast<bf16*>(smem + L.side);  // [nrow, I]: shared pieces first, then routed
+  __shared__ float wrow[kTmaMaxRows];
+  __shared__ float part[kTmaWarps];
+  pdl_entry();  // the activations come from the gate/up kernel
+  const int nck = I / 8, tid = threadIdx.x;
+  for (int c = tid; c < nrow * nck; c += kTmaWarps * 32) {
+    const int j = c / nck, cc = c - j * nck;
+    const size_t src = j < p.S ? size_t(p.K) + j : size_t(j - p.S);  // act rows: routed 0..K-1, shared K..
+    reinterpret_cast<uint4*>(sa + size_t(j) * I)[cc] = reinterpret_cast<const uint4*>(p.act + src * I)[cc];
+  }
+  if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : p.weights[tid - p.S];
+  stage_sync(1, kTmaWarps * 32);
+  const int r = warp % kTmaDownCols, half = warp / kTmaDownCols;
+  const int hc = (nck + 1) / 2, c0 = half * hc, c1 = min(nck, c0 + hc);
+  int n = 0;
+  for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+    float tot = 0.f;
+    for (int j = 0; j < nrow; ++j, ++n) {
+      ring.consume_wait(n);
+      const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r) * I;
+      const bf16* as = sa + size_t(j) * I;
+      float d = 0.f;
+      for (int c = c0 + lane; c < c1; c += 32) {
+        const uint4 wv = *reinterpret_cast<const uint4*>(ws + c * 8), av = *reinterpret_cast<const uint4*>(as + c * 8);
+        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+        const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
+          d += wf.x * af.x + wf.y * af.y;
+        }
+      }
+      ring.release(n, lane);
+      tot += wrow[j] * d;
+    }
+    for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
+    if (lane == 0) part[warp] = tot;
+    stage_sync(1, kTmaWarps * 32);
+    if (tid < kTmaDownCols) {
+      float* yo = p.y + size_t(it) * kTmaDownCols + tid;
+      const float v = part[tid] + part[tid + kTmaDownCols];
+      *yo = p.accumulate ? *yo + v : v;
+    }
+    stage_sync(1, kTmaWarps * 32);
+  }
+}
+
+int sm_count() {
+  static int n[64] = {};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && n[dev] > 0) return n[dev];
+  int v = 0;
+  DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) n[dev] = v;
+  return v;
+}
+
+template <typename Kernel>
+void raise_smem(Kernel k, size_t bytes) {
+  static size_t configured[64] = {};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 64 || configured[dev] < bytes) {
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    if (dev < 64) configured[dev] = bytes;
+  }
+}
+
+}  // namespace
+
+bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
+  static const bool hopper = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return hopper && T == 1 && K + S <= kTmaMaxRows && H % 256 == 0 && H <= 256 * kTmaMaxPieces &&
+         I % kTmaGuRows == 0 && I % 8 == 0 && H % kTmaDownCols == 0 && gu_layout(H).stages >= 2 &&
+         down_layout(K, S, H, I).stages >= 2;
+}
+
+void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
+  MoeRowsParams p = params;
+  DSV2_CHECK(moe_rows_tma_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows_tma: T {} K {} S {} H {} I {} not supported",
+             p.T, p.K, p.S, p.H, p.I);
+  const int sms = sm_count();
+  if (stages & 1) {
+    const TmaLayout L = gu_layout(p.H);
+    raise_smem(moe_tma_gu_kernel, L.total);
+    const int units = (p.K + p.S) * (p.I / kTmaGuRows);
+    launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L);
+  }
+  if (stages & 2) {
+    const TmaLayout L = down_layout(p.K, p.S, p.H, p.I);
+    raise_smem(moe_tma_down_kernel, L.total);
+    const int items = p.H / kTmaDownCols;
+    launch_pdl(moe_tma_down_kernel, dim3(unsigned(std::min(items, sms))), dim3(kTmaThreads), L.total, s, p, L);
+  }
+  DSV2_CUDA_LAUNCHED();
+}
+
+}  // namespace dsv2::cuda

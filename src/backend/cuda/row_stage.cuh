@@ -1,0 +1,46 @@
+#pragma once
+// Block-level staging of one activation row into shared memory, shared by the one-token kernels.
+// Only for .cu files.
+#include "backend/cuda/ops.h"
+
+namespace dsv2::cuda {
+
+// Barrier among the first nt threads of the block: __syncthreads() for bar == 0, else the named
+// barrier bar (kernels whose other warps do different work, such as a copy-issuing warp).
+__device__ __forceinline__ void stage_sync(int bar, int nt) {
+  if (bar == 0)
+    __syncthreads();
+  else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(bar), "r"(nt) : "memory");
+}
+
+// y[k] = bf16(g[k] * x[k] * rsqrt(mean(x^2) + eps)) for the fp32 row x of length H (H % 4 == 0), by
+// threads 0..nt-1 (nt a multiple of 32; the whole block by default) into shared memory (add_rmsnorm's
+// bf16 values); red holds one float per warp. Ends with a barrier (stage_sync(bar, nt)).
+__device__ __forceinline__ void stage_rmsnorm_bf16(const float* __restrict__ x, const float* __restrict__ g, int H,
+                                                   float eps, bf16* y, float* red, int nt = 0, int bar = 0) {
+  if (nt == 0) nt = blockDim.x;
+  const int tid = threadIdx.x;
+  float ss = 0.f;
+#pragma unroll 4
+  for (int k = tid * 4; k < H; k += nt * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + k);
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((tid & 31) == 0) red[tid >> 5] = ss;
+  stage_sync(bar, nt);
+  ss = 0.f;
+  for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
+  const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll 4
+  for (int k = tid * 4; k < H; k += nt * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + k), w = *reinterpret_cast<const float4*>(g + k);
+    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
+    d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
+    d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
+  }
+  stage_sync(bar, nt);
+}
+
+}  // namespace dsv2::cuda
