@@ -32,8 +32,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -n "$PACK" ]; then
-  B=$ROOT/build-gpu-pack
-  cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null || exit 1
+  # GPU_CHECK_CMAKE_ARGS: more CMake options (e.g. -DDSV2_CUDA_TRACE=ON), built in a directory of their own
+  B=$ROOT/build-gpu-pack${GPU_CHECK_CMAKE_ARGS:+-custom}
+  # shellcheck disable=SC2086  # the options are meant to be split into words
+  cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+    ${GPU_CHECK_CMAKE_ARGS:-} >/dev/null || exit 1
   ninja -C "$B" -j"$(nproc)" dsv2 test_cuda || exit 1
   mkdir -p "$PACK/lib"
   cp "$B/src/dsv2" "$B/tests/test_cuda" "$PACK/"

@@ -23,6 +23,7 @@
 
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/trace.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -136,6 +137,7 @@ __device__ __forceinline__ void load_rows(bf16* dst, int LDK, const bf16* src, i
 // when fixed at compile time (576 for DeepSeek-V2: all index arithmetic folds), 0 for any other.
 template <int NTW, int DC>
 __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int Darg, int DV) {
+  DSV2_TRACE(kTrAttn);
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = DC > 0 ? DC : Darg;
   const Layout L = make_layout(D, NTW);
@@ -380,6 +382,7 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
 // 8 warps' sums meet in shared memory.
 constexpr int kCombineCols = 128;
 __global__ void __launch_bounds__(256) mla_combine_kernel(AttnParams p, int DV) {
+  DSV2_TRACE(kTrCombine);
   extern __shared__ float sw[];  // [n_splits] weights, [1] 1 / sum, then [8][kCombineCols] warp sums
   const int item = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
@@ -451,6 +454,7 @@ __global__ void __launch_bounds__(256) mla_combine_kernel(AttnParams p, int DV) 
 // barrier) and then sums 4-column pieces over the splits, 8 independent 16-byte loads per split.
 constexpr int kCombineFewMax = kAttnCombineFewMax;
 __global__ void __launch_bounds__(256) mla_combine_few_kernel(AttnParams p, int DV) {
+  DSV2_TRACE(kTrCombine);
   __shared__ float sw[kRows][kCombineFewMax];
   const int item = blockIdx.x, tid = threadIdx.x, r = tid >> 4, sub = tid & 15;
   const int chunk = p.items[item * 4 + 0], row0 = p.items[item * 4 + 1];
@@ -551,5 +555,7 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, b
     DSV2_CUDA_LAUNCHED();
   }
 }
+
+DSV2_TRACE_BINDER(trace_bind_attention)
 
 }  // namespace dsv2::cuda

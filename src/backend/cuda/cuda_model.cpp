@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -113,6 +114,7 @@ class CudaModelImpl final : public CudaModel {
     DSV2_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     sms_ = prop.multiProcessorCount;
     name_ = fmt::format("cuda:{} ({})", device_, prop.name);
+    trace_init();
     H_ = int(c_.hidden_size);
     heads_ = int(c_.num_attention_heads);
     nope_ = int(c_.qk_nope_head_dim);
@@ -320,6 +322,17 @@ class CudaModelImpl final : public CudaModel {
 
   // DSV2_CUDA_PROFILE=1: eager steps with events between the stages; totals logged at exit.
   bool prof_on_ = std::getenv("DSV2_CUDA_PROFILE") != nullptr;
+  // DSV2_CUDA_TRACE_FILE=path (builds with -DDSV2_CUDA_TRACE=ON): every pass's kernel timeline is
+  // appended to path as CSV (bench/gpu/trace.py reads it).
+  std::string trace_file_ = [] {
+    const char* v = std::getenv("DSV2_CUDA_TRACE_FILE");
+    return std::string(v ? v : "");
+  }();
+  DevBuf<TraceRec> trace_rec_;
+  DevBuf<uint32_t> trace_n_;
+  uint64_t trace_pass_ = 0;
+  void trace_init();
+  void trace_write(int T);
   std::vector<std::pair<const char*, cudaEvent_t>> prof_marks_;
   std::map<std::string, double> prof_ms_;
   int prof_passes_ = 0;
@@ -819,6 +832,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   }
   reserve_scratch(T, R, I, n_splits);
   DSV2_CUDA_CHECK(cudaMemcpyAsync(meta_.p, hm, need * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  if (trace_n_.p) DSV2_CUDA_CHECK(cudaMemsetAsync(trace_n_.p, 0, sizeof(uint32_t), stream_));
 
   bool ran = false;
   prof_prefix_ = decode_only ? "decode " : "prefill ";
@@ -865,7 +879,48 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   }
   DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (prof_on_) collect_marks();
+  if (trace_n_.p) trace_write(T);
   for (auto& pc : pcs) pc.seq->length += pc.n;
+}
+
+void CudaModelImpl::trace_init() {
+  if (trace_file_.empty()) return;
+  if (!trace_compiled()) {
+    log::warn("cuda", "DSV2_CUDA_TRACE_FILE is set, but this build has no kernel timeline (-DDSV2_CUDA_TRACE=ON)");
+    return;
+  }
+  constexpr size_t kCap = size_t(1) << 20;
+  trace_rec_.reserve(kCap);
+  trace_n_.reserve(1);
+  DSV2_CUDA_CHECK(cudaMemset(trace_n_.p, 0, sizeof(uint32_t)));
+  TraceBuf b;
+  b.rec = trace_rec_.p;
+  b.cap = uint32_t(kCap);
+  b.n = trace_n_.p;
+  trace_bind(b);
+  if (std::FILE* f = std::fopen(trace_file_.c_str(), "w")) {
+    std::fputs("pass,tokens,kernel,sm,block,blocks,t0_ns,t1_ns\n", f);
+    std::fclose(f);
+  } else {
+    fail("DSV2_CUDA_TRACE_FILE: cannot write {}", trace_file_);
+  }
+  log::info("cuda", "kernel timeline of every pass appended to {}", trace_file_);
+}
+
+void CudaModelImpl::trace_write(int T) {
+  uint32_t n = 0;
+  DSV2_CUDA_CHECK(cudaMemcpy(&n, trace_n_.p, sizeof n, cudaMemcpyDeviceToHost));
+  n = std::min<uint32_t>(n, uint32_t(trace_rec_.n));
+  std::vector<TraceRec> recs(n);
+  if (n) DSV2_CUDA_CHECK(cudaMemcpy(recs.data(), trace_rec_.p, n * sizeof(TraceRec), cudaMemcpyDeviceToHost));
+  std::FILE* f = std::fopen(trace_file_.c_str(), "a");
+  if (!f) return;
+  for (const TraceRec& r : recs)
+    std::fprintf(f, "%llu,%d,%s,%u,%u,%u,%llu,%llu\n", (unsigned long long)trace_pass_, T,
+                 trace_kernel_name(r.kernel), r.sm, r.block, r.blocks, (unsigned long long)r.t0,
+                 (unsigned long long)r.t1);
+  std::fclose(f);
+  ++trace_pass_;
 }
 
 void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int n_chunks) {

@@ -8,6 +8,7 @@
 
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/trace.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -63,6 +64,7 @@ inline unsigned blocks_for(size_t n, unsigned threads) {
 // ---------------------------------------------------------------------------------------------
 
 __global__ void embed_kernel(const bf16* embed, const int32_t* tokens, int H, float* x) {
+  DSV2_TRACE(kTrEmbed);
   pdl_entry();
   const int t = blockIdx.x;
   const bf16* src = embed + size_t(tokens[t]) * H;
@@ -76,6 +78,7 @@ constexpr int kNormPer = 16;
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add,
                                    const int32_t* __restrict__ rows, int H, const float* __restrict__ w, float eps,
                                    bf16* __restrict__ y, float* __restrict__ yf, MoeCombine comb) {
+  DSV2_TRACE(kTrNorm);
   pdl_entry();
   __shared__ float red[32];
   const int r = blockIdx.x;
@@ -152,6 +155,7 @@ __global__ void rmsnorm_bf16_kernel(const bf16* x, int ldx, int n, const float* 
 }
 
 __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
+  DSV2_TRACE(kTrSilu);
   pdl_entry();
   const size_t n = size_t(R) * I;
   for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < n; idx += size_t(gridDim.x) * blockDim.x) {
@@ -220,6 +224,7 @@ __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__
                                                         const bf16* __restrict__ w, int nope, long long w_head_rows,
                                                         int C, bf16* __restrict__ out, int out_stride,
                                                         RopeCacheParams rp, bool with_rope) {
+  DSV2_TRACE(kTrAbsorb);
   __shared__ float part[32][65];
   const int h = blockIdx.y, c0 = blockIdx.x * 64;
   if (h == int(gridDim.y) - 1 && with_rope) {
@@ -377,6 +382,7 @@ constexpr int kRouteCluster = 8, kRouteWarps = 8;
 constexpr int kRouteU = 16;
 __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWarps * 32)
     route_small_kernel(RouterParams p, const float* x, const float* w, int H, const float* norm_w, float eps) {
+  DSV2_TRACE(kTrRoute);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float s[];  // [E + n_group] routing scratch, then [T, E] logits (block 0's are used)
   __shared__ float red[32];
@@ -525,6 +531,7 @@ constexpr int kDispatchThreads = 1024;
 __global__ void __launch_bounds__(kDispatchThreads)
     moe_dispatch_block_kernel(const int32_t* __restrict__ ids, int n, int K, int E, int32_t* offsets,
                               int32_t* tile_info, int max_tiles, int tile_m, int32_t* slot_of, int32_t* row_token) {
+  DSV2_TRACE(kTrDispatch);
   pdl_entry();
   extern __shared__ int dsm[];  // [E] counts, then [E] offsets, then [n] ranks
   int* cnt = dsm;
@@ -624,6 +631,7 @@ constexpr int kSampleThreads = 1024;
 __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, int V, int n, float temperature,
                                                                 float top_p, uint64_t seed, uint64_t step,
                                                                 int32_t* out) {
+  DSV2_TRACE(kTrSample);
   pdl_entry();
   __shared__ float red[32];
   __shared__ float fsum[kSampleThreads];
@@ -887,6 +895,34 @@ void fill_random_f32(float* p, size_t n, uint64_t seed, float scale, float offse
   if (n == 0) return;
   fill_f32_kernel<<<blocks_for(n, 256), 256, 0, s>>>(p, n, seed, scale, offset);
   DSV2_CUDA_LAUNCHED();
+}
+
+DSV2_TRACE_BINDER(trace_bind_kernels)
+void trace_bind_attention(const TraceBuf& b);
+void trace_bind_moe_gemm(const TraceBuf& b);
+void trace_bind_moe_tma(const TraceBuf& b);
+
+void trace_bind(const TraceBuf& b) {
+  trace_bind_kernels(b);
+  trace_bind_attention(b);
+  trace_bind_moe_gemm(b);
+  trace_bind_moe_tma(b);
+}
+
+bool trace_compiled() {
+#if defined(DSV2_CUDA_TRACE)
+  return true;
+#else
+  return false;
+#endif
+}
+
+const char* trace_kernel_name(uint32_t k) {
+  static const char* const names[kTrKernels] = {
+      "?",         "embed",    "norm",     "qkv_norm", "gemv_f32", "gemv_bf16", "uv_combine", "absorb",   "attention",
+      "combine",   "router",   "moe_gu",   "moe_down", "tma_gu",   "tma_down",  "grouped",    "dispatch", "silu_mul",
+      "sample"};
+  return k < kTrKernels ? names[k] : "?";
 }
 
 }  // namespace dsv2::cuda

@@ -12,6 +12,7 @@
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/row_stage.cuh"
+#include "backend/cuda/trace.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -46,6 +47,7 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
                                                               const int32_t* __restrict__ tiles, int max_tiles, int N,
                                                               int K, void* y, const int32_t* __restrict__ x_rows,
                                                               bool tile_fast, bool evict_first) {
+  DSV2_TRACE(kTrGrouped);
   pdl_entry();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, LDS = C::LDS, MI = C::MI, NI = C::NI;
@@ -351,6 +353,7 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
 
 template <bool kF32Out, bool kNorm, bool kComb = false>
 __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a) {
+  DSV2_TRACE(kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.N, K = a.K;
   const int n0 = (blockIdx.x * kG1Warps + warp) * kG1Rows;
@@ -515,6 +518,7 @@ void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void*
 // router started. With norm_w, x is the fp32 residual stream, normalized into shared memory here.
 constexpr int kGuIdx = 8;
 __global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams p) {
+  DSV2_TRACE(kTrMoeGu);
   extern __shared__ __align__(16) unsigned char smem_rows[];
   bf16* sx = reinterpret_cast<bf16*>(smem_rows);
   __shared__ float red[kGuIdx];
@@ -588,6 +592,7 @@ __global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams 
 // gate/up kernel; the activations then come to shared memory. The two halves are added in order.
 constexpr int kDownCols = 4, kDownU = 24, kDownMaxRows = 32;
 __global__ void __launch_bounds__(kDownCols * 64) moe_rows_down_kernel(MoeRowsParams p) {
+  DSV2_TRACE(kTrMoeDown);
   extern __shared__ __align__(16) unsigned char smem_rows[];
   const int n0 = blockIdx.x * kDownCols;
   const int I = p.I, H = p.H, nrow = p.K + p.S;
@@ -741,5 +746,7 @@ void moe_gemm_swiglu(const bf16* x, const bf16* w, const int32_t* tile_info, int
   else
     launch_tiles<CfgLarge, false, true, true>(x, w, tile_info, max_tiles, I, K, act, s, x_rows, tile_fast);
 }
+
+DSV2_TRACE_BINDER(trace_bind_moe_gemm)
 
 }  // namespace dsv2::cuda

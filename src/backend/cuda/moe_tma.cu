@@ -18,6 +18,7 @@
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/row_stage.cuh"
+#include "backend/cuda/trace.cuh"
 #include "common/error.h"
 
 namespace dsv2::cuda {
@@ -93,6 +94,7 @@ __device__ Ring make_ring(unsigned char* smem, const TmaLayout& L) {
 }
 
 __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParams p, TmaLayout L) {
+  DSV2_TRACE(kTrMoeTmaGu);
   extern __shared__ __align__(128) unsigned char smem[];
   const Ring ring = make_ring(smem, L);
   const int H = p.H, I = p.I, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -176,6 +178,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
 }
 
 __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L) {
+  DSV2_TRACE(kTrMoeTmaDown);
   extern __shared__ __align__(128) unsigned char smem[];
   const Ring ring = make_ring(smem, L);
   const int H = p.H, I = p.I, nrow = p.K + p.S, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -297,5 +300,7 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
   }
   DSV2_CUDA_LAUNCHED();
 }
+
+DSV2_TRACE_BINDER(trace_bind_moe_tma)
 
 }  // namespace dsv2::cuda

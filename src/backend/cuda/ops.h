@@ -237,6 +237,28 @@ void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, i
 void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, long long w_head_rows, int C,
                bf16* out, int out_stride, cudaStream_t s, const RopeCacheParams* rope = nullptr);
 
+// ---- kernel timeline (trace.cuh; only in builds with -DDSV2_CUDA_TRACE=ON) ----
+
+// One block of one instrumented kernel: global timer (ns) at its start and end.
+struct TraceRec {
+  uint32_t kernel, sm, block, blocks;
+  uint64_t t0, t1;
+};
+struct TraceBuf {
+  TraceRec* rec = nullptr;
+  uint32_t cap = 0;
+  uint32_t* n = nullptr;  // records written (may exceed cap: the rest were dropped)
+};
+enum TraceKernel : uint32_t {
+  kTrEmbed = 1, kTrNorm, kTrGemv1Norm, kTrGemv1F32, kTrGemv1Bf16, kTrGemv1Comb, kTrAbsorb, kTrAttn, kTrCombine,
+  kTrRoute, kTrMoeGu, kTrMoeDown, kTrMoeTmaGu, kTrMoeTmaDown, kTrGrouped, kTrDispatch, kTrSilu, kTrSample,
+  kTrKernels
+};
+// Binds the buffer for every instrumented kernel (does nothing in other builds).
+void trace_bind(const TraceBuf& b);
+bool trace_compiled();
+const char* trace_kernel_name(uint32_t k);
+
 // ---- sampling and utilities (kernels.cu) ----
 
 // One token per row of logits [R, V] (only the first v_limit columns are candidates): argmax when

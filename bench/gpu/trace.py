@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Kernel timeline of one pass from a DSV2_CUDA_TRACE_FILE (builds with -DDSV2_CUDA_TRACE=ON).
+
+Each record is one block (first start and last end of thread 0, global timer in ns). Blocks are
+grouped into launches by kernel, grid size and time (a new launch when a block starts more than
+--split-us after the previous block of the same kernel and grid started). Prints, for the chosen
+pass, every launch (start and end relative to the pass, duration, blocks, idle time since the
+previous launch ended), the per-kernel totals, and the gap from the previous pass.
+
+Usage: bench/gpu/trace.py TRACE.csv [--pass N] [--tokens T] [--launches]
+  default pass: the median-duration pass among the last 8 passes with T tokens (default 1)
+"""
+import argparse
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+
+def load(path):
+    passes = defaultdict(list)
+    tokens = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            p = int(row["pass"])
+            tokens[p] = int(row["tokens"])
+            passes[p].append((row["kernel"], int(row["sm"]), int(row["block"]), int(row["blocks"]),
+                              int(row["t0_ns"]), int(row["t1_ns"])))
+    return passes, tokens
+
+
+def launches(recs, split_ns):
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r[0], r[3])].append(r)
+    out = []
+    for (kernel, blocks), rs in groups.items():
+        rs.sort(key=lambda r: r[4])
+        cur = [rs[0]]
+        for r in rs[1:]:
+            if r[4] - cur[-1][4] > split_ns:
+                out.append((kernel, blocks, cur))
+                cur = []
+            cur.append(r)
+        out.append((kernel, blocks, cur))
+    res = []
+    for kernel, blocks, rs in out:
+        res.append({"kernel": kernel, "grid": blocks, "seen": len(rs), "t0": min(r[4] for r in rs),
+                    "t1": max(r[5] for r in rs)})
+    res.sort(key=lambda l: l["t0"])
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("trace")
+    ap.add_argument("--pass", dest="pass_", type=int, default=None)
+    ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--split-us", type=float, default=3.0)
+    ap.add_argument("--launches", action="store_true", help="print every launch")
+    a = ap.parse_args()
+    passes, tokens = load(a.trace)
+    if not passes:
+        sys.exit("trace: no records")
+    span = {p: (min(r[4] for r in rs), max(r[5] for r in rs)) for p, rs in passes.items()}
+    if a.pass_ is None:
+        cand = [p for p in sorted(passes) if tokens[p] == a.tokens][-8:]
+        if not cand:
+            sys.exit(f"trace: no pass with {a.tokens} tokens")
+        cand.sort(key=lambda p: span[p][1] - span[p][0])
+        a.pass_ = cand[len(cand) // 2]
+    p = a.pass_
+    ls = launches(passes[p], int(a.split_us * 1000))
+    t_begin, t_end = span[p]
+    prev = [q for q in passes if q < p]
+    gap = f"{(t_begin - span[max(prev)][1]) / 1000:.1f} us after the previous pass ended" if prev else "first pass"
+    print(f"pass {p} ({tokens[p]} tokens): {(t_end - t_begin) / 1000:.1f} us from the first block start to the "
+          f"last block end, {len(ls)} launches; {gap}")
+    busy_end = t_begin
+    idle = 0
+    per = defaultdict(lambda: [0, 0.0, 0.0])
+    if a.launches:
+        print(f"{'start':>9} {'end':>9} {'us':>7} {'idle':>6}  kernel (grid, blocks seen)")
+    for l in ls:
+        gap_ns = max(0, l["t0"] - busy_end)
+        idle += gap_ns
+        busy_end = max(busy_end, l["t1"])
+        d = (l["t1"] - l["t0"]) / 1000
+        s = per[l["kernel"]]
+        s[0] += 1
+        s[1] += d
+        s[2] += gap_ns / 1000
+        if a.launches:
+            print(f"{(l['t0'] - t_begin) / 1000:9.1f} {(l['t1'] - t_begin) / 1000:9.1f} {d:7.1f} {gap_ns / 1000:6.1f}  "
+                  f"{l['kernel']} ({l['grid']}, {l['seen']})")
+    print(f"no kernel running for {idle / 1000:.1f} us of the pass")
+    print(f"{'kernel':>12} {'launches':>8} {'us each':>8} {'us total':>9} {'idle before, us':>16}")
+    for k, (n, tot, gaps) in sorted(per.items(), key=lambda kv: -kv[1][1]):
+        print(f"{k:>12} {n:8d} {tot / n:8.2f} {tot:9.1f} {gaps:16.1f}")
+    durs = [span[q][1] - span[q][0] for q in passes if tokens[q] == tokens[p]]
+    print(f"passes with {tokens[p]} tokens: {len(durs)}, median span {statistics.median(durs) / 1000:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
