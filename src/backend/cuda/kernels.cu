@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <cooperative_groups.h>
 #include <cmath>
+#include <cstdlib>
 
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
@@ -362,6 +363,67 @@ __device__ void route_token(const RouterParams& p, int t, const float* logits_ro
   __syncthreads();  // s and sel are reused by the next token
 }
 
+// The same routing by one warp, without block barriers (E % 32 == 0, E <= 32 * kRouteWarpMaxPer, no
+// group limit, K <= 32): each lane holds experts lane, lane + 32, ...; the softmax reductions and the
+// K argmax rounds are warp shuffles; the selection is route_token's (highest score, lowest id), the
+// weights equal route_token's up to the order of the softmax sum. Called by all 32 lanes of a warp.
+constexpr int kRouteWarpMaxPer = 8;
+__device__ void route_token_warp(const RouterParams& p, int t, const float* logits_row) {
+  const int lane = threadIdx.x & 31, per = p.E / 32;
+  float v[kRouteWarpMaxPer];
+  float mx = -FLT_MAX;
+#pragma unroll
+  for (int i = 0; i < kRouteWarpMaxPer; ++i) {
+    v[i] = i < per ? logits_row[lane + 32 * i] : -FLT_MAX;
+    mx = fmaxf(mx, v[i]);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kRouteWarpMaxPer; ++i) {
+    v[i] = i < per ? expf(v[i] - mx) : 0.f;
+    sum += v[i];
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+  for (int i = 0; i < kRouteWarpMaxPer; ++i) v[i] = i < per ? v[i] / sum : -1.0f;  // -1: never selected
+  int my_id = 0;
+  float my_v = 0.f, tot = 0.f;
+  for (int k = 0; k < p.K; ++k) {
+    float bv = -1.0f;
+    int bi = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < kRouteWarpMaxPer; ++i)
+      if (v[i] > bv) {  // ascending ids within the lane: the first maximum is kept
+        bv = v[i];
+        bi = lane + 32 * i;
+      }
+    warp_argmax(bv, bi);
+#pragma unroll
+    for (int i = 0; i < kRouteWarpMaxPer; ++i)
+      if (lane + 32 * i == bi) v[i] = -1.0f;  // taken (scores are >= 0)
+    if (lane == k) {
+      my_id = bi;
+      my_v = bv;
+    }
+    tot += bv;
+  }
+  const size_t row = size_t(t) * (p.ids_stride > 0 ? p.ids_stride : p.K);
+  if (lane < p.K) {
+    p.ids[row + lane] = my_id;
+    p.weights[row + lane] = (p.K > 1 && p.norm_topk) ? my_v / (tot + 1e-20f) : my_v * p.scaling;
+  }
+  if (lane < p.n_extra) {
+    p.ids[row + p.K + lane] = p.E + lane;
+    p.weights[row + p.K + lane] = 1.0f;
+  }
+}
+
+inline bool route_warp_supported(const RouterParams& p) {
+  return p.E % 32 == 0 && p.E <= 32 * kRouteWarpMaxPer && p.K <= 32 && p.n_extra <= 32 &&
+         !(p.group_limited && p.n_group > 1);
+}
+
 // One block per token over precomputed logits.
 __global__ void route_kernel(RouterParams p) {
   pdl_entry();
@@ -381,7 +443,8 @@ __global__ void route_kernel(RouterParams p) {
 constexpr int kRouteCluster = 8, kRouteWarps = 8;
 constexpr int kRouteU = 16;
 __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWarps * 32)
-    route_small_kernel(RouterParams p, const float* x, const float* w, int H, const float* norm_w, float eps) {
+    route_small_kernel(RouterParams p, const float* x, const float* w, int H, const float* norm_w, float eps,
+                       bool warp_route) {
   DSV2_TRACE(kTrRoute);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float s[];  // [E + n_group] routing scratch, then [T, E] logits (block 0's are used)
@@ -438,7 +501,13 @@ __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWa
   }
   cluster.sync();
   const int j = int(cluster.block_rank());
-  if (j < nt) route_token(p, t0 + j, s + p.E + p.n_group, s, red, sel);
+  if (j < nt) {
+    if (warp_route) {
+      if (warp == 0) route_token_warp(p, t0 + j, s + p.E + p.n_group);
+    } else {
+      route_token(p, t0 + j, s + p.E + p.n_group, s, red, sel);
+    }
+  }
 #endif
 }
 
@@ -825,6 +894,12 @@ bool moe_route_small_supported(int H, int K, int n_group) {
   return hopper && K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
 }
 
+// DSV2_CUDA_ROUTE_BLOCK=1: the block-wide routing (route_token) where the one-warp form applies too.
+static bool route_warp_on() {
+  static const bool on = std::getenv("DSV2_CUDA_ROUTE_BLOCK") == nullptr;
+  return on;
+}
+
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, cudaStream_t s,
                      const float* norm_w, float eps) {
   if (p.T == 0) return;
@@ -832,7 +907,8 @@ void moe_route_small(const RouterParams& p, const float* x, const float* w, int 
              "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
   const unsigned clusters = unsigned((p.T + kRouteCluster - 1) / kRouteCluster);
   launch_pdl(route_small_kernel, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32),
-             size_t(2 * p.E + p.n_group) * sizeof(float), s, p, x, w, H, norm_w, eps);
+             size_t(2 * p.E + p.n_group) * sizeof(float), s, p, x, w, H, norm_w, eps,
+             route_warp_on() && route_warp_supported(p));
   DSV2_CUDA_LAUNCHED();
 }
 

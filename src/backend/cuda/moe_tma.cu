@@ -9,10 +9,11 @@
 // units of the shared pieces first (they do not depend on the router, the kernel just before, and
 // are copied before the PDL wait), then the routed ones. Warp w computes row w of the unit, with the
 // same operations in the same order as moe_rows_gu_kernel (the same bf16 activations).
-// Down: item = kTmaDownCols outputs; its stages are those rows of each of the K + S experts (one
-// contiguous copy each, all known before the PDL wait since the router ran two kernels back); warp w
-// takes output w % 4 and half w / 4 of the columns; the item's sum goes into y.
+// Down: item = 8 outputs; its stages are those rows of each of the K + S experts (one contiguous copy
+// each, all known before the PDL wait since the router ran two kernels back); warp w takes output w
+// (with 4 outputs per item: output w % 4, half w / 4 of the columns); the item's sum goes into y.
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
@@ -28,7 +29,7 @@ namespace {
 constexpr int kTmaWarps = 8;  // computing warps; warp kTmaWarps issues the copies
 constexpr int kTmaThreads = (kTmaWarps + 1) * 32;
 constexpr int kTmaGuRows = kTmaWarps;  // gate rows (and as many up rows) per unit: one pair per warp
-constexpr int kTmaDownCols = 4;        // outputs per down item
+constexpr int kTmaDownCols = 8;        // outputs per down item (4 with DSV2_CUDA_TMA_DOWN_COLS=4)
 constexpr int kTmaMaxStages = 16;
 constexpr int kTmaMaxPieces = 8;       // H / 256: x pieces of 8 per lane, held in registers
 constexpr size_t kTmaSmemBudget = 220 * 1024;
@@ -51,9 +52,8 @@ inline TmaLayout tma_layout(size_t stage_bytes, size_t side_bytes) {
   return L;
 }
 inline TmaLayout gu_layout(int H) { return tma_layout(size_t(2) * kTmaGuRows * H * sizeof(bf16), size_t(H) * sizeof(bf16)); }
-inline TmaLayout down_layout(int K, int S, int H, int I) {
-  (void)H;
-  return tma_layout(size_t(kTmaDownCols) * I * sizeof(bf16), size_t(K + S) * I * sizeof(bf16));
+inline TmaLayout down_layout(int K, int S, int I, int cols) {
+  return tma_layout(size_t(cols) * I * sizeof(bf16), size_t(K + S) * I * sizeof(bf16));
 }
 
 // Ring bookkeeping shared by the issuing and the computing warps: use n of the ring is stage n % S
@@ -177,31 +177,42 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   }
 }
 
-__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L) {
+// cols outputs per item (8, or 4 with DSV2_CUDA_TMA_DOWN_COLS=4: 1 or 2 warps per output row). Measured
+// on the H200 at batch 1: 8 outputs (copies of 8 rows, 22.5 KB for V2-Lite) 517-524 tok/s against
+// 479-483 with 4 (11 KB copies): the smaller copies streamed the down weights at ~2 TB/s.
+struct DownCfg {
+  int cols;
+};
+constexpr int kTmaDownMaxItems = 8;  // items per block (H / cols over the grid)
+
+__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L, DownCfg cfg) {
   DSV2_TRACE(kTrMoeTmaDown);
   extern __shared__ __align__(128) unsigned char smem[];
   const Ring ring = make_ring(smem, L);
   const int H = p.H, I = p.I, nrow = p.K + p.S, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n_items = H / kTmaDownCols;
-  const unsigned seg_bytes = unsigned(kTmaDownCols * I * sizeof(bf16));
+  const int cols = cfg.cols, n_items = H / cols;
+  const int my_items = (n_items - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  const unsigned seg_bytes = unsigned(cols * I * sizeof(bf16));
+  // use n of the ring: item n / nrow, expert n % nrow
+  auto item_of = [&](int n) { return n / nrow; };
+  auto expert_of = [&](int n) { return n % nrow; };
   if (warp == kTmaWarps) {
     // the expert ids come from the router, complete before the gate/up kernel let this one launch
     if (lane == 0) {
       const unsigned long long pol = l2_policy(true);
-      int n = 0;
-      for (int it = blockIdx.x; it < n_items; it += gridDim.x)
-        for (int j = 0; j < nrow; ++j, ++n) {
-          const int e = j < p.S ? p.E + j : p.ids[j - p.S];
-          ring.produce(n, seg_bytes);
-          bulk_copy_g2s(ring.stage(n), p.w_down + (size_t(e) * H + size_t(it) * kTmaDownCols) * I, seg_bytes,
-                        &ring.full[n % ring.stages], pol);
-        }
+      for (int n = 0; n < my_items * nrow; ++n) {
+        const int j = expert_of(n), it = int(blockIdx.x) + item_of(n) * int(gridDim.x);
+        const int e = j < p.S ? p.E + j : p.ids[j - p.S];
+        ring.produce(n, seg_bytes);
+        bulk_copy_g2s(ring.stage(n), p.w_down + (size_t(e) * H + size_t(it) * cols) * I, seg_bytes,
+                      &ring.full[n % ring.stages], pol);
+      }
     }
     return;
   }
   bf16* sa = reinterpret_cast<bf16*>(smem + L.side);  // [nrow, I]: shared pieces first, then routed
   __shared__ float wrow[kTmaMaxRows];
-  __shared__ float part[kTmaWarps];
+  __shared__ float part[kTmaWarps][kTmaDownMaxItems];
   pdl_entry();  // the activations come from the gate/up kernel
   const int nck = I / 8, tid = threadIdx.x;
   for (int c = tid; c < nrow * nck; c += kTmaWarps * 32) {
@@ -211,38 +222,47 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   }
   if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : p.weights[tid - p.S];
   stage_sync(1, kTmaWarps * 32);
-  const int r = warp % kTmaDownCols, half = warp / kTmaDownCols;
-  const int hc = (nck + 1) / 2, c0 = half * hc, c1 = min(nck, c0 + hc);
-  int n = 0;
-  for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
-    float tot = 0.f;
-    for (int j = 0; j < nrow; ++j, ++n) {
-      ring.consume_wait(n);
-      const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r) * I;
-      const bf16* as = sa + size_t(j) * I;
-      float d = 0.f;
-      for (int c = c0 + lane; c < c1; c += 32) {
-        const uint4 wv = *reinterpret_cast<const uint4*>(ws + c * 8), av = *reinterpret_cast<const uint4*>(as + c * 8);
-        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
-        const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+  // warp w: output row w % cols of the item, piece w / cols of its columns
+  const int wpr = kTmaWarps / cols, r = warp % cols, piece = warp / cols;
+  const int pc = (nck + wpr - 1) / wpr, c0 = piece * pc, c1 = min(nck, c0 + pc);
+  float tot[kTmaDownMaxItems];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
-          d += wf.x * af.x + wf.y * af.y;
-        }
+  for (int k = 0; k < kTmaDownMaxItems; ++k) tot[k] = 0.f;
+  for (int n = 0; n < my_items * nrow; ++n) {
+    const int j = expert_of(n), kk = item_of(n);
+    ring.consume_wait(n);
+    const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r) * I;
+    const bf16* as = sa + size_t(j) * I;
+    float d = 0.f;
+    for (int c = c0 + lane; c < c1; c += 32) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(ws + c * 8), av = *reinterpret_cast<const uint4*>(as + c * 8);
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
+        d += wf.x * af.x + wf.y * af.y;
       }
-      ring.release(n, lane);
-      tot += wrow[j] * d;
     }
-    for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
-    if (lane == 0) part[warp] = tot;
-    stage_sync(1, kTmaWarps * 32);
-    if (tid < kTmaDownCols) {
-      float* yo = p.y + size_t(it) * kTmaDownCols + tid;
-      const float v = part[tid] + part[tid + kTmaDownCols];
-      *yo = p.accumulate ? *yo + v : v;
-    }
-    stage_sync(1, kTmaWarps * 32);
+    ring.release(n, lane);
+#pragma unroll
+    for (int k = 0; k < kTmaDownMaxItems; ++k)
+      if (k == kk) tot[k] += wrow[j] * d;
+  }
+#pragma unroll
+  for (int k = 0; k < kTmaDownMaxItems; ++k) {
+    if (k >= my_items) break;
+    float v = tot[k];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part[warp][k] = v;
+  }
+  stage_sync(1, kTmaWarps * 32);
+  for (int q = tid; q < my_items * cols; q += kTmaWarps * 32) {
+    const int k = q / cols, row = q - k * cols;
+    float v = 0.f;
+    for (int w = 0; w < wpr; ++w) v += part[row + w * cols][k];
+    float* yo = p.y + (size_t(blockIdx.x) + size_t(k) * gridDim.x) * cols + row;
+    *yo = p.accumulate ? *yo + v : v;
   }
 }
 
@@ -277,8 +297,8 @@ bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
   }();
   return hopper && T == 1 && K + S <= kTmaMaxRows && H % 256 == 0 && H <= 256 * kTmaMaxPieces &&
-         I % kTmaGuRows == 0 && I % 8 == 0 && H % kTmaDownCols == 0 && gu_layout(H).stages >= 2 &&
-         down_layout(K, S, H, I).stages >= 2;
+         I % kTmaGuRows == 0 && I % 8 == 0 && H % 8 == 0 && gu_layout(H).stages >= 2 &&
+         down_layout(K, S, I, 8).stages >= 2;
 }
 
 void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
@@ -293,10 +313,16 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
     launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L);
   }
   if (stages & 2) {
-    const TmaLayout L = down_layout(p.K, p.S, p.H, p.I);
+    static const DownCfg cfg = [] {
+      const char* c = std::getenv("DSV2_CUDA_TMA_DOWN_COLS");
+      return DownCfg{c && std::atoi(c) == 4 ? 4 : kTmaDownCols};
+    }();
+    const TmaLayout L = down_layout(p.K, p.S, p.I, cfg.cols);
     raise_smem(moe_tma_down_kernel, L.total);
-    const int items = p.H / kTmaDownCols;
-    launch_pdl(moe_tma_down_kernel, dim3(unsigned(std::min(items, sms))), dim3(kTmaThreads), L.total, s, p, L);
+    const int items = p.H / cfg.cols;
+    // every block holds at most kTmaDownMaxItems items
+    const int grid = std::max(std::min(items, sms), (items + kTmaDownMaxItems - 1) / kTmaDownMaxItems);
+    launch_pdl(moe_tma_down_kernel, dim3(unsigned(grid)), dim3(kTmaThreads), L.total, s, p, L, cfg);
   }
   DSV2_CUDA_LAUNCHED();
 }
