@@ -17,6 +17,8 @@
 #   BENCH_ARGS       environment: replaces the default benchmark arguments
 #   PROFILE_ARGS     environment: when set, also runs `dsv2 bench --device cuda $PROFILE_ARGS` with
 #                    DSV2_CUDA_PROFILE=1 and prints the GPU time per stage of each timed phase
+#   GPU_CHECK_CMAKE_ARGS  environment, with --pack: more CMake options, built in build-gpu-pack-custom
+#                    (-DDSV2_CUDA_TRACE=ON: the kernel-timeline build; see bench/gpu/trace.py)
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREBUILT="" TESTS=1 BENCH=1 PEERS="" HF=0 PACK=""
