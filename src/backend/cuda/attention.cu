@@ -21,6 +21,7 @@
 // its row max and sum, and a combine pass merges the splits.
 #include <cstdint>
 
+#include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/trace.cuh"
@@ -468,13 +469,8 @@ __global__ void __launch_bounds__(256) mla_combine_few_kernel(AttnParams p, int 
     l = ml[size_t(sub) * kRows * 2 + 1];
     if (l > 0.0f) m = ml[size_t(sub) * kRows * 2];
   }
-  float M = m;
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));  // within the 16 lanes
-  const float w = l > 0.0f ? exp2f(m - M) : 0.0f;
-  float L = l * w;
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+  float L;
+  const float w = split_weight16(m, l, 0xffffffffu, L);
   sw[r][sub] = w;
   __syncwarp();
   if (r >= nrows) return;

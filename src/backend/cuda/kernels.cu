@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/trace.cuh"
@@ -163,7 +164,7 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
     const size_t r = idx / I, i = idx % I;
     const float g = __bfloat162float(gu[r * 2 * I + i]);
     const float u = __bfloat162float(gu[r * 2 * I + I + i]);
-    a[idx] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    a[idx] = __float2bfloat16(silu_times(g, u));
   }
 }
 
@@ -433,13 +434,14 @@ __global__ void route_kernel(RouterParams p) {
   route_token(p, blockIdx.x, p.logits + size_t(blockIdx.x) * p.E, s, red, sel);
 }
 
-// Few tokens: the logits and the routing in one launch of one thread-block cluster (kRouteCluster
-// blocks of kRouteWarps warps, Hopper). Warp g of the cluster computes experts g, g + 64, ... for
-// every token: fp32 dot products over H <= 32 * 4 * kRouteU, the first expert's weights (and the
-// norm weights) held in registers from before the PDL wait, each token's row loaded with all its
-// loads in flight at once. The logits go to block 0's shared memory through the cluster's
-// distributed shared memory; after one cluster barrier block 0 routes every token. No global
-// round trips between the dot products and the routing.
+// Few tokens: the logits and the routing in one launch, one thread-block cluster (kRouteCluster
+// blocks of kRouteWarps warps, Hopper) per 8 tokens. Warp g of a cluster computes experts g, g + 64,
+// ... for each of its tokens: fp32 dot products over H <= 32 * 4 * kRouteU, the first expert's
+// weights (and the norm weights) held in registers from before the PDL wait, each token's row
+// loaded with all its loads in flight at once. Token j's logits go to block j's shared memory
+// through the cluster's distributed shared memory; after one cluster barrier block j routes token j
+// (with one warp when route_token_warp applies, else the whole block). No global round trips
+// between the dot products and the routing.
 constexpr int kRouteCluster = 8, kRouteWarps = 8;
 constexpr int kRouteU = 16;
 __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWarps * 32)
@@ -886,12 +888,7 @@ void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, 
 }
 
 bool moe_route_small_supported(int H, int K, int n_group) {
-  static const bool hopper = [] {
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  }();
-  return hopper && K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
+  return device_is_hopper() && K <= 64 && n_group <= 256 && H % 4 == 0 && H <= 32 * 4 * kRouteU;
 }
 
 // DSV2_CUDA_ROUTE_BLOCK=1: the block-wide routing (route_token) where the one-warp form applies too.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
@@ -172,11 +173,7 @@ __global__ void __launch_bounds__(C::THREADS) moe_gemm_kernel(const bf16* __rest
           if (r >= rows) continue;
           float a[2];
 #pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const float gv = __bfloat162float(__float2bfloat16(acc[i][j][2 * h + q]));
-            const float uv = __bfloat162float(__float2bfloat16(acc[i][j + NI / 2][2 * h + q]));
-            a[q] = gv / (1.0f + __expf(-gv)) * uv;
-          }
+          for (int q = 0; q < 2; ++q) a[q] = silu_times_bf16(acc[i][j][2 * h + q], acc[i][j + NI / 2][2 * h + q]);
           *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + size_t(r0 + r) * N + col) =
               __floats2bfloat162_rn(a[0], a[1]);
         }
@@ -319,14 +316,8 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
       l = ml[size_t(tid) * kAttnRows * 2 + 1];
       if (l > 0.0f) m = ml[size_t(tid) * kAttnRows * 2];
     }
-    float M = m;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0x0000ffffu, M, o));
-    const float w = l > 0.0f ? exp2f(m - M) : 0.0f;
-    float L = l * w;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) L += __shfl_xor_sync(0x0000ffffu, L, o);
-    sw[tid] = w;
+    float L;
+    sw[tid] = split_weight16(m, l, 0x0000ffffu, L);
     if (tid == 0) sw[kAttnCombineFewMax] = L > 0.0f ? 1.0f / L : 0.0f;
   }
   __syncthreads();
@@ -398,18 +389,9 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
       xq[u] = k < K ? *reinterpret_cast<const uint4*>(xh + k) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < kG1U; ++u) {
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xq[u]);
+    for (int u = 0; u < kG1U; ++u)
 #pragma unroll
-      for (int r = 0; r < kG1Rows; ++r) {
-        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 wf = __bfloat1622float2(w2[q]), xf = __bfloat1622float2(x2[q]);
-          acc[r] += wf.x * xf.x + wf.y * xf.y;
-        }
-      }
-    }
+      for (int r = 0; r < kG1Rows; ++r) dot8(wv[r][u], xq[u], acc[r]);
   }
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) {
@@ -563,16 +545,7 @@ __global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams 
     for (int u = 0; u < kG1U; ++u) {
       const int k = kk + (u * 32 + lane) * 8;
       if (k >= H) break;
-      const uint4 xv = *reinterpret_cast<const uint4*>(sx + k);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
-      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&wv[0][u]);
-      const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&wv[1][u]);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 xf = __bfloat1622float2(x2[q]), gf = __bfloat1622float2(g2[q]), uf = __bfloat1622float2(u2[q]);
-        ag += gf.x * xf.x + gf.y * xf.y;
-        au += uf.x * xf.x + uf.y * xf.y;
-      }
+      dot8_gate_up(wv[0][u], wv[1][u], *reinterpret_cast<const uint4*>(sx + k), ag, au);
     }
   }
   for (int o = 16; o > 0; o >>= 1) {
@@ -580,8 +553,7 @@ __global__ void __launch_bounds__(kGuIdx * 32) moe_rows_gu_kernel(MoeRowsParams 
     au += __shfl_xor_sync(0xffffffffu, au, o);
   }
   if (lane == 0 && i < I) {
-    const float g = __bfloat162float(__float2bfloat16(ag)), u = __bfloat162float(__float2bfloat16(au));
-    p.act[size_t(y) * I + i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    p.act[size_t(y) * I + i] = __float2bfloat16(silu_times_bf16(ag, au));
   }
 }
 
@@ -642,15 +614,8 @@ __global__ void __launch_bounds__(kDownCols * 64) moe_rows_down_kernel(MoeRowsPa
       const int f = f0 + u * 32 + lane;
       if (f >= nf) break;
       const int jj = f / nck, c = f - jj * nck;
-      const uint4 av = *reinterpret_cast<const uint4*>(sa + size_t(j0 + jj) * I + size_t(c) * 8);
-      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[u]);
       float d = 0.f;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
-        d += wf.x * af.x + wf.y * af.y;
-      }
+      dot8(wv[u], *reinterpret_cast<const uint4*>(sa + size_t(j0 + jj) * I + size_t(c) * 8), d);
       tot += wrow[j0 + jj] * d;
     }
   }
@@ -688,14 +653,7 @@ template <class C, bool kF32Out, bool kGather, bool kSwiGLU = false>
 static void launch_tiles(const bf16* x, const bf16* w, const int32_t* tile_info, int max_tiles, int N, int K, void* y,
                          cudaStream_t s, const int32_t* x_rows, bool tile_fast) {
   constexpr size_t smem = C::kSmemBytes;
-  static bool configured[64] = {};  // per device and instance
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && !configured[dev]) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(moe_gemm_kernel<C, kF32Out, kGather, kSwiGLU>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    configured[dev] = true;
-  }
+  raise_smem_limit<moe_gemm_kernel<C, kF32Out, kGather, kSwiGLU>>(smem);
   constexpr int BNO = kSwiGLU ? C::BN / 2 : C::BN;
   const unsigned col_blocks = unsigned((N + BNO - 1) / BNO);
   const dim3 grid = tile_fast ? dim3(unsigned(max_tiles), col_blocks) : dim3(col_blocks, unsigned(max_tiles));

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
@@ -153,16 +154,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
     for (int j = 0; j < kTmaMaxPieces; ++j) {
       const int k = (j * 32 + lane) * 8;
       if (k >= H) break;
-      const uint4 gv = *reinterpret_cast<const uint4*>(gs + k), uv = *reinterpret_cast<const uint4*>(us + k);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xq[j]);
-      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-      const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&uv);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 xf = __bfloat1622float2(x2[q]), gf = __bfloat1622float2(g2[q]), uf = __bfloat1622float2(u2[q]);
-        ag += gf.x * xf.x + gf.y * xf.y;
-        au += uf.x * xf.x + uf.y * xf.y;
-      }
+      dot8_gate_up(*reinterpret_cast<const uint4*>(gs + k), *reinterpret_cast<const uint4*>(us + k), xq[j], ag, au);
     }
     ring.release(n, lane);
     for (int o = 16; o > 0; o >>= 1) {
@@ -170,9 +162,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
       au += __shfl_xor_sync(0xffffffffu, au, o);
     }
     if (lane == 0) {
-      const float g = __bfloat162float(__float2bfloat16(ag)), v = __bfloat162float(__float2bfloat16(au));
       const int row = y < p.S ? p.K + y : y - p.S;  // act rows: routed 0..K-1, shared K..
-      p.act[size_t(row) * I + i] = __float2bfloat16(g / (1.0f + __expf(-g)) * v);
+      p.act[size_t(row) * I + i] = __float2bfloat16(silu_times_bf16(ag, au));
     }
   }
 }
@@ -235,14 +226,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
     const bf16* as = sa + size_t(j) * I;
     float d = 0.f;
     for (int c = c0 + lane; c < c1; c += 32) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(ws + c * 8), av = *reinterpret_cast<const uint4*>(as + c * 8);
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
-      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 wf = __bfloat1622float2(w2[q]), af = __bfloat1622float2(a2[q]);
-        d += wf.x * af.x + wf.y * af.y;
-      }
+      dot8(*reinterpret_cast<const uint4*>(ws + c * 8), *reinterpret_cast<const uint4*>(as + c * 8), d);
     }
     ring.release(n, lane);
 #pragma unroll
@@ -277,26 +261,10 @@ int sm_count() {
   return v;
 }
 
-template <typename Kernel>
-void raise_smem(Kernel k, size_t bytes) {
-  static size_t configured[64] = {};
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 64 || configured[dev] < bytes) {
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    if (dev < 64) configured[dev] = bytes;
-  }
-}
-
 }  // namespace
 
 bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
-  static const bool hopper = [] {
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  }();
-  return hopper && T == 1 && K + S <= kTmaMaxRows && H % 256 == 0 && H <= 256 * kTmaMaxPieces &&
+  return device_is_hopper() && T == 1 && K + S <= kTmaMaxRows && H % 256 == 0 && H <= 256 * kTmaMaxPieces &&
          I % kTmaGuRows == 0 && I % 8 == 0 && H % 8 == 0 && gu_layout(H).stages >= 2 &&
          down_layout(K, S, I, 8).stages >= 2;
 }
@@ -308,7 +276,7 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
   const int sms = sm_count();
   if (stages & 1) {
     const TmaLayout L = gu_layout(p.H);
-    raise_smem(moe_tma_gu_kernel, L.total);
+    raise_smem_limit<moe_tma_gu_kernel>(L.total);
     const int units = (p.K + p.S) * (p.I / kTmaGuRows);
     launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L);
   }
@@ -318,7 +286,7 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
       return DownCfg{c && std::atoi(c) == 4 ? 4 : kTmaDownCols};
     }();
     const TmaLayout L = down_layout(p.K, p.S, p.I, cfg.cols);
-    raise_smem(moe_tma_down_kernel, L.total);
+    raise_smem_limit<moe_tma_down_kernel>(L.total);
     const int items = p.H / cfg.cols;
     // every block holds at most kTmaDownMaxItems items
     const int grid = std::max(std::min(items, sms), (items + kTmaDownMaxItems - 1) / kTmaDownMaxItems);

@@ -72,6 +72,28 @@ inline int l2_hint_mask() {
   return m;
 }
 
+// Whether the device in use (at the first call) is Hopper or newer: thread-block clusters, bulk
+// copies on mbarriers.
+inline bool device_is_hopper() {
+  static const bool hopper = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return hopper;
+}
+
+// Raises Kernel's dynamic shared-memory limit to at least `bytes`, once per device (needed above 48 KB).
+template <auto Kernel>
+void raise_smem_limit(size_t bytes) {
+  static size_t configured[64] = {};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && configured[dev] >= bytes) return;
+  DSV2_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (dev < 64) configured[dev] = bytes;
+}
+
 inline bool pdl_enabled() {
   static const bool on = std::getenv("DSV2_CUDA_NO_PDL") == nullptr;
   return on;
