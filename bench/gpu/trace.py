@@ -5,7 +5,8 @@ Each record is one block (first start and last end of thread 0, global timer in 
 grouped into launches by kernel, grid size and time (a new launch when a block starts more than
 --split-us after the previous block of the same kernel and grid started). Prints, for the chosen
 pass, every launch (start and end relative to the pass, duration, blocks, idle time since the
-previous launch ended), the per-kernel totals, and the gap from the previous pass.
+previous launch ended, when its first PDL wait returned: after its first block started and after the
+launch before it ended), the per-kernel totals, and the gap from the previous pass.
 
 Usage: bench/gpu/trace.py TRACE.csv [--pass N] [--tokens T] [--launches]
   default pass: the median-duration pass among the last 8 passes with T tokens (default 1)
@@ -25,7 +26,7 @@ def load(path):
             p = int(row["pass"])
             tokens[p] = int(row["tokens"])
             passes[p].append((row["kernel"], int(row["sm"]), int(row["block"]), int(row["blocks"]),
-                              int(row["t0_ns"]), int(row["t1_ns"])))
+                              int(row["t0_ns"]), int(row["t1_ns"]), int(row.get("tw_ns") or 0)))
     return passes, tokens
 
 
@@ -45,8 +46,9 @@ def launches(recs, split_ns):
         out.append((kernel, blocks, cur))
     res = []
     for kernel, blocks, rs in out:
+        waits = [r[6] for r in rs if r[6] > 0]
         res.append({"kernel": kernel, "grid": blocks, "seen": len(rs), "t0": min(r[4] for r in rs),
-                    "t1": max(r[5] for r in rs)})
+                    "t1": max(r[5] for r in rs), "tw": min(waits) if waits else 0})
     res.sort(key=lambda l: l["t0"])
     return res
 
@@ -80,8 +82,14 @@ def main():
     idle = 0
     per = defaultdict(lambda: [0, 0.0, 0.0])
     if a.launches:
-        print(f"{'start':>9} {'end':>9} {'us':>7} {'idle':>6}  kernel (grid, blocks seen)")
+        print(f"{'start':>9} {'end':>9} {'us':>7} {'idle':>6} {'wait':>6} {'w-prev':>6}  kernel (grid, blocks seen)")
+    prev_end = None
     for l in ls:
+        # wait: the first PDL wait of the launch returned this long after its first block started;
+        # w-prev: ... this long after the launch before it ended
+        w = f"{(l['tw'] - l['t0']) / 1000:6.1f}" if l["tw"] else f"{'-':>6}"
+        wp = f"{(l['tw'] - prev_end) / 1000:6.1f}" if l["tw"] and prev_end else f"{'-':>6}"
+        prev_end = l["t1"]
         gap_ns = max(0, l["t0"] - busy_end)
         idle += gap_ns
         busy_end = max(busy_end, l["t1"])
@@ -91,7 +99,7 @@ def main():
         s[1] += d
         s[2] += gap_ns / 1000
         if a.launches:
-            print(f"{(l['t0'] - t_begin) / 1000:9.1f} {(l['t1'] - t_begin) / 1000:9.1f} {d:7.1f} {gap_ns / 1000:6.1f}  "
+            print(f"{(l['t0'] - t_begin) / 1000:9.1f} {(l['t1'] - t_begin) / 1000:9.1f} {d:7.1f} {gap_ns / 1000:6.1f} {w} {wp}  "
                   f"{l['kernel']} ({l['grid']}, {l['seen']})")
     print(f"no kernel running for {idle / 1000:.1f} us of the pass")
     print(f"{'kernel':>12} {'launches':>8} {'us each':>8} {'us total':>9} {'idle before, us':>16}")

@@ -74,6 +74,7 @@ struct AttnParams {
   bf16* out;                // [T, heads, kv_lora] latent outputs (before W_UV)
   float* part_o;            // [n_items, n_splits, kAttnRows, kv_lora] split partials (n_splits > 1)
   float* part_ml;           // [n_items, n_splits, kAttnRows, 2] max and sum
+  bool pdl = false;         // set by mla_attention: launched with PDL (small grids only)
 };
 // (token, head) rows per block: one m16 tile (V2-Lite's 16 heads of a token; V2's 128 heads make
 // 8 items per token; with other head counts an item straddles tokens).
@@ -239,10 +240,11 @@ void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, 
 
 // ---- kernel timeline (trace.cuh; only in builds with -DDSV2_CUDA_TRACE=ON) ----
 
-// One block of one instrumented kernel: global timer (ns) at its start and end.
+// One block of one instrumented kernel: global timer (ns) at its start, when its PDL wait returned
+// (0: thread 0 did not wait) and at its end.
 struct TraceRec {
   uint32_t kernel, sm, block, blocks;
-  uint64_t t0, t1;
+  uint64_t t0, t1, tw;
 };
 struct TraceBuf {
   TraceRec* rec = nullptr;

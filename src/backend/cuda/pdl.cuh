@@ -14,9 +14,19 @@ namespace dsv2::cuda {
 // The two halves of pdl_entry, for kernels that issue independent loads (weights) before waiting.
 // Anything read before pdl_wait() must not be written by the kernel just before this one; results
 // of earlier kernels are complete, because that kernel itself waited for them.
+#if defined(DSV2_CUDA_TRACE)
+// Kernel timeline builds: when thread 0's PDL wait returned (trace.cuh records it).
+__device__ __forceinline__ unsigned long long& trace_wait_stamp() {
+  __shared__ unsigned long long t;
+  return t;
+}
+#endif
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#if defined(DSV2_CUDA_TRACE)
+  if (threadIdx.x == 0 && threadIdx.y == 0) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(trace_wait_stamp()));
 #endif
 }
 __device__ __forceinline__ void pdl_launch() {

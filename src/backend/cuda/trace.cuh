@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace dsv2::cuda {
 
@@ -25,7 +26,10 @@ struct TraceScope {
     return t;
   }
   __device__ explicit TraceScope(uint32_t k) : kernel(k) {
-    if (threadIdx.x == 0 && threadIdx.y == 0) t0 = now();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+      t0 = now();
+      trace_wait_stamp() = 0;
+    }
   }
   __device__ ~TraceScope() {
     if (threadIdx.x != 0 || threadIdx.y != 0 || g_trace.rec == nullptr) return;
@@ -40,6 +44,7 @@ struct TraceScope {
     r.blocks = gridDim.x * gridDim.y * gridDim.z;
     r.t0 = t0;
     r.t1 = now();
+    r.tw = trace_wait_stamp();
     g_trace.rec[i] = r;
   }
 };
