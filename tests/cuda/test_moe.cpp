@@ -135,6 +135,64 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
   }
 }
 
+// A dense SwiGLU MLP through the bulk-copy kernels as one shared expert (K = 0, S = 1, E = 0; the
+// one-token dense layers), x normalized in the kernel and y accumulated, against a CPU reference in
+// double. I = 10944 (V2-Lite's dense layer) needs down items narrower than 8 outputs.
+TEST(CudaMoe, TmaDenseMlp) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(23);
+  for (const auto& [H, I] : {std::pair{2048, 10944}, std::pair{2048, 2816}, std::pair{512, 1024}}) {
+    if (!moe_rows_tma_supported(1, 0, 1, H, I)) GTEST_SKIP() << "no bulk-copy MoE on this device";
+    SCOPED_TRACE(testing::Message() << "H=" << H << " I=" << I);
+    const auto xf = randn(size_t(H), g, 2.0f);
+    std::vector<float> nw(static_cast<size_t>(H)), x(static_cast<size_t>(H));
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    double ss = 0;
+    for (float v : xf) ss += double(v) * v;
+    const float inv = float(1.0 / std::sqrt(ss / H + 1e-6));
+    for (int h = 0; h < H; ++h) x[size_t(h)] = bf16_to_f32(f32_to_bf16(nw[size_t(h)] * (xf[size_t(h)] * inv)));
+    const auto wgu = round_bf16(randw(size_t(2) * I * H, g, 0.05f));  // [2I, H]
+    const auto wdown = round_bf16(randw(size_t(H) * I, g, 0.05f));    // [H, I]
+    Dev<float> dxf(xf), dnw(nw), dy(std::vector<float>(size_t(H), 0.25f));
+    Dev<bf16> dgu(to_bf16(wgu)), ddown(to_bf16(wdown)), act(static_cast<size_t>(I));
+    act.poison();
+    MoeRowsParams p{};
+    p.xf = dxf.p;
+    p.norm_w = dnw.p;
+    p.eps = 1e-6f;
+    p.x_wait = true;
+    p.accumulate = true;
+    p.T = 1;
+    p.S = 1;
+    p.H = H;
+    p.I = I;
+    p.w_gu = dgu.p;
+    p.w_down = ddown.p;
+    p.act = act.p;
+    p.y = dy.p;
+    moe_rows_tma(p, 0);
+    auto y = dy.get();
+    for (float& v : y) v -= 0.25f;
+    std::vector<float> a(static_cast<size_t>(I)), ref(static_cast<size_t>(H));
+    for (int i = 0; i < I; ++i) {
+      double gsum = 0, usum = 0;
+      for (int h = 0; h < H; ++h) {
+        gsum += double(x[size_t(h)]) * wgu[size_t(i) * H + h];
+        usum += double(x[size_t(h)]) * wgu[(size_t(I) + i) * H + h];
+      }
+      const float gv = bf16_to_f32(f32_to_bf16(float(gsum))), uv = bf16_to_f32(f32_to_bf16(float(usum)));
+      a[size_t(i)] = bf16_to_f32(f32_to_bf16(gv / (1.0f + std::exp(-gv)) * uv));
+    }
+    for (int h = 0; h < H; ++h) {
+      double acc = 0;
+      for (int i = 0; i < I; ++i) acc += double(a[size_t(i)]) * wdown[size_t(h) * I + i];
+      ref[size_t(h)] = float(acc);
+    }
+    EXPECT_LT(rel_err(from_bf16(act.get()), a), 1e-2);
+    EXPECT_LT(rel_err(y, ref), 5e-3);
+  }
+}
+
 // The few-token router (logits and routing in one cluster launch) against the CPU
 // router on logits computed in double (plain, with appended shared entries, and normalizing x).
 TEST(CudaMoe, RouteSmallFusedLogits) {

@@ -307,6 +307,10 @@ class CudaModelImpl final : public CudaModel {
   // H200 against moe_rows (DSV2_CUDA_NO_MOE_TMA=1): batch 1 467 -> 481-485 tok/s, 32K context 385 -> 402.
   bool moe_tma_on_ = std::getenv("DSV2_CUDA_NO_MOE_TMA") == nullptr;
   bool fused1_ = false;  // the pass being recorded is a fused one-token pass
+  // One-token passes run dense MLPs in the bulk-copy MoE kernels (one expert); DSV2_CUDA_NO_DENSE_TMA=1
+  // keeps gemv1 + silu_mul + gemv1.
+  bool dense_tma_on_ = std::getenv("DSV2_CUDA_NO_DENSE_TMA") == nullptr;
+  bool dense_tma() const;
   // DSV2_CUDA_NO_FUSE_NORM=1: one-token passes keep the separate add_rmsnorm kernels.
   bool fuse_norm_on_ = std::getenv("DSV2_CUDA_NO_FUSE_NORM") == nullptr;
   // DSV2_CUDA_NO_UV_COMBINE=1: one-token passes merge the attention splits in their own launch
@@ -943,7 +947,7 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
     if (!fused1_) {
       add_rmsnorm(x_.p, delta_.p, nullptr, T, H_, L.post_norm.p, eps, xn_.p, L.moe ? xnf_.p : nullptr, stream_);
       mark("norm");
-    } else if (!L.moe) {
+    } else if (!L.moe && !dense_tma()) {
       add_rmsnorm(x_.p, nullptr, nullptr, T, H_, L.post_norm.p, eps, xn_.p, nullptr, stream_);
       mark("norm");
     }
@@ -975,6 +979,10 @@ RouterParams CudaModelImpl::router_params(int T) const {
   rp.ids = moe_ids_.p;
   rp.weights = moe_w_.p;
   return rp;
+}
+
+bool CudaModelImpl::dense_tma() const {
+  return fused1_ && moe_tma_on_ && dense_tma_on_ && moe_rows_tma_supported(1, 0, 1, H_, int(c_.intermediate_size));
 }
 
 bool CudaModelImpl::fused_one_token(int T) const {
@@ -1156,6 +1164,28 @@ void CudaModelImpl::attend_decompressed(const DevLayer& L, const bf16* q, int q_
 
 void CudaModelImpl::ffn(int l, int T) {
   DevLayer& L = layers_[size_t(l)];
+  if (!L.moe && dense_tma()) {
+    // one token: the dense MLP as a one-expert MoE in the bulk-copy kernels (RMSNorm inside)
+    MoeRowsParams mp{};
+    mp.xf = x_.p;
+    mp.norm_w = L.post_norm.p;
+    mp.eps = float(c_.rms_norm_eps);
+    mp.x_wait = true;  // x comes from o_proj, the kernel just before
+    mp.accumulate = true;
+    mp.T = 1;
+    mp.K = 0;
+    mp.S = 1;
+    mp.E = 0;
+    mp.H = H_;
+    mp.I = int(c_.intermediate_size);
+    mp.w_gu = L.gate_up.p;
+    mp.w_down = L.down.p;
+    mp.act = act_.p;
+    mp.y = x_.p;
+    if (!skip("dense_mlp")) moe_rows_tma(mp, stream_, 3);
+    mark("dense_mlp");
+    return;
+  }
   if (!L.moe) {
     const int I = int(c_.intermediate_size);
     gemm(xn_.p, T, H_, H_, L.gate_up.p, 2 * I, gu_.p, false, 2 * I);

@@ -172,6 +172,23 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
 // cs/sn hold rope/2 floats each.
 __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float* sn, float* red) {
   const int half = p.rope / 2;
+  const int qd = p.nope + p.rope;
+  {
+    // Every line read below (the kv row, each head's q_pe, the position) requested into L1 at once:
+    // one round trip instead of one per dependent step (measured: this block ended 1.4-2.5 us after
+    // the other blocks of the absorb launch).
+    const char* kvb = reinterpret_cast<const char*>(p.kv + size_t(t) * p.kv_stride);
+    const uintptr_t l0 = reinterpret_cast<uintptr_t>(kvb) & ~uintptr_t(127);
+    const uintptr_t l1 = (reinterpret_cast<uintptr_t>(kvb) + size_t(p.kv_lora + p.rope) * 2 - 1) & ~uintptr_t(127);
+    const int kv_lines = int((l1 - l0) / 128) + 1;  // lines 1.. start inside the row
+    for (int i = threadIdx.x; i < kv_lines + p.heads + 1; i += blockDim.x) {
+      const void* a = i < kv_lines ? (i == 0 ? static_cast<const void*>(kvb) : reinterpret_cast<const void*>(l0 + 128 * size_t(i)))
+                      : i < kv_lines + p.heads
+                          ? static_cast<const void*>(p.q + size_t(t) * p.q_stride + size_t(i - kv_lines) * qd + p.nope)
+                          : static_cast<const void*>(p.pos + t);
+      asm volatile("prefetch.global.L1 [%0];\n" ::"l"(a));
+    }
+  }
   const int pos = p.pos[t];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     // The angle in double: positions reach 1e5+, where a float angle loses digits.
@@ -198,7 +215,6 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float
     crow[p.kv_lora + i] = __float2bfloat16(a * cs[i] - b * sn[i]);
     crow[p.kv_lora + half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
   }
-  const int qd = p.nope + p.rope;
   for (int j = threadIdx.x; j < p.heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
     const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;

@@ -309,6 +309,15 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
   __shared__ float sw[kAttnCombineFewMax + 1];  // split weights, then 1 / sum
   const int tid = threadIdx.x;
   const size_t base = size_t(row / kAttnRows) * S * kAttnRows + row % kAttnRows;
+  const float* po = part_o + base * K;
+  const size_t sstride = size_t(kAttnRows) * K;  // between splits
+  // The first two columns of this thread from every split, loaded together with the row maxima and
+  // sums below (one round trip for both).
+  const int c0 = 2 * tid;
+  float2 v0[kAttnCombineFewMax];
+#pragma unroll
+  for (int s = 0; s < kAttnCombineFewMax; ++s)
+    v0[s] = s < S && c0 < K ? __ldg(reinterpret_cast<const float2*>(po + s * sstride + c0)) : make_float2(0.f, 0.f);
   if (tid < 16) {
     const float* ml = part_ml + base * 2;  // split s at ml[s * kAttnRows * 2]
     float m = -INFINITY, l = 0.0f;
@@ -322,22 +331,27 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
   }
   __syncthreads();
   const float inv = sw[kAttnCombineFewMax];
-  const float* po = part_o + base * K;
-  const size_t sstride = size_t(kAttnRows) * K;  // between splits
-  for (int c = 4 * tid; c < K; c += 4 * blockDim.x) {
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (c0 < K) {
+    float2 acc = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int s = 0; s < kAttnCombineFewMax; ++s) {
+      const float ws = s < S ? sw[s] : 0.0f;
+      if (ws == 0.0f) continue;
+      acc.x += ws * v0[s].x;
+      acc.y += ws * v0[s].y;
+    }
+    *reinterpret_cast<__nv_bfloat162*>(y + c0) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+  }
+  for (int c = c0 + 2 * int(blockDim.x); c < K; c += 2 * blockDim.x) {
+    float2 acc = make_float2(0.0f, 0.0f);
     for (int s = 0; s < S; ++s) {
       const float ws = sw[s];
       if (ws == 0.0f) continue;
-      const float4 v = __ldg(reinterpret_cast<const float4*>(po + s * sstride + c));
+      const float2 v = __ldg(reinterpret_cast<const float2*>(po + s * sstride + c));
       acc.x += ws * v.x;
       acc.y += ws * v.y;
-      acc.z += ws * v.z;
-      acc.w += ws * v.w;
     }
-    __nv_bfloat162 v[2] = {__floats2bfloat162_rn(acc.x * inv, acc.y * inv),
-                           __floats2bfloat162_rn(acc.z * inv, acc.w * inv)};
-    *reinterpret_cast<uint2*>(y + c) = *reinterpret_cast<const uint2*>(v);
+    *reinterpret_cast<__nv_bfloat162*>(y + c) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
   }
   __syncthreads();
 }
@@ -400,7 +414,10 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     if (lane == 0 && n0 + r < N) {
       if constexpr (kF32Out) {
         float* yf = static_cast<float*>(a.y);
-        yf[n0 + r] = a.accumulate ? yf[n0 + r] + v : v;
+        if (a.accumulate)
+          atomicAdd(yf + n0 + r, v);  // the only writer of this element: x + v, without a round trip
+        else
+          yf[n0 + r] = v;
       } else {
         static_cast<bf16*>(a.y)[n0 + r] = __float2bfloat16(v);
       }

@@ -130,6 +130,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   // computing warps: x = the normalized row (add_rmsnorm's bf16 values), then one pair of rows each
   bf16* sx = reinterpret_cast<bf16*>(smem + L.side);
   __shared__ float red[kTmaWarps];
+  if (p.x_wait) pdl_wait();
   if (p.norm_w) {
     stage_rmsnorm_bf16(p.xf, p.norm_w, H, p.eps, sx, red, kTmaWarps * 32, 1);
   } else {
@@ -246,7 +247,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
     float v = 0.f;
     for (int w = 0; w < wpr; ++w) v += part[row + w * cols][k];
     float* yo = p.y + (size_t(blockIdx.x) + size_t(k) * gridDim.x) * cols + row;
-    *yo = p.accumulate ? *yo + v : v;
+    if (p.accumulate)
+      atomicAdd(yo, v);  // the only writer of this element: y + v, without a round trip
+    else
+      *yo = v;
   }
 }
 
@@ -261,12 +265,20 @@ int sm_count() {
   return v;
 }
 
+// Outputs per down item: `want` (8, or 4 with DSV2_CUDA_TMA_DOWN_COLS=4), halved while a ring would
+// hold fewer than 4 stages (wide rows: a dense MLP's I = 10944 takes 2); 0 if even 1 does not fit 2.
+int down_cols(int K, int S, int H, int I, int want) {
+  int c = want;
+  while (c > 1 && (down_layout(K, S, I, c).stages < 4 || H % c != 0)) c /= 2;
+  return down_layout(K, S, I, c).stages >= 2 && H % c == 0 ? c : 0;
+}
+
 }  // namespace
 
 bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
   return device_is_hopper() && T == 1 && K + S <= kTmaMaxRows && H % 256 == 0 && H <= 256 * kTmaMaxPieces &&
          I % kTmaGuRows == 0 && I % 8 == 0 && H % 8 == 0 && gu_layout(H).stages >= 2 &&
-         down_layout(K, S, I, 8).stages >= 2;
+         down_cols(K, S, H, I, kTmaDownCols) > 0;
 }
 
 void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
@@ -281,10 +293,11 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
     launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L);
   }
   if (stages & 2) {
-    static const DownCfg cfg = [] {
+    static const int want = [] {
       const char* c = std::getenv("DSV2_CUDA_TMA_DOWN_COLS");
-      return DownCfg{c && std::atoi(c) == 4 ? 4 : kTmaDownCols};
+      return c && std::atoi(c) == 4 ? 4 : kTmaDownCols;
     }();
+    const DownCfg cfg{down_cols(p.K, p.S, p.H, p.I, want)};
     const TmaLayout L = down_layout(p.K, p.S, p.I, cfg.cols);
     raise_smem_limit<moe_tma_down_kernel>(L.total);
     const int items = p.H / cfg.cols;

@@ -198,13 +198,15 @@ struct MoeRowsParams {
   bf16* act;              // scratch [K + S, I]: bf16(silu(gate) * up) per row (routed, then shared)
   float* y;               // [T, H], overwritten
   bool evict_first = false; // set by moe_rows: weights streamed with L2 evict_first
+  bool x_wait = false;    // moe_rows_tma: xf comes from the kernel just before (no router between)
 };
 bool moe_rows_supported(int T, int K, int S, int H, int I);
 // stages: 1 = gate/up only, 2 = down only, 3 = both (the split is for timing experiments).
 void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 // The same products with resident blocks fed by bulk-copy pipelines (moe_tma.cu; Hopper, H a
 // multiple of 256 up to 2048): the same activations as moe_rows' gate/up kernel; y summed in another
-// order than moe_rows' down kernel.
+// order than moe_rows' down kernel. With K = 0, S = 1 and E = 0 it is a dense SwiGLU MLP (gate/up
+// [2I, H], down [H, I]).
 bool moe_rows_tma_supported(int T, int K, int S, int H, int I);
 void moe_rows_tma(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 
