@@ -107,11 +107,15 @@ TEST(CudaKernels, RopeAndCacheYarn) {
     std::vector<int32_t> slot(static_cast<size_t>(T));
     for (int t = 0; t < T; ++t) slot[size_t(t)] = 3 * t + 1;  // scattered cache rows
     const int rows = 3 * T + 2;
-    auto inv = rope_inv_freq(c);
+    RopeTable table(c);
+    std::vector<float> cossin(size_t(T) * s.rope);
+    for (int t = 0; t < T; ++t) {
+      float* cs = &cossin[size_t(t) * s.rope];
+      table.at(pos[size_t(t)], cs, cs + s.rope / 2);
+    }
     Dev<bf16> dq(to_bf16(q)), dkv(to_bf16(kv)), dqfull(size_t(T) * s.heads * D), dcache(size_t(rows) * D);
-    Dev<float> dnorm(norm);
-    Dev<int32_t> dpos(pos), dslot(slot);
-    Dev<double> dinv(inv);
+    Dev<float> dnorm(norm), dcossin(cossin);
+    Dev<int32_t> dslot(slot);
     dqfull.poison();
     dcache.poison();
     RopeCacheParams p{};
@@ -120,10 +124,8 @@ TEST(CudaKernels, RopeAndCacheYarn) {
     p.kv = dkv.p;
     p.kv_stride = kv_stride;
     p.kv_norm = dnorm.p;
-    p.pos = dpos.p;
     p.slot = dslot.p;
-    p.inv_freq = dinv.p;
-    p.attn_factor = float(c.rope_attention_factor());
+    p.cossin = dcossin.p;
     p.T = T;
     p.heads = s.heads;
     p.nope = s.nope;
@@ -133,7 +135,6 @@ TEST(CudaKernels, RopeAndCacheYarn) {
     p.cache = dcache.p;
     rope_and_cache(p, 0);
     const auto qfull = from_bf16(dqfull.get()), cache = from_bf16(dcache.get());
-    RopeTable table(c);
     std::vector<float> got_c, ref_c, got_pe, ref_pe;
     for (int t = 0; t < T; ++t) {
       const float* kvr = &kv[size_t(t) * kv_stride];
@@ -362,15 +363,18 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
     absorb_q1(dq.p, qd, dw.p, cs.heads, cs.nope, rows, cs.C, dout.p, D, 0);
     {
       // with the rope/cache row in the same launch: the same bits as rope_and_cache
-      std::vector<double> inv_freq(32);
-      for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(10000.0, -2.0 * i / 64);
+      std::vector<float> cossin(64);  // position 12345, attention factor 1.25
+      for (int i = 0; i < 32; ++i) {
+        const double a = 12345.0 * std::pow(10000.0, -2.0 * i / 64);
+        cossin[size_t(i)] = float(std::cos(a) * 1.25);
+        cossin[size_t(32 + i)] = float(std::sin(a) * 1.25);
+      }
       auto kv = round_bf16(randn(size_t(cs.C) + 64, g));
       std::vector<float> kvn(static_cast<size_t>(cs.C));
       for (float& v : kvn) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
-      Dev<double> dfreq(inv_freq);
-      Dev<float> dkvn(kvn);
+      Dev<float> dkvn(kvn), dcossin(cossin);
       Dev<bf16> dkv(to_bf16(kv)), c1(size_t(8) * D), c2(size_t(8) * D), q1(size_t(cs.heads) * D), q2(size_t(cs.heads) * D);
-      Dev<int32_t> dpos(std::vector<int32_t>{12345}), dslot(std::vector<int32_t>{3});
+      Dev<int32_t> dslot(std::vector<int32_t>{3});
       for (auto* b : {&c1, &c2, &q1, &q2}) b->poison();
       RopeCacheParams rp{};
       rp.q = dq.p;
@@ -378,10 +382,8 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
       rp.kv = dkv.p;
       rp.kv_stride = cs.C + 64;
       rp.kv_norm = dkvn.p;
-      rp.pos = dpos.p;
       rp.slot = dslot.p;
-      rp.inv_freq = dfreq.p;
-      rp.attn_factor = 1.25f;
+      rp.cossin = dcossin.p;
       rp.T = 1;
       rp.heads = cs.heads;
       rp.nope = cs.nope;

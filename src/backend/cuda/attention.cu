@@ -174,25 +174,36 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
       sQ[r * LDK + c] = __float2bfloat16(0.0f);  // sK rows follow sQ rows with the same stride
     }
   }
-  if (p.pdl) pdl_entry();  // q and the new cache row come from the kernel before
-  // Tile `tile` lives in cache block blk (its block-table entry).
-  auto load_tile = [&](int stage, int tile, int blk) {
+  // Rows [r0, r1) of tile `tile`, which lives in cache block blk (its block-table entry); rows at or
+  // past kv_end are zero-filled.
+  auto load_tile = [&](int stage, int tile, int blk, int r0, int r1) {
     const int j0 = tile * kPos;
     const bf16* src = p.cache + (size_t(blk) * kAttnTile + (j0 % kAttnTile)) * D;
-    load_rows(sK + stage * kPos * LDK, LDK, src, kPos, kv_end - j0, D, mode, tid);
+    load_rows(sK + (stage * kPos + r0) * LDK, LDK, src + size_t(r0) * D, r1 - r0, kv_end - j0 - r0, D, mode, tid);
   };
   auto block_of = [&](int tile) { return tile < t_end ? __ldg(btab + tile * kPos / kAttnTile) : 0; };
-  if (t_begin < t_end) {
-    load_rows(sQ, LDK, p.q + qrow0 * D, kRows, nrows, D, mode, tid);
+  // The first kStages tiles fill the whole ring. Launched with PDL, the rows before this chunk's new
+  // positions (written by earlier passes) are copied before the wait; q and the new rows (the kernel
+  // before writes them) after it. One commit group per tile.
+  int first_blk[kStages];
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (t_begin + s < t_end) load_tile(s, t_begin + s, block_of(t_begin + s));
-      cp_async_commit();
-    }
+  for (int s = 0; s < kStages; ++s) first_blk[s] = block_of(t_begin + s);
+  auto old_rows = [&](int tile) { return min(kPos, max(0, qpos0 - tile * kPos)); };
+  if (p.pdl) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s)
+      if (t_begin + s < t_end) load_tile(s, t_begin + s, first_blk[s], 0, old_rows(t_begin + s));
+    pdl_entry();  // q and the new cache rows come from the kernel before
+  }
+  if (t_begin < t_end) load_rows(sQ, LDK, p.q + qrow0 * D, kRows, nrows, D, mode, tid);
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {
+    if (t_begin + s < t_end) load_tile(s, t_begin + s, first_blk[s], p.pdl ? old_rows(t_begin + s) : 0, kPos);
+    cp_async_commit();
   }
   // The block-table entry of the next tile to fetch, read one step ahead so that its latency
   // never stalls the copy issue.
-  int next_blk = block_of(t_begin + kStages - 1);
+  int next_blk = block_of(t_begin + kStages);
 
   // Softmax work: warp w owns rows 2w and 2w + 1, half a warp (16 lanes x 2 positions) per row.
   // Causal limit of that row; -1 for padding rows. The mask is applied only in tiles that reach
@@ -216,11 +227,8 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
 
   for (int tile = t_begin; tile < t_end; ++tile) {
     const int it = tile - t_begin;
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile `it` visible; all warps are done with the stage refilled next and with sS
-    if (tile + kStages - 1 < t_end) load_tile((it + kStages - 1) % kStages, tile + kStages - 1, next_blk);
-    cp_async_commit();
-    next_blk = block_of(tile + kStages);
+    cp_async_wait<kStages - 1>();  // groups: one per tile, this one and the kStages - 1 after it issued
+    __syncthreads();  // tile `it` visible; all warps are done with sS
     const bf16* sKt = sK + (it % kStages) * kPos * LDK;
     const int j0 = tile * kPos;
 
@@ -324,6 +332,11 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
         }
       }
     }
+    // Refill this tile's stage with the tile kStages ahead once every warp is done with it.
+    __syncthreads();
+    if (tile + kStages < t_end) load_tile(it % kStages, tile + kStages, next_blk, 0, kPos);
+    cp_async_commit();
+    next_blk = block_of(tile + kStages + 1);
   }
   cp_async_wait<0>();  // no copy may be left in flight at exit
 

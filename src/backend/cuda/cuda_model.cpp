@@ -102,7 +102,7 @@ constexpr size_t kDecompKvElems = size_t(512) << 20;
 
 class CudaModelImpl final : public CudaModel {
  public:
-  CudaModelImpl(const ModelConfig& c, int device) : c_(c), device_(device) {
+  CudaModelImpl(const ModelConfig& c, int device) : c_(c), device_(device), rope_tab_(c) {
     DSV2_CUDA_CHECK(cudaSetDevice(device_));
     DSV2_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -126,9 +126,6 @@ class CudaModelImpl final : public CudaModel {
     q_out_ = c_.q_lora_rank > 0 ? int(c_.q_lora_rank) : heads_ * qd_;
     qkv_out_ = q_out_ + D_;
     layers_.resize(size_t(c_.num_hidden_layers));
-    std::vector<double> inv = rope_inv_freq(c_);
-    inv_freq_.reserve(inv.size());
-    DSV2_CUDA_CHECK(cudaMemcpy(inv_freq_.p, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev0_));
     DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
     DSV2_CUDA_CHECK(cudaMallocHost(&host_offsets_, size_t(c_.n_routed_experts + 1) * sizeof(int32_t)));
@@ -230,7 +227,7 @@ class CudaModelImpl final : public CudaModel {
   DevBuf<bf16> embed_, lm_head_;
   DevBuf<float> final_norm_;
   std::vector<DevLayer> layers_;
-  DevBuf<double> inv_freq_;
+  RopeTable rope_tab_;  // cos/sin per position, computed on the host like the CPU backend's
 
   bf16* cache_ = nullptr;  // [L][rows][D]
   size_t cache_rows_ = 0;
@@ -254,7 +251,7 @@ class CudaModelImpl final : public CudaModel {
   size_t host_meta_n_ = 0;
   uint64_t scratch_gen_ = 0;
   // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
-  size_t m_tok_ = 0, m_pos_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0;
+  size_t m_tok_ = 0, m_pos_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0;
 
   struct Graph {
     cudaGraphExec_t exec = nullptr;
@@ -792,7 +789,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     const int want = int(std::clamp<int64_t>(std::min<int64_t>(2 * sms_ / I, by_len), 1, 128));
     while (n_splits * 2 <= want) n_splits *= 2;
   }
-  const size_t need = size_t(3 * T + 4 * C + 4 * I + R) + nblk;
+  const size_t need = size_t(3 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_);
   if (need > host_meta_n_) {
     if (host_meta_) cudaFreeHost(host_meta_);
     host_meta_n_ = need * 2;
@@ -806,6 +803,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   m_items_ = m_chunks_ + 4 * size_t(C);
   m_rows_ = m_items_ + 4 * size_t(I);
   m_blocks_ = m_rows_ + size_t(R);
+  m_rope_ = m_blocks_ + nblk;  // [T, rope] floats
   int32_t* hm = host_meta_;
   int t = 0, it = 0, r = 0;
   size_t boff = 0;
@@ -816,6 +814,8 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
       const int64_t pos = len0 + i;
       hm[m_tok_ + size_t(t + i)] = pc.tokens[i];
       hm[m_pos_ + size_t(t + i)] = int32_t(pos);
+      float* cs = reinterpret_cast<float*>(hm + m_rope_ + size_t(t + i) * size_t(rope_));
+      rope_tab_.at(pos, cs, cs + rope_ / 2);
       hm[m_slot_ + size_t(t + i)] =
           pc.seq->blocks[size_t(pos / kCacheBlockSize)] * int32_t(kCacheBlockSize) + int32_t(pos % kCacheBlockSize);
       if (pc.logits_all || (pc.logits_last && i == pc.n - 1)) hm[m_rows_ + size_t(r++)] = t + i;
@@ -1021,10 +1021,8 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   rp.kv = qkv_.p + q_out_;
   rp.kv_stride = qkv_out_;
   rp.kv_norm = L.kv_a_norm.p;
-  rp.pos = meta + m_pos_;
   rp.slot = meta + m_slot_;
-  rp.inv_freq = inv_freq_.p;
-  rp.attn_factor = float(c_.rope_attention_factor());
+  rp.cossin = reinterpret_cast<const float*>(meta + m_rope_);
   rp.T = T;
   rp.heads = heads_;
   rp.nope = nope_;

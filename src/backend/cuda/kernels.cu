@@ -169,34 +169,30 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
 }
 
 // Token t's cache row (normalized c, roped k_pe) and the roped q_pe of every head, by one block;
-// cs/sn hold rope/2 floats each.
-__device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float* sn, float* red) {
+// red holds 32 floats.
+__device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red) {
   const int half = p.rope / 2;
   const int qd = p.nope + p.rope;
   {
-    // Every line read below (the kv row, each head's q_pe, the position) requested into L1 at once:
-    // one round trip instead of one per dependent step (measured: this block ended 1.4-2.5 us after
-    // the other blocks of the absorb launch).
+    // Every line read below (the kv row, each head's q_pe, cos/sin, the cache slot) requested into L1 at
+    // once: one round trip instead of one per dependent step.
     const char* kvb = reinterpret_cast<const char*>(p.kv + size_t(t) * p.kv_stride);
     const uintptr_t l0 = reinterpret_cast<uintptr_t>(kvb) & ~uintptr_t(127);
     const uintptr_t l1 = (reinterpret_cast<uintptr_t>(kvb) + size_t(p.kv_lora + p.rope) * 2 - 1) & ~uintptr_t(127);
     const int kv_lines = int((l1 - l0) / 128) + 1;  // lines 1.. start inside the row
-    for (int i = threadIdx.x; i < kv_lines + p.heads + 1; i += blockDim.x) {
+    const float* csr = p.cossin + size_t(t) * p.rope;
+    const int n = kv_lines + p.heads + (p.rope + 31) / 32 + 1;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      const int j = i - kv_lines, k = j - p.heads;  // q_pe of head j, then the cos/sin lines, the slot
       const void* a = i < kv_lines ? (i == 0 ? static_cast<const void*>(kvb) : reinterpret_cast<const void*>(l0 + 128 * size_t(i)))
-                      : i < kv_lines + p.heads
-                          ? static_cast<const void*>(p.q + size_t(t) * p.q_stride + size_t(i - kv_lines) * qd + p.nope)
-                          : static_cast<const void*>(p.pos + t);
+                      : j < p.heads ? static_cast<const void*>(p.q + size_t(t) * p.q_stride + size_t(j) * qd + p.nope)
+                      : k < (p.rope + 31) / 32 ? static_cast<const void*>(csr + 32 * k)
+                                                : static_cast<const void*>(p.slot + t);
       asm volatile("prefetch.global.L1 [%0];\n" ::"l"(a));
     }
   }
-  const int pos = p.pos[t];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    // The angle in double: positions reach 1e5+, where a float angle loses digits.
-    double s, c;
-    sincos(double(pos) * p.inv_freq[i], &s, &c);
-    cs[i] = float(c) * p.attn_factor;
-    sn[i] = float(s) * p.attn_factor;
-  }
+  const float* cs = p.cossin + size_t(t) * p.rope;
+  const float* sn = cs + half;
   const bf16* kv = p.kv + size_t(t) * p.kv_stride;
   const int D = p.kv_lora + p.rope;
   bf16* crow = p.cache + size_t(p.slot[t]) * D;
@@ -205,7 +201,7 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float
     float v = __bfloat162float(kv[k]);
     ss += v * v;
   }
-  ss = block_sum(ss, red);  // also orders the cos/sin writes above
+  ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / float(p.kv_lora) + 1e-6f);
   for (int k = threadIdx.x; k < p.kv_lora; k += blockDim.x)
     crow[k] = __float2bfloat16(p.kv_norm[k] * (__bfloat162float(kv[k]) * inv));
@@ -228,9 +224,8 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* cs, float
 // One block per token.
 __global__ void rope_cache_kernel(RopeCacheParams p) {
   pdl_entry();
-  extern __shared__ float sh[];  // [rope/2] cos, [rope/2] sin
   __shared__ float red[32];
-  rope_cache_row(p, blockIdx.x, sh, sh + p.rope / 2, red);
+  rope_cache_row(p, blockIdx.x, red);
 }
 
 // Absorbed queries of one token: block (64 columns, head). Thread (cg, dg) owns columns cg*8..+8 of
@@ -248,8 +243,7 @@ __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__
   if (h == int(gridDim.y) - 1 && with_rope) {
     // the last row of blocks: block 0 ropes the token and writes its cache row
     pdl_entry();
-    float* f = &part[0][0];  // [rope/2] cos, [rope/2] sin, [32] reduction
-    if (blockIdx.x == 0) rope_cache_row(rp, 0, f, f + kAbsorbMaxRope / 2, f + kAbsorbMaxRope);
+    if (blockIdx.x == 0) rope_cache_row(rp, 0, &part[0][0]);
     return;
   }
   const int cg = threadIdx.x & 7, dg = threadIdx.x >> 3;
@@ -888,7 +882,7 @@ void silu_mul(const bf16* gu, int R, int I, bf16* a, cudaStream_t s) {
 
 void rope_and_cache(const RopeCacheParams& p, cudaStream_t s) {
   if (p.T == 0) return;
-  launch_pdl(rope_cache_kernel, dim3(p.T), dim3(256), size_t(p.rope) * sizeof(float), s, p);
+  launch_pdl(rope_cache_kernel, dim3(p.T), dim3(256), 0, s, p);
   DSV2_CUDA_LAUNCHED();
 }
 

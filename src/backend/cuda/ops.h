@@ -52,10 +52,9 @@ struct RopeCacheParams {
   const bf16* kv;         // [T, kv_stride]: [c (kv_lora) | k_pe (rope)]
   int kv_stride;
   const float* kv_norm;   // [kv_lora] kv_a_layernorm weight
-  const int32_t* pos;     // [T] absolute positions
   const int32_t* slot;    // [T] cache row (block * 64 + pos % 64)
-  const double* inv_freq; // [rope/2]
-  float attn_factor;      // YaRN cos/sin scale
+  const float* cossin;    // [T, rope]: cos then sin (rope/2 each) of the token's position, scaled by
+                          // the YaRN attention factor: RopeTable::at on the host
   int T, heads, nope, rope, kv_lora;
   bf16* qfull;            // [T, heads, kv_lora + rope]: writes the roped q_pe at kv_lora
   bf16* cache;            // this layer's cache [rows, kv_lora + rope]
