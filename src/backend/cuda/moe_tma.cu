@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   const unsigned row_bytes = unsigned(kTmaGuRows * H * sizeof(bf16));
   if (warp == kTmaWarps) {
     if (lane == 0) {
-      const unsigned long long pol = l2_policy(true);
+      const unsigned long long pol = l2_policy(p.evict_first);
       bool waited = false;
       int n = 0;
       for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   if (warp == kTmaWarps) {
     // the expert ids come from the router, complete before the gate/up kernel let this one launch
     if (lane == 0) {
-      const unsigned long long pol = l2_policy(true);
+      const unsigned long long pol = l2_policy(p.evict_first);
       for (int n = 0; n < my_items * nrow; ++n) {
         const int j = expert_of(n), it = int(blockIdx.x) + item_of(n) * int(gridDim.x);
         const int e = j < p.S ? p.E + j : p.ids[j - p.S];
@@ -283,6 +283,7 @@ bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
 
 void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
   MoeRowsParams p = params;
+  p.evict_first = (l2_hint_mask() & 2) != 0;
   DSV2_CHECK(moe_rows_tma_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows_tma: T {} K {} S {} H {} I {} not supported",
              p.T, p.K, p.S, p.H, p.I);
   const int sms = sm_count();
