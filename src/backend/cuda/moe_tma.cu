@@ -9,9 +9,10 @@
 // units of the shared pieces first (they do not depend on the router, the kernel just before, and
 // are copied before the PDL wait), then the routed ones. Warp w computes row w of the unit, with the
 // same operations in the same order as moe_rows_gu_kernel (the same bf16 activations).
-// Down: item = 8 outputs; its stages are those rows of each of the K + S experts (one contiguous copy
-// each, all known before the PDL wait since the router ran two kernels back); warp w takes output w
-// (with 4 outputs per item: output w % 4, half w / 4 of the columns); the item's sum goes into y.
+// Down: item = 16 outputs; its stages are those rows of each of the K + S experts (one contiguous copy
+// each, all known before the PDL wait since the router ran two kernels back); warp w takes outputs w
+// and w + 8 (with 8 or fewer outputs per item: output w % cols, piece w / cols of the columns); the
+// item's sum goes into y.
 #include <algorithm>
 #include <cstdlib>
 
@@ -30,7 +31,7 @@ namespace {
 constexpr int kTmaWarps = 8;  // computing warps; warp kTmaWarps issues the copies
 constexpr int kTmaThreads = (kTmaWarps + 1) * 32;
 constexpr int kTmaGuRows = kTmaWarps;  // gate rows (and as many up rows) per unit: one pair per warp
-constexpr int kTmaDownCols = 8;        // outputs per down item (4 with DSV2_CUDA_TMA_DOWN_COLS=4)
+constexpr int kTmaDownCols = 16;       // outputs per down item (DSV2_CUDA_TMA_DOWN_COLS=4 or 8)
 constexpr int kTmaMaxStages = 16;
 constexpr int kTmaMaxPieces = 8;       // H / 256: x pieces of 8 per lane, held in registers
 constexpr size_t kTmaSmemBudget = 220 * 1024;
@@ -169,9 +170,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   }
 }
 
-// cols outputs per item (8, or 4 with DSV2_CUDA_TMA_DOWN_COLS=4: 1 or 2 warps per output row). Measured
+// cols outputs per item (16, or 8 / 4 with DSV2_CUDA_TMA_DOWN_COLS: 1 or 2 warps per output row). Measured
 // on the H200 at batch 1: 8 outputs (copies of 8 rows, 22.5 KB for V2-Lite) 517-524 tok/s against
-// 479-483 with 4 (11 KB copies): the smaller copies streamed the down weights at ~2 TB/s.
+// 479-483 with 4 (11 KB copies); 16 outputs (45 KB copies, 4 stages) 567-570 against 554-558 with 8
+// (32K context 424 -> 430). Larger copies stream the down weights faster.
 struct DownCfg {
   int cols;
 };
@@ -214,8 +216,11 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   }
   if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : p.weights[tid - p.S];
   stage_sync(1, kTmaWarps * 32);
-  // warp w: output row w % cols of the item, piece w / cols of its columns
-  const int wpr = kTmaWarps / cols, r = warp % cols, piece = warp / cols;
+  // cols <= 8: warp w takes output row w % cols of the item, piece w / cols of its columns; 16: rows w
+  // and w + 8, all columns. Sums per (item, row of the warp) in tot[item * rpw + rr].
+  const bool wide = cols > kTmaWarps;
+  const int rpw = wide ? cols / kTmaWarps : 1, wpr = wide ? 1 : kTmaWarps / cols;
+  const int r = wide ? warp : warp % cols, piece = wide ? 0 : warp / cols;
   const int pc = (nck + wpr - 1) / wpr, c0 = piece * pc, c1 = min(nck, c0 + pc);
   float tot[kTmaDownMaxItems];
 #pragma unroll
@@ -223,20 +228,22 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   for (int n = 0; n < my_items * nrow; ++n) {
     const int j = expert_of(n), kk = item_of(n);
     ring.consume_wait(n);
-    const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r) * I;
     const bf16* as = sa + size_t(j) * I;
-    float d = 0.f;
-    for (int c = c0 + lane; c < c1; c += 32) {
-      dot8(*reinterpret_cast<const uint4*>(ws + c * 8), *reinterpret_cast<const uint4*>(as + c * 8), d);
+    for (int rr = 0; rr < rpw; ++rr) {
+      const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r + rr * kTmaWarps) * I;
+      float d = 0.f;
+      for (int c = c0 + lane; c < c1; c += 32) {
+        dot8(*reinterpret_cast<const uint4*>(ws + c * 8), *reinterpret_cast<const uint4*>(as + c * 8), d);
+      }
+#pragma unroll
+      for (int k = 0; k < kTmaDownMaxItems; ++k)
+        if (k == kk * rpw + rr) tot[k] += wrow[j] * d;
     }
     ring.release(n, lane);
-#pragma unroll
-    for (int k = 0; k < kTmaDownMaxItems; ++k)
-      if (k == kk) tot[k] += wrow[j] * d;
   }
 #pragma unroll
   for (int k = 0; k < kTmaDownMaxItems; ++k) {
-    if (k >= my_items) break;
+    if (k >= my_items * rpw) break;
     float v = tot[k];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0) part[warp][k] = v;
@@ -245,7 +252,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   for (int q = tid; q < my_items * cols; q += kTmaWarps * 32) {
     const int k = q / cols, row = q - k * cols;
     float v = 0.f;
-    for (int w = 0; w < wpr; ++w) v += part[row + w * cols][k];
+    if (wide)
+      v = part[row % kTmaWarps][k * rpw + row / kTmaWarps];
+    else
+      for (int w = 0; w < wpr; ++w) v += part[row + w * cols][k];
     float* yo = p.y + (size_t(blockIdx.x) + size_t(k) * gridDim.x) * cols + row;
     if (p.accumulate)
       atomicAdd(yo, v);  // the only writer of this element: y + v, without a round trip
@@ -265,7 +275,7 @@ int sm_count() {
   return v;
 }
 
-// Outputs per down item: `want` (8, or 4 with DSV2_CUDA_TMA_DOWN_COLS=4), halved while a ring would
+// Outputs per down item: `want` (16, or DSV2_CUDA_TMA_DOWN_COLS), halved while a ring would
 // hold fewer than 4 stages (wide rows: a dense MLP's I = 10944 takes 2); 0 if even 1 does not fit 2.
 int down_cols(int K, int S, int H, int I, int want) {
   int c = want;
@@ -296,14 +306,16 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
   if (stages & 2) {
     static const int want = [] {
       const char* c = std::getenv("DSV2_CUDA_TMA_DOWN_COLS");
-      return c && std::atoi(c) == 4 ? 4 : kTmaDownCols;
+      const int v = c ? std::atoi(c) : 0;
+      return v == 4 || v == 8 ? v : kTmaDownCols;
     }();
     const DownCfg cfg{down_cols(p.K, p.S, p.H, p.I, want)};
     const TmaLayout L = down_layout(p.K, p.S, p.I, cfg.cols);
     raise_smem_limit<moe_tma_down_kernel>(L.total);
     const int items = p.H / cfg.cols;
-    // every block holds at most kTmaDownMaxItems items
-    const int grid = std::max(std::min(items, sms), (items + kTmaDownMaxItems - 1) / kTmaDownMaxItems);
+    // every block holds at most kTmaDownMaxItems items (kTmaDownMaxItems / 2 with 16 outputs per item)
+    const int max_items = cfg.cols > kTmaWarps ? kTmaDownMaxItems * kTmaWarps / cfg.cols : kTmaDownMaxItems;
+    const int grid = std::max(std::min(items, sms), (items + max_items - 1) / max_items);
     launch_pdl(moe_tma_down_kernel, dim3(unsigned(grid)), dim3(kTmaThreads), L.total, s, p, L, cfg);
   }
   DSV2_CUDA_LAUNCHED();
