@@ -6,13 +6,15 @@ grouped into launches by kernel, grid size and time (a new launch when a block s
 --split-us after the previous block of the same kernel and grid started). Prints, for the chosen
 pass, every launch (start and end relative to the pass, duration, blocks, idle time since the
 previous launch ended, when its first PDL wait returned: after its first block started and after the
-launch before it ended), the per-kernel totals, and the gap from the previous pass.
+launch before it ended), the per-kernel totals with the median time from the end of the launch before
+(in end order) to the launch's end, and the gap from the previous pass.
 
-Usage: bench/gpu/trace.py TRACE.csv [--pass N] [--tokens T] [--launches]
+Usage: bench/gpu/trace.py TRACE.csv[.gz] [--pass N] [--tokens T] [--launches]
   default pass: the median-duration pass among the last 8 passes with T tokens (default 1)
 """
 import argparse
 import csv
+import gzip
 import statistics
 import sys
 from collections import defaultdict
@@ -21,7 +23,7 @@ from collections import defaultdict
 def load(path):
     passes = defaultdict(list)
     tokens = {}
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         for row in csv.DictReader(f):
             p = int(row["pass"])
             tokens[p] = int(row["tokens"])
@@ -102,9 +104,16 @@ def main():
             print(f"{(l['t0'] - t_begin) / 1000:9.1f} {(l['t1'] - t_begin) / 1000:9.1f} {d:7.1f} {gap_ns / 1000:6.1f} {w} {wp}  "
                   f"{l['kernel']} ({l['grid']}, {l['seen']})")
     print(f"no kernel running for {idle / 1000:.1f} us of the pass")
-    print(f"{'kernel':>12} {'launches':>8} {'us each':>8} {'us total':>9} {'idle before, us':>16}")
+    # The chain's share of each kernel: with launches ordered by their last block's end, how much later
+    # each ends than the launch before it (the kernels of a decode step depend on each other in turn).
+    steps = defaultdict(list)
+    by_end = sorted(ls, key=lambda l: l["t1"])
+    for prev, l in zip(by_end, by_end[1:]):
+        steps[l["kernel"]].append((l["t1"] - prev["t1"]) / 1000)
+    print(f"{'kernel':>12} {'launches':>8} {'us each':>8} {'us total':>9} {'idle before, us':>16} {'end step, median us':>20}")
     for k, (n, tot, gaps) in sorted(per.items(), key=lambda kv: -kv[1][1]):
-        print(f"{k:>12} {n:8d} {tot / n:8.2f} {tot:9.1f} {gaps:16.1f}")
+        st = f"{statistics.median(steps[k]):20.2f}" if steps[k] else f"{'-':>20}"
+        print(f"{k:>12} {n:8d} {tot / n:8.2f} {tot:9.1f} {gaps:16.1f} {st}")
     durs = [span[q][1] - span[q][0] for q in passes if tokens[q] == tokens[p]]
     print(f"passes with {tokens[p]} tokens: {len(durs)}, median span {statistics.median(durs) / 1000:.1f} us")
 
