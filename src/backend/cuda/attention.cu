@@ -37,7 +37,7 @@ static_assert(kRows == 16, "the kernel's fragments assume one m16 tile of rows")
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPos = 32;                   // cache positions per pipeline step
-constexpr int kStages = 2;                 // shared-memory ring: one tile in flight while one is computed
+constexpr int kStages = 2;                 // shared-memory ring: both filled first, then each refilled after use
 constexpr int kSTiles = kPos / 8;          // n8 tiles of S per step
 constexpr int kKSplit = kWarps;            // S partial sums: warp w covers one eighth of D
 constexpr int kPvSteps = kPos / 16;        // k16 steps of the P V product
