@@ -525,17 +525,7 @@ __global__ void __launch_bounds__(256) mla_combine_few_kernel(AttnParams p, int 
 template <int NTW, int DC>
 void launch_attn(AttnParams p, int D, int DV, cudaStream_t s) {
   const Layout L = make_layout(D, NTW);
-  // The shared-memory limit is a per-device attribute of the kernel: raise it once per device.
-  static size_t configured[64] = {};
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 64 || L.bytes > configured[dev]) {
-    DSV2_CUDA_CHECK(
-        cudaFuncSetAttribute(mla_attn_kernel<NTW, DC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)));
-    DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_attn_kernel<NTW, DC>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                         int(cudaSharedmemCarveoutMaxShared)));
-    if (dev < 64) configured[dev] = L.bytes;
-  }
+  raise_smem_limit<mla_attn_kernel<NTW, DC>>(L.bytes, true);
   // Grids of at most DSV2_CUDA_ATTN_PDL_MAX blocks (default 16) launch with PDL: their setup overlaps
   // the kernel before, and the W_UV product after them launches early. Measured on the H200 at batch 1
   // (with 32-position splits): 529 -> 547 tok/s at ~160 positions, 501 -> 529 at 512; at 32K context

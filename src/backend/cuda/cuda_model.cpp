@@ -251,7 +251,7 @@ class CudaModelImpl final : public CudaModel {
   size_t host_meta_n_ = 0;
   uint64_t scratch_gen_ = 0;
   // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
-  size_t m_tok_ = 0, m_pos_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0;
+  size_t m_tok_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0;
 
   struct Graph {
     cudaGraphExec_t exec = nullptr;
@@ -740,7 +740,7 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
                              const SampleOptions& opt, uint64_t step) {
-  // Host metadata: [tokens T][pos T][slot T][chunks 4C][items 4I][logit rows R][block tables].
+  // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope].
   int T = 0, R = 0, I = 0;
   int64_t max_kv = 0;
   size_t nblk = 0;
@@ -789,7 +789,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     const int want = int(std::clamp<int64_t>(std::min<int64_t>(2 * sms_ / I, by_len), 1, 128));
     while (n_splits * 2 <= want) n_splits *= 2;
   }
-  const size_t need = size_t(3 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_);
+  const size_t need = size_t(2 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_);
   if (need > host_meta_n_) {
     if (host_meta_) cudaFreeHost(host_meta_);
     host_meta_n_ = need * 2;
@@ -797,9 +797,8 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   }
   if (need > meta_.n && meta_.reserve(need * 2)) ++scratch_gen_;
   m_tok_ = 0;
-  m_pos_ = size_t(T);
-  m_slot_ = 2 * size_t(T);
-  m_chunks_ = 3 * size_t(T);
+  m_slot_ = size_t(T);
+  m_chunks_ = 2 * size_t(T);
   m_items_ = m_chunks_ + 4 * size_t(C);
   m_rows_ = m_items_ + 4 * size_t(I);
   m_blocks_ = m_rows_ + size_t(R);
@@ -813,7 +812,6 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     for (int i = 0; i < pc.n; ++i) {
       const int64_t pos = len0 + i;
       hm[m_tok_ + size_t(t + i)] = pc.tokens[i];
-      hm[m_pos_ + size_t(t + i)] = int32_t(pos);
       float* cs = reinterpret_cast<float*>(hm + m_rope_ + size_t(t + i) * size_t(rope_));
       rope_tab_.at(pos, cs, cs + rope_ / 2);
       hm[m_slot_ + size_t(t + i)] =

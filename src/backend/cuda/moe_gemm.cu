@@ -311,13 +311,16 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
   const size_t base = size_t(row / kAttnRows) * S * kAttnRows + row % kAttnRows;
   const float* po = part_o + base * K;
   const size_t sstride = size_t(kAttnRows) * K;  // between splits
-  // The first two columns of this thread from every split, loaded together with the row maxima and
-  // sums below (one round trip for both).
-  const int c0 = 2 * tid;
-  float2 v0[kAttnCombineFewMax];
+  // Two columns of this thread from every split; the first two are loaded together with the row
+  // maxima and sums below (one round trip for both).
+  float2 v[kAttnCombineFewMax];
+  auto load = [&](int c) {
 #pragma unroll
-  for (int s = 0; s < kAttnCombineFewMax; ++s)
-    v0[s] = s < S && c0 < K ? __ldg(reinterpret_cast<const float2*>(po + s * sstride + c0)) : make_float2(0.f, 0.f);
+    for (int s = 0; s < kAttnCombineFewMax; ++s)
+      v[s] = s < S && c < K ? __ldg(reinterpret_cast<const float2*>(po + s * sstride + c)) : make_float2(0.f, 0.f);
+  };
+  const int c0 = 2 * tid;
+  load(c0);
   if (tid < 16) {
     const float* ml = part_ml + base * 2;  // split s at ml[s * kAttnRows * 2]
     float m = -INFINITY, l = 0.0f;
@@ -331,25 +334,15 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
   }
   __syncthreads();
   const float inv = sw[kAttnCombineFewMax];
-  if (c0 < K) {
+  for (int c = c0; c < K; c += 2 * blockDim.x) {
+    if (c != c0) load(c);
     float2 acc = make_float2(0.0f, 0.0f);
 #pragma unroll
     for (int s = 0; s < kAttnCombineFewMax; ++s) {
       const float ws = s < S ? sw[s] : 0.0f;
       if (ws == 0.0f) continue;
-      acc.x += ws * v0[s].x;
-      acc.y += ws * v0[s].y;
-    }
-    *reinterpret_cast<__nv_bfloat162*>(y + c0) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
-  }
-  for (int c = c0 + 2 * int(blockDim.x); c < K; c += 2 * blockDim.x) {
-    float2 acc = make_float2(0.0f, 0.0f);
-    for (int s = 0; s < S; ++s) {
-      const float ws = sw[s];
-      if (ws == 0.0f) continue;
-      const float2 v = __ldg(reinterpret_cast<const float2*>(po + s * sstride + c));
-      acc.x += ws * v.x;
-      acc.y += ws * v.y;
+      acc.x += ws * v[s].x;
+      acc.y += ws * v[s].y;
     }
     *reinterpret_cast<__nv_bfloat162*>(y + c) = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
   }

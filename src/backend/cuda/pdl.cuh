@@ -71,9 +71,9 @@ __device__ __forceinline__ uint4 ld_weight(const void* ptr, bool ok, unsigned lo
 }
 
 // Which kernels stream their weights with L2 evict_first (DSV2_CUDA_L2HINT=mask, default 11): 1 gemv1,
-// 2 moe_rows and moe_rows_tma (one-token MoE; the bulk copies: 569 -> 546 tok/s at batch 1 without), 8 the grouped expert products (moe_gemm). Measured on the H200 against
-// mask 0 in one call: batch 1 450 -> 467 tok/s, 8: 1,191 -> 1,243, 64: 6,089 -> 6,312, 256:
-// 19,693 -> 21,314; 32K context 377 -> 387.
+// 2 moe_rows and moe_rows_tma (one-token MoE), 8 the grouped expert products (moe_gemm). Measured on
+// the H200 against mask 0 in one call: batch 1 450 -> 467 tok/s, 8: 1,191 -> 1,243, 64: 6,089 ->
+// 6,312, 256: 19,693 -> 21,314; 32K context 377 -> 387. Later, without bit 2 alone: batch 1 569 -> 546.
 inline int l2_hint_mask() {
   static const int m = [] {
     const char* v = std::getenv("DSV2_CUDA_L2HINT");
@@ -93,14 +93,18 @@ inline bool device_is_hopper() {
   return hopper;
 }
 
-// Raises Kernel's dynamic shared-memory limit to at least `bytes`, once per device (needed above 48 KB).
+// Raises Kernel's dynamic shared-memory limit to at least `bytes`, once per device (needed above 48 KB);
+// max_carveout also asks for the largest shared-memory carveout of the SM's on-chip memory.
 template <auto Kernel>
-void raise_smem_limit(size_t bytes) {
+void raise_smem_limit(size_t bytes, bool max_carveout = false) {
   static size_t configured[64] = {};
   int dev = 0;
   DSV2_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 64 && configured[dev] >= bytes) return;
   DSV2_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (max_carveout)
+    DSV2_CUDA_CHECK(
+        cudaFuncSetAttribute(Kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
   if (dev < 64) configured[dev] = bytes;
 }
 
