@@ -236,8 +236,12 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
         logits_n[size_t(t) * r.E + e] = float(acc);
       }
     }
-    Dev<float> dxraw(xraw), dnw(nw);
-    for (int rep = 0; rep < 3; ++rep) {
+    Dev<float> dxraw(xraw), dnw(nw), dwf(w.size());
+    // fourth launch: the norm weights folded into the router rows
+    fold_norm_rows(dw.p, dnw.p, r.E, cs.H, dwf.p, 0);
+    const auto wf = dwf.get();
+    for (size_t i = 0; i < w.size(); ++i) ASSERT_EQ(wf[i], w[i] * nw[i % size_t(cs.H)]) << "folded weight " << i;
+    for (int rep = 0; rep < 4; ++rep) {
       dwts.poison();
       dids.poison();
       RouterParams p{dlog.p, cs.T, r.E, r.K, r.n_group, r.topk_group, r.group, r.norm, float(r.scaling), dids.p,
@@ -247,7 +251,9 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
         p.ids_stride = KS;
         p.n_extra = 2;
       }
-      if (rep == 2)
+      if (rep == 3)
+        moe_route_small_folded(p, dxraw.p, dwf.p, cs.H, 1e-6f, 0);
+      else if (rep == 2)
         moe_route_small(p, dxraw.p, dw.p, cs.H, 0, dnw.p, 1e-6f);
       else
         moe_route_small(p, dx.p, dw.p, cs.H, 0);
@@ -258,7 +264,7 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
           EXPECT_EQ(ids[size_t(t) * stride + r.K + x2], r.E + x2);
           EXPECT_EQ(wts[size_t(t) * stride + r.K + x2], 1.0f);
         }
-      EXPECT_LE(routing_mismatches(r, rep == 2 ? logits_n : logits, cs.T, ids, wts, stride),
+      EXPECT_LE(routing_mismatches(r, rep >= 2 ? logits_n : logits, cs.T, ids, wts, stride),
                 cs.T > 4 ? std::max(1, cs.T / 32) : 0)
           << "rep " << rep << " E=" << r.E << " K=" << r.K << " T=" << cs.T;
     }

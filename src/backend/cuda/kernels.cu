@@ -6,6 +6,9 @@
 #include <cooperative_groups.h>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
+#include <set>
+#include <string>
 
 #include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/ops.h"
@@ -32,6 +35,13 @@ __device__ float block_sum(float v, float* red) {
   float t = lane < nw ? red[lane] : 0.0f;
   for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
   return t;
+}
+
+// Warp maximum of a float (no NaN) through the integer reduction: the bits mapped to an unsigned order.
+__device__ __forceinline__ float warp_max_redux(float v) {
+  const unsigned b = __float_as_uint(v);
+  const unsigned m = __reduce_max_sync(0xffffffffu, (b & 0x80000000u) ? ~b : (b | 0x80000000u));
+  return __uint_as_float((m & 0x80000000u) ? (m & 0x7fffffffu) : ~m);
 }
 
 // Warp-wide argmax of (value, index) pairs: the highest value, the lowest index on ties; every
@@ -388,7 +398,7 @@ __device__ void route_token_warp(const RouterParams& p, int t, const float* logi
     v[i] = i < per ? logits_row[lane + 32 * i] : -FLT_MAX;
     mx = fmaxf(mx, v[i]);
   }
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  mx = warp_max_redux(mx);
   float sum = 0.f;
 #pragma unroll
   for (int i = 0; i < kRouteWarpMaxPer; ++i) {
@@ -409,7 +419,11 @@ __device__ void route_token_warp(const RouterParams& p, int t, const float* logi
         bv = v[i];
         bi = lane + 32 * i;
       }
-    warp_argmax(bv, bi);
+    // the warp's highest score, then the lowest id holding it (warp_argmax's choice, two reductions)
+    const unsigned key = bv >= 0.0f ? __float_as_uint(bv) + 1u : 0u;  // scores >= 0 order as integers
+    const unsigned top = __reduce_max_sync(0xffffffffu, key);
+    bi = int(__reduce_min_sync(0xffffffffu, key == top ? unsigned(bi) : 0x7fffffffu));
+    bv = top == 0u ? -1.0f : __uint_as_float(top - 1u);
 #pragma unroll
     for (int i = 0; i < kRouteWarpMaxPer; ++i)
       if (lane + 32 * i == bi) v[i] = -1.0f;  // taken (scores are >= 0)
@@ -454,6 +468,11 @@ __global__ void route_kernel(RouterParams p) {
 // between the dot products and the routing.
 constexpr int kRouteCluster = 8, kRouteWarps = 8;
 constexpr int kRouteU = 16;
+// kFold: w holds the router rows already scaled by the RMSNorm weights (fold_norm_rows), x is the
+// residual stream: logit = rsqrt(mean(x^2) + eps) * sum_h x_h w'_h, with the squares and the products
+// summed in one pass over x, so that only the weight row is held in registers (144 at most: a router
+// block then fits on an SM next to a bulk-copy gate/up block, 288 threads x 96).
+template <bool kFold>
 __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWarps * 32)
     route_small_kernel(RouterParams p, const float* x, const float* w, int H, const float* norm_w, float eps,
                        bool warp_route) {
@@ -469,16 +488,19 @@ __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWa
   const int g = int(cluster.block_rank()) * kRouteWarps + warp;
   const int H4 = H / 4;
   const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
-  float4 wv[kRouteU], gv[kRouteU];
+  float4 wv[kRouteU];
   auto load_w = [&](int e) {
     const float4* wr = reinterpret_cast<const float4*>(w + size_t(e < p.E ? e : 0) * H);
 #pragma unroll
     for (int u = 0; u < kRouteU; ++u) wv[u] = (e < p.E && u * 32 + lane < H4) ? wr[u * 32 + lane] : zero4;
   };
   load_w(g);
+  [[maybe_unused]] float4 gv[kFold ? 1 : kRouteU];
+  if constexpr (!kFold) {
 #pragma unroll
-  for (int u = 0; u < kRouteU; ++u)
-    gv[u] = (norm_w && u * 32 + lane < H4) ? reinterpret_cast<const float4*>(norm_w)[u * 32 + lane] : zero4;
+    for (int u = 0; u < kRouteU; ++u)
+      gv[u] = (norm_w && u * 32 + lane < H4) ? reinterpret_cast<const float4*>(norm_w)[u * 32 + lane] : zero4;
+  }
   pdl_entry();
   // this cluster's tokens t0 .. t0 + nt - 1; token t0 + j is routed by block j
   const int t0 = int(blockIdx.x) / kRouteCluster * kRouteCluster, nt = min(kRouteCluster, p.T - t0);
@@ -487,28 +509,48 @@ __global__ void __cluster_dims__(kRouteCluster, 1, 1) __launch_bounds__(kRouteWa
     for (int j = 0; j < nt; ++j) {
       const int t = t0 + j;
       const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * H);
-      float4 xv[kRouteU];
+      float logit;
+      if constexpr (kFold) {
+        float4 xv[kRouteU];
 #pragma unroll
-      for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
-      if (norm_w) {
-        // x is the residual stream: the logits read norm_w * x * inv, add_rmsnorm's fp32 output
-        float ss = 0.f;
+        for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
+        asm volatile("" ::: "memory");  // all of x's loads issued before the first product: one round trip
+        float ss = 0.f, acc = 0.f;
 #pragma unroll
-        for (int u = 0; u < kRouteU; ++u)
+        for (int u = 0; u < kRouteU; ++u) {
           ss += xv[u].x * xv[u].x + xv[u].y * xv[u].y + xv[u].z * xv[u].z + xv[u].w * xv[u].w;
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        const float inv = rsqrtf(ss / float(H) + eps);
+          acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+          ss += __shfl_xor_sync(0xffffffffu, ss, o);
+          acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        }
+        logit = acc * rsqrtf(ss / float(H) + eps);
+      } else {
+        float4 xv[kRouteU];
+#pragma unroll
+        for (int u = 0; u < kRouteU; ++u) xv[u] = (u * 32 + lane < H4) ? xr[u * 32 + lane] : zero4;
+        if (norm_w) {
+          // x is the residual stream: the logits read norm_w * x * inv, add_rmsnorm's fp32 output
+          float ss = 0.f;
+#pragma unroll
+          for (int u = 0; u < kRouteU; ++u)
+            ss += xv[u].x * xv[u].x + xv[u].y * xv[u].y + xv[u].z * xv[u].z + xv[u].w * xv[u].w;
+          for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+          const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll
+          for (int u = 0; u < kRouteU; ++u)
+            xv[u] = make_float4(gv[u].x * (xv[u].x * inv), gv[u].y * (xv[u].y * inv), gv[u].z * (xv[u].z * inv),
+                                gv[u].w * (xv[u].w * inv));
+        }
+        float acc = 0.f;
 #pragma unroll
         for (int u = 0; u < kRouteU; ++u)
-          xv[u] = make_float4(gv[u].x * (xv[u].x * inv), gv[u].y * (xv[u].y * inv), gv[u].z * (xv[u].z * inv),
-                              gv[u].w * (xv[u].w * inv));
+          acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        logit = acc;
       }
-      float acc = 0.f;
-#pragma unroll
-      for (int u = 0; u < kRouteU; ++u)
-        acc += xv[u].x * wv[u].x + xv[u].y * wv[u].y + xv[u].z * wv[u].z + xv[u].w * wv[u].w;
-      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (lane == 0) cluster.map_shared_rank(s + p.E + p.n_group, j)[e0] = acc;
+      if (lane == 0) cluster.map_shared_rank(s + p.E + p.n_group, j)[e0] = logit;
     }
   }
   cluster.sync();
@@ -913,10 +955,58 @@ void moe_route_small(const RouterParams& p, const float* x, const float* w, int 
   DSV2_CHECK(p.T <= kRouteSmallMaxTokens && moe_route_small_supported(H, p.K, p.n_group),
              "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
   const unsigned clusters = unsigned((p.T + kRouteCluster - 1) / kRouteCluster);
-  launch_pdl(route_small_kernel, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32),
-             size_t(2 * p.E + p.n_group) * sizeof(float), s, p, x, w, H, norm_w, eps,
+  const size_t smem = size_t(2 * p.E + p.n_group) * sizeof(float);
+  launch_pdl(route_small_kernel<false>, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32), smem, s, p, x, w, H,
+             norm_w, eps,
              route_warp_on() && route_warp_supported(p));
   DSV2_CUDA_LAUNCHED();
+}
+
+void moe_route_small_folded(const RouterParams& p, const float* x, const float* w_folded, int H, float eps,
+                            cudaStream_t s) {
+  if (p.T == 0) return;
+  DSV2_CHECK(p.T <= kRouteSmallMaxTokens && moe_route_small_supported(H, p.K, p.n_group),
+             "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
+  const unsigned clusters = unsigned((p.T + kRouteCluster - 1) / kRouteCluster);
+  const size_t smem = size_t(2 * p.E + p.n_group) * sizeof(float);
+  // the largest carveout: the SMs this router runs on take a bulk-copy gate/up block next to it
+  prefer_max_carveout<route_small_kernel<true>>();
+  launch_pdl(route_small_kernel<true>, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32), smem, s, p, x,
+             w_folded, H, nullptr, eps,
+             route_warp_on() && route_warp_supported(p));
+  DSV2_CUDA_LAUNCHED();
+}
+
+__global__ void fold_norm_rows_kernel(const float* w, const float* g, int rows, int cols, float* out) {
+  const size_t n = size_t(rows) * cols;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = w[i] * g[i % size_t(cols)];
+}
+
+void fold_norm_rows(const float* w, const float* g, int rows, int cols, float* out, cudaStream_t s) {
+  if (rows == 0 || cols == 0) return;
+  fold_norm_rows_kernel<<<blocks_for(size_t(rows) * cols, 256), 256, 0, s>>>(w, g, rows, cols, out);
+  DSV2_CUDA_LAUNCHED();
+}
+
+int carveout_mode() {
+  static const int mode = [] {
+    const char* v = std::getenv("DSV2_CUDA_CARVEOUT");
+    const std::string s = v ? v : "";
+    return s == "named" ? 1 : s == "max" ? 2 : 0;
+  }();
+  return mode;
+}
+
+void set_max_carveout(const void* kernel) {
+  static std::mutex mu;
+  static std::set<std::pair<int, const void*>> done;
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert({dev, kernel}).second) return;
+  DSV2_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
 }
 
 void moe_route(const RouterParams& p, cudaStream_t s) {

@@ -135,6 +135,13 @@ constexpr int kRouteSmallMaxTokens = 64;
 bool moe_route_small_supported(int H, int K, int n_group);
 void moe_route_small(const RouterParams& p, const float* x, const float* w, int H, cudaStream_t s,
                      const float* norm_w = nullptr, float eps = 0.0f);
+// The same with the RMSNorm weights folded into the router rows (w_folded = fold_norm_rows(w, norm_w)):
+// x is the residual stream, logit = rsqrt(mean(x^2) + eps) * (x . w_folded row). The products round
+// differently from moe_route_small's (norm applied to x first); the kernel holds fewer registers.
+void moe_route_small_folded(const RouterParams& p, const float* x, const float* w_folded, int H, float eps,
+                            cudaStream_t s);
+// out[r, c] = w[r, c] * g[c] (fp32).
+void fold_norm_rows(const float* w, const float* g, int rows, int cols, float* out, cudaStream_t s);
 
 // Decode-sized MoE work: experts get fewer than ~96 of the R rows on average.
 inline bool moe_decode_sized(int R, int E) { return R < 96 * E; }
