@@ -271,5 +271,105 @@ TEST(CudaMoe, RouteSmallFusedLogits) {
   }
 }
 
+// The one-token MoE layer without a router kernel: o_proj (gemv1_accumulate_route) writes per-block
+// partial router logits of the new residual, and the gate/up blocks route from them. Against the
+// same layer with the folded router kernel: the same residual after o_proj (bit for bit), the same
+// experts, weights within rounding, the same activations; and against routing by a float64 oracle.
+TEST(CudaMoe, TmaRouteInGateUp) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(31);
+  struct Case {
+    int E, K, S, H, I, Ko;
+    bool norm;
+    double scaling;
+  };
+  for (Case cs : {Case{64, 6, 2, 2048, 1408, 2048, false, 1.0}, Case{32, 4, 1, 512, 256, 384, true, 1.0},
+                  Case{160, 6, 2, 1024, 192, 256, false, 16.0}}) {
+    if (!moe_rows_tma_supported(1, cs.K, cs.S, cs.H, cs.I)) GTEST_SKIP() << "no bulk-copy MoE on this device";
+    SCOPED_TRACE(testing::Message() << "E=" << cs.E << " H=" << cs.H);
+    const int ES = cs.E + cs.S, P = gemv1_route_parts(cs.H), C = route_part_stride(cs.E);
+    ASSERT_GT(P, 0);
+    const auto x = randn(size_t(cs.H), g, 2.0f);
+    const auto o = round_bf16(randn(size_t(cs.Ko), g));
+    const auto wo = round_bf16(randw(size_t(cs.H) * cs.Ko, g, 0.05f));
+    const auto wr = randn(size_t(cs.E) * cs.H, g, 0.05f);
+    std::vector<float> nw(size_t(cs.H));
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    const auto wgu = round_bf16(randw(size_t(ES) * 2 * cs.I * cs.H, g, 0.05f));
+    const auto wdown = round_bf16(randw(size_t(ES) * cs.H * cs.I, g, 0.05f));
+    Dev<float> dr(wr), dnw(nw), dwf(wr.size()), dpart(size_t(P) * C);
+    Dev<bf16> dout(to_bf16(o)), dwo(to_bf16(wo)), dgu(to_bf16(wgu)), ddown(to_bf16(wdown));
+    fold_norm_rows(dr.p, dnw.p, cs.E, cs.H, dwf.p, 0);
+    RouterCase rc{cs.E, cs.K, 1, 1, false, cs.norm, cs.scaling};
+    // run 0: o_proj, the folded router kernel, the MoE; run 1: o_proj with partials, routing in gate/up
+    std::vector<float> y_mid[2], y_end[2], act[2], wts[2];
+    std::vector<int32_t> ids[2];
+    for (int run = 0; run < 2; ++run) {
+      Dev<float> dy(x), dw(size_t(cs.K));
+      Dev<int32_t> dids(size_t(cs.K));
+      Dev<bf16> dact(size_t(cs.K + cs.S) * cs.I);
+      dact.poison();
+      dpart.poison();
+      RouterParams rp{nullptr, 1, cs.E, cs.K, 1, 1, false, cs.norm, float(cs.scaling), dids.p, dw.p};
+      MoeRowsParams p{};
+      p.xf = dy.p;
+      p.norm_w = dnw.p;
+      p.eps = 1e-6f;
+      p.accumulate = true;
+      p.ids = dids.p;
+      p.weights = dw.p;
+      p.T = 1;
+      p.K = cs.K;
+      p.S = cs.S;
+      p.E = cs.E;
+      p.H = cs.H;
+      p.I = cs.I;
+      p.w_gu = dgu.p;
+      p.w_down = ddown.p;
+      p.act = dact.p;
+      p.y = dy.p;
+      if (run == 0) {
+        gemv1_accumulate(dout.p, dwo.p, cs.H, cs.Ko, dy.p, 0);
+        y_mid[run] = dy.get();
+        moe_route_small_folded(rp, dy.p, dwf.p, cs.H, 1e-6f, 0);
+      } else {
+        ASSERT_TRUE(moe_route_in_gu_supported(rp, P));
+        gemv1_accumulate_route(dout.p, dwo.p, cs.H, cs.Ko, dy.p, dwf.p, cs.E, dpart.p, 0);
+        y_mid[run] = dy.get();
+        p.route_part = dpart.p;
+        p.n_part = P;
+        p.route = rp;
+      }
+      moe_rows_tma(p, 0);
+      y_end[run] = dy.get();
+      act[run] = from_bf16(dact.get());
+      ids[run] = dids.get();
+      wts[run] = dw.get();
+    }
+    EXPECT_EQ(y_mid[1], y_mid[0]) << "residual after o_proj";
+    // the partials against float64: column sums = W' y
+    const auto wf = dwf.get();
+    const auto part = dpart.get();
+    double ss = 0;
+    for (float v : y_mid[1]) ss += double(v) * v;
+    std::vector<float> logits(size_t(cs.E));
+    for (int e = 0; e < cs.E; ++e) {
+      double ref = 0, dev = 0, mag = 0;
+      for (int h = 0; h < cs.H; ++h) {
+        ref += double(wf[size_t(e) * cs.H + h]) * y_mid[1][size_t(h)];
+        mag += std::fabs(double(wf[size_t(e) * cs.H + h]) * y_mid[1][size_t(h)]);
+      }
+      for (int b = 0; b < P; ++b) dev += part[size_t(b) * C + e];
+      EXPECT_NEAR(dev, ref, 1e-5 * mag) << "expert " << e;
+      logits[size_t(e)] = float(ref / std::sqrt(ss / cs.H + 1e-6));
+    }
+    EXPECT_EQ(routing_mismatches(rc, logits, 1, ids[1], wts[1], cs.K), 0);
+    ASSERT_EQ(ids[1], ids[0]);
+    for (int k = 0; k < cs.K; ++k) EXPECT_NEAR(wts[1][size_t(k)], wts[0][size_t(k)], 1e-5 * (1 + wts[0][size_t(k)]));
+    EXPECT_EQ(act[1], act[0]);
+    EXPECT_LT(rel_err(y_end[1], y_end[0]), 1e-5);
+  }
+}
+
 }  // namespace
 }  // namespace dsv2::test

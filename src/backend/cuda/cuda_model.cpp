@@ -236,6 +236,7 @@ class CudaModelImpl final : public CudaModel {
 
   // Scratch (grown on demand; growth invalidates captured graphs).
   DevBuf<float> x_, delta_, xnf_, logits_, part_o_, part_ml_, moe_w_, router_logits_;
+  DevBuf<float> route_part_;  // route_in_gu: o_proj's per-block partial router logits
   DevBuf<bf16> xn_, qkv_, qa_, q_, qfull_, olat_, o_, gu_, act_, xp_, gup_, actp_;
   DevBuf<float> yp_;
   // Decompressed prefill attention: gathered cache rows, materialized K/V, scores, probabilities.
@@ -323,6 +324,12 @@ class CudaModelImpl final : public CudaModel {
   // 562-569 tok/s, 32K context 414 -> 432.
   bool route_fold_on_ = std::getenv("DSV2_CUDA_NO_ROUTE_FOLD") == nullptr;
   void fold_router_norms();
+  // Fused one-token MoE layers without a router kernel: o_proj writes per-block partial router logits
+  // of the new residual (gemv1_accumulate_route) and every gate/up block routes the token from them
+  // (moe_rows_tma with route_part). Measured on the H200 against DSV2_CUDA_NO_ROUTE_IN_GU=1 (the
+  // folded router kernel), three pairs in one call: batch 1 562-567 -> 568-577 tok/s.
+  bool route_gu_on_ = std::getenv("DSV2_CUDA_NO_ROUTE_IN_GU") == nullptr;
+  bool route_in_gu(const DevLayer& L) const;
   RouterParams router_params(int T) const;
   static constexpr int kMoeCublasRows = 2048;
   int32_t* host_offsets_ = nullptr;
@@ -699,6 +706,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
     grown |= moe_ids_.reserve(rows);
     grown |= moe_w_.reserve(rows);
     grown |= router_logits_.reserve(t * E);
+    grown |= route_part_.reserve(size_t(std::max(gemv1_route_parts(H_), 1)) * size_t(route_part_stride(int(E))));
     grown |= moe_slot_.reserve(rows);
     grown |= moe_row_token_.reserve(rows);
     grown |= moe_counts_.reserve(E);
@@ -982,6 +990,12 @@ void CudaModelImpl::residual_norm(bool add_delta, const int32_t* rows, int R, co
   pending_comb_ = {};
 }
 
+bool CudaModelImpl::route_in_gu(const DevLayer& L) const {
+  const int K = int(c_.num_experts_per_tok), NS = int(c_.n_shared_experts), Im = int(c_.moe_intermediate_size);
+  return fused1_ && route_gu_on_ && L.moe && L.router_folded.p && moe_tma_on_ && moe_rows_on_ &&
+         moe_rows_tma_supported(1, K, NS, H_, Im) && moe_route_in_gu_supported(router_params(1), gemv1_route_parts(H_));
+}
+
 RouterParams CudaModelImpl::router_params(int T) const {
   RouterParams rp{};
   rp.logits = router_logits_.p;
@@ -1102,9 +1116,12 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   for (const DecompChunk& dc : decomp_) attend_decompressed(L, q, q_stride, cache_l, dc);
   if (!decomp_.empty()) mark("decomp_attention");
   if (skip("o_proj")) {
-  } else if (fused1_)
+  } else if (fused1_ && route_in_gu(L)) {
+    gemv1_accumulate_route(o_.p, L.o_proj.p, H_, heads_ * vdim_, x_.p, L.router_folded.p, int(c_.n_routed_experts),
+                           route_part_.p, stream_);
+  } else if (fused1_) {
     gemv1_accumulate(o_.p, L.o_proj.p, H_, heads_ * vdim_, x_.p, stream_);
-  else
+  } else
     gemm(o_.p, T, heads_ * vdim_, heads_ * vdim_, L.o_proj.p, H_, delta_.p, true, H_);
   mark("o_proj");
 }
@@ -1225,7 +1242,8 @@ void CudaModelImpl::ffn(int l, int T) {
     rp.ids_stride = K + NS;
     rp.n_extra = NS;
   }
-  if (skip("router")) {
+  const bool gu_routes = rows_path && route_in_gu(L);
+  if (skip("router") || gu_routes) {
   } else if (T <= kRouteSmallMaxTokens && !router_sgemm_ && moe_route_small_supported(H_, K, rp.n_group)) {
     // logits and routing, one launch (fused one-token passes: with the post-attention RMSNorm)
     if (fused1_ && L.router_folded.p)
@@ -1265,6 +1283,11 @@ void CudaModelImpl::ffn(int l, int T) {
       mp.eps = float(c_.rms_norm_eps);
       mp.accumulate = true;
       mp.y = x_.p;
+    }
+    if (gu_routes) {
+      mp.route_part = route_part_.p;
+      mp.n_part = gemv1_route_parts(H_);
+      mp.route = rp;
     }
     const int stages = (skip("gate_up") ? 0 : 1) | (skip("down") ? 0 : 2);
     if (moe_tma_on_ && moe_rows_tma_supported(T, K, NS, H_, Im))

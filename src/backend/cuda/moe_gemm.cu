@@ -298,6 +298,10 @@ struct Gemv1Args {
   const float* part_o = nullptr;
   const float* part_ml = nullptr;
   int n_splits = 0;
+  // kRoute (fp32 accumulate into the residual y): the block's partial router logits of the new y
+  const float* route_w = nullptr;  // [route_E, N] router rows with the post-attention norm folded in
+  float* route_part = nullptr;     // [gridDim.x, route_part_stride(route_E)]
+  int route_E = 0;
 };
 
 // y[0:K] = bf16 row `row` of a one-token attention output from its n_splits partials (AttnParams'
@@ -349,7 +353,10 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
   __syncthreads();
 }
 
-template <bool kF32Out, bool kNorm, bool kComb = false>
+// kRoute: y[n] = y[n] + the product (each row written by one lane, the old value loaded before the PDL
+// wait), and the block's partial router logits of the new rows: part[e] = sum over its 16 rows n of
+// route_w[e, n] * y[n], for route_in_gu.
+template <bool kF32Out, bool kNorm, bool kComb = false, bool kRoute = false>
 __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a) {
   DSV2_TRACE(kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -374,6 +381,18 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
   };
   load(0);
   if (kNorm && warp == 0) prefetch_l2_floats(a.norm_w, K, lane);
+  // kRoute: the old residual of this warp's rows (nothing between its last writer and this kernel
+  // writes it) and this thread's first router piece: expert tid / 4, rows 4 * (tid % 4) .. + 3
+  constexpr int kBlockRows = kG1Warps * kG1Rows;
+  [[maybe_unused]] float y_old[kG1Rows];
+  [[maybe_unused]] float4 rw4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int rb = blockIdx.x * kBlockRows, tid = threadIdx.x;
+  if constexpr (kRoute) {
+#pragma unroll
+    for (int r = 0; r < kG1Rows; ++r) y_old[r] = n0 + r < N ? static_cast<const float*>(a.y)[n0 + r] : 0.f;
+    if (tid / 4 < a.route_E)
+      rw4 = *reinterpret_cast<const float4*>(a.route_w + size_t(tid / 4) * N + rb + 4 * (tid % 4));
+  }
   pdl_entry();
   // x pieces come from shared memory (kNorm: the block normalizes the row there once) or straight
   // from global memory with all loads of a piece issued together (no branch between them).
@@ -383,6 +402,7 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     stage_rmsnorm_bf16(a.xf, a.norm_w, K, a.eps, sxn, red);
   }
   if constexpr (kComb) stage_combine_row(a.part_o, a.part_ml, a.n_splits, h, K, sxn);  // the block is in head h
+  [[maybe_unused]] __shared__ float ynew[kRoute ? kBlockRows : 1];
   const bf16* xh = kNorm || kComb ? sxn : a.x + size_t(h) * a.x_head;
   float acc[kG1Rows];
 #pragma unroll
@@ -405,7 +425,11 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     float v = acc[r];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0 && n0 + r < N) {
-      if constexpr (kF32Out) {
+      if constexpr (kRoute) {
+        const float yn = y_old[r] + v;  // the same fp32 sum as the atomic add
+        static_cast<float*>(a.y)[n0 + r] = yn;
+        ynew[warp * kG1Rows + r] = yn;
+      } else if constexpr (kF32Out) {
         float* yf = static_cast<float*>(a.y);
         if (a.accumulate)
           atomicAdd(yf + n0 + r, v);  // the only writer of this element: x + v, without a round trip
@@ -414,6 +438,19 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
       } else {
         static_cast<bf16*>(a.y)[n0 + r] = __float2bfloat16(v);
       }
+    }
+  }
+  if constexpr (kRoute) {
+    __syncthreads();
+    const int C = route_part_stride(a.route_E);
+    float* out = a.route_part + size_t(blockIdx.x) * C;
+    const int q = tid % 4;
+    for (int e = tid / 4; e < a.route_E; e += kG1Warps * 8) {
+      if (e != tid / 4) rw4 = *reinterpret_cast<const float4*>(a.route_w + size_t(e) * N + rb + 4 * q);
+      float pe = rw4.x * ynew[4 * q] + rw4.y * ynew[4 * q + 1] + rw4.z * ynew[4 * q + 2] + rw4.w * ynew[4 * q + 3];
+      pe += __shfl_xor_sync(0xffffffffu, pe, 1);  // the 4 threads of expert e are adjacent lanes
+      pe += __shfl_xor_sync(0xffffffffu, pe, 2);
+      if (q == 0) out[e] = pe;
     }
   }
 }
@@ -471,6 +508,21 @@ void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cu
 
 void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s) {
   launch_gemv1(Gemv1Args{x, nullptr, nullptr, 0.f, w, N, K, 0, 0, 0, y, true, false}, true, s);
+}
+
+int gemv1_route_parts(int N) { return N % (kG1Warps * kG1Rows) == 0 ? N / (kG1Warps * kG1Rows) : 0; }
+
+void gemv1_accumulate_route(const bf16* x, const bf16* w, int N, int K, float* y, const float* route_w, int E,
+                            float* route_part, cudaStream_t s) {
+  DSV2_CHECK(gemv1_route_parts(N) > 0 && E > 0 && K % 8 == 0, "gemv1_accumulate_route: N {}, E {}, K {} unsupported",
+             N, E, K);
+  Gemv1Args a{x, nullptr, nullptr, 0.f, w, N, K, N, 0, 0, y, true, (l2_hint_mask() & 1) != 0};
+  a.route_w = route_w;
+  a.route_part = route_part;
+  a.route_E = E;
+  const dim3 grid(unsigned(gemv1_route_parts(N)));
+  launch_pdl(gemv1_kernel<true, false, false, true>, grid, dim3(kG1Warps * 32), 0, s, a);
+  DSV2_CUDA_LAUNCHED();
 }
 
 bool gemv1_norm_supported(int K) { return K % 8 == 0 && K <= 256 * kG1U; }

@@ -20,6 +20,7 @@
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/route.cuh"
 #include "backend/cuda/row_stage.cuh"
 #include "backend/cuda/trace.cuh"
 #include "common/error.h"
@@ -95,13 +96,100 @@ __device__ Ring make_ring(unsigned char* smem, const TmaLayout& L) {
   return r;
 }
 
+// Route in the block (p.route_part), with the RMSNorm of x into sx (stage_rmsnorm_bf16's operations in
+// its order, so the same bf16 values): the loads of x, of the norm weights and of o_proj's per-block
+// partial router logits are issued together. Column sums of the partials in a fixed order (each thread
+// sums a range of partial rows for 4 columns, then warp 0 adds the ranges), times the norm's
+// rsqrt(mean(x^2) + eps), then route_token_warp by warp 0, which writes ids / weights to global memory
+// (every block writes the same values), fences them and arrives on bar; the other warps go on.
+// Called by the computing warps after the PDL wait; H <= 8 * 256.
+constexpr int kRouteGuScratch = 1280;  // floats: ranges x padded columns
+__device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float* red, float* scratch, float* logits,
+                                        uint64_t* bar) {
+  constexpr int nt = kTmaWarps * 32, kXPer = 2;
+  const int tid = threadIdx.x, H = p.H;
+  float4 xv[kXPer], gv[kXPer];
+#pragma unroll
+  for (int j = 0; j < kXPer; ++j) {
+    const int k = (tid + j * nt) * 4;
+    xv[j] = k < H ? *reinterpret_cast<const float4*>(p.xf + k) : make_float4(0.f, 0.f, 0.f, 0.f);
+    gv[j] = k < H ? *reinterpret_cast<const float4*>(p.norm_w + k) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  const int C = route_part_stride(p.E), G = C / 4;
+  const int Q = min(nt / G, kRouteGuScratch / C);  // ranges of partial rows
+  if (tid < G * Q) {
+    const int g = tid % G, qi = tid / G;
+    const int r0 = p.n_part * qi / Q, r1 = p.n_part * (qi + 1) / Q;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int r = r0; r < r1; r += 16) {
+      float4 v[16];  // all loads of up to 16 rows in flight
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        v[j] = r + j < r1 ? __ldcg(reinterpret_cast<const float4*>(p.route_part + size_t(r + j) * C) + g)
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        acc.x += v[j].x;
+        acc.y += v[j].y;
+        acc.z += v[j].z;
+        acc.w += v[j].w;
+      }
+    }
+    reinterpret_cast<float4*>(scratch + size_t(qi) * C)[g] = acc;
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kXPer; ++j)
+    ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((tid & 31) == 0) red[tid >> 5] = ss;
+  stage_sync(1, nt);
+  ss = 0.f;
+  for (int w = 0; w < kTmaWarps; ++w) ss += red[w];
+  const float inv = rsqrtf(ss / float(H) + p.eps);
+#pragma unroll
+  for (int j = 0; j < kXPer; ++j) {
+    const int k = (tid + j * nt) * 4;
+    if (k >= H) break;
+    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sx + k);
+    d[0] = __floats2bfloat162_rn(gv[j].x * (xv[j].x * inv), gv[j].y * (xv[j].y * inv));
+    d[1] = __floats2bfloat162_rn(gv[j].z * (xv[j].z * inv), gv[j].w * (xv[j].w * inv));
+  }
+  stage_sync(1, nt);
+  if (tid < 32) {
+    const int lane = tid;
+    for (int c = lane; c < p.E; c += 32) {
+      float t = 0.f;
+      for (int qi = 0; qi < Q; ++qi) t += scratch[qi * C + c];
+      logits[c] = t * inv;
+    }
+    __syncwarp();
+    route_token_warp(p.route, 0, logits);
+    __threadfence();  // the ids are visible to the down kernel before this block lets it launch
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  }
+}
+
 __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParams p, TmaLayout L) {
   DSV2_TRACE(kTrMoeTmaGu);
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ uint64_t route_bar;  // route_part: completes when warp 0 has routed the token
+  const bool route_here = p.route_part != nullptr;
+  if (route_here && threadIdx.x == 0) mbar_init(&route_bar, 1);  // make_ring fences and syncs
   const Ring ring = make_ring(smem, L);
   const int H = p.H, I = p.I, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int upr = I / kTmaGuRows, n_units = (p.K + p.S) * upr;
   const unsigned row_bytes = unsigned(kTmaGuRows * H * sizeof(bf16));
+  // the copy warp before its first routed unit: the ids are known (router kernel complete, or this
+  // block's routing done), and the down kernel may launch
+  auto ids_ready = [&] {
+    if (route_here)
+      mbar_wait(&route_bar, 0);
+    else
+      pdl_wait();
+    pdl_launch();
+  };
   if (warp == kTmaWarps) {
     if (lane == 0) {
       const unsigned long long pol = l2_policy(p.evict_first);
@@ -110,29 +198,29 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
       for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
         const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
         if (y >= p.S && !waited) {  // routed units need the router's ids
-          pdl_wait();
-          pdl_launch();
+          ids_ready();
           waited = true;
         }
-        const int e = y < p.S ? p.E + y : p.ids[y - p.S];
+        const int e = y < p.S ? p.E + y : __ldcg(p.ids + (y - p.S));  // from L2: written in this pass
         const bf16* g = p.w_gu + (size_t(e) * 2 * I + i0) * H;
         ring.produce(n, 2 * row_bytes);
         unsigned char* st = ring.stage(n);
         bulk_copy_g2s(st, g, row_bytes, &ring.full[n % ring.stages], pol);
         bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
       }
-      if (!waited) {  // the down kernel reads the ids before its own wait
-        pdl_wait();
-        pdl_launch();
-      }
+      if (!waited) ids_ready();  // the down kernel reads the ids before its own wait
     }
     return;
   }
   // computing warps: x = the normalized row (add_rmsnorm's bf16 values), then one pair of rows each
   bf16* sx = reinterpret_cast<bf16*>(smem + L.side);
   __shared__ float red[kTmaWarps];
-  if (p.x_wait) pdl_wait();
-  if (p.norm_w) {
+  if (p.x_wait || route_here) pdl_wait();
+  if (route_here) {
+    __shared__ __align__(16) float scratch[kRouteGuScratch];
+    __shared__ float logits[kRouteWarpMaxPer * 32];
+    route_and_norm_in_block(p, sx, red, scratch, logits, &route_bar);
+  } else if (p.norm_w) {
     stage_rmsnorm_bf16(p.xf, p.norm_w, H, p.eps, sx, red, kTmaWarps * 32, 1);
   } else {
     for (int c = threadIdx.x; c < H / 8; c += kTmaWarps * 32)
@@ -196,7 +284,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
       const unsigned long long pol = l2_policy(p.evict_first);
       for (int n = 0; n < my_items * nrow; ++n) {
         const int j = expert_of(n), it = int(blockIdx.x) + item_of(n) * int(gridDim.x);
-        const int e = j < p.S ? p.E + j : p.ids[j - p.S];
+        const int e = j < p.S ? p.E + j : __ldcg(p.ids + (j - p.S));  // from L2: written in this pass
         ring.produce(n, seg_bytes);
         bulk_copy_g2s(ring.stage(n), p.w_down + (size_t(e) * H + size_t(it) * cols) * I, seg_bytes,
                       &ring.full[n % ring.stages], pol);
@@ -214,7 +302,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
     const size_t src = j < p.S ? size_t(p.K) + j : size_t(j - p.S);  // act rows: routed 0..K-1, shared K..
     reinterpret_cast<uint4*>(sa + size_t(j) * I)[cc] = reinterpret_cast<const uint4*>(p.act + src * I)[cc];
   }
-  if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : p.weights[tid - p.S];
+  if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : __ldcg(p.weights + (tid - p.S));
   stage_sync(1, kTmaWarps * 32);
   // cols <= 8: warp w takes output row w % cols of the item, piece w / cols of its columns; 16: rows w
   // and w + 8, all columns. Sums per (item, row of the warp) in tot[item * rpw + rr].
@@ -291,11 +379,19 @@ bool moe_rows_tma_supported(int T, int K, int S, int H, int I) {
          down_cols(K, S, H, I, kTmaDownCols) > 0;
 }
 
+bool moe_route_in_gu_supported(const RouterParams& r, int n_part) {
+  return r.T == 1 && route_warp_supported(r) && n_part > 0 && route_part_stride(r.E) <= kRouteGuScratch &&
+         route_part_stride(r.E) / 4 <= kTmaWarps * 32;
+}
+
 void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
   MoeRowsParams p = params;
   p.evict_first = (l2_hint_mask() & 2) != 0;
   DSV2_CHECK(moe_rows_tma_supported(p.T, p.K, p.S, p.H, p.I), "moe_rows_tma: T {} K {} S {} H {} I {} not supported",
              p.T, p.K, p.S, p.H, p.I);
+  DSV2_CHECK(!p.route_part || (moe_route_in_gu_supported(p.route, p.n_part) && p.route.E == p.E &&
+                               p.route.ids == p.ids && p.route.weights == p.weights && p.norm_w),
+             "moe_rows_tma: routing in the gate/up blocks unsupported (E {}, top_k {})", p.route.E, p.route.K);
   const int sms = sm_count();
   if (stages & 1) {
     const TmaLayout L = gu_layout(p.H);

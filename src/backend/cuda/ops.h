@@ -205,6 +205,13 @@ struct MoeRowsParams {
   float* y;               // [T, H], overwritten
   bool evict_first = false; // set by moe_rows: weights streamed with L2 evict_first
   bool x_wait = false;    // moe_rows_tma: xf comes from the kernel just before (no router between)
+  // moe_rows_tma with route_part: no router kernel; the gate/up blocks each route the token from the
+  // partials gemv1_accumulate_route wrote (the kernel just before): logits = the column sums times
+  // rsqrt(mean(xf^2) + eps) (the norm's factor), then route_token_warp with `route` (its ids / weights
+  // are ids / weights above).
+  const float* route_part = nullptr;  // [n_part, route_part_stride(E)]
+  int n_part = 0;
+  RouterParams route{};
 };
 bool moe_rows_supported(int T, int K, int S, int H, int I);
 // stages: 1 = gate/up only, 2 = down only, 3 = both (the split is for timing experiments).
@@ -214,6 +221,8 @@ void moe_rows(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 // order than moe_rows' down kernel. With K = 0, S = 1 and E = 0 it is a dense SwiGLU MLP (gate/up
 // [2I, H], down [H, I]).
 bool moe_rows_tma_supported(int T, int K, int S, int H, int I);
+// Whether moe_rows_tma can route inside its gate/up blocks (route_part) for these settings.
+bool moe_route_in_gu_supported(const RouterParams& r, int n_part);
 void moe_rows_tma(const MoeRowsParams& p, cudaStream_t s, int stages = 3);
 
 // Dense y[m, n] = sum_k x[m, k] w[n, k] for M <= kGemvRows rows (decode); K % 8 == 0, 16-byte aligned
@@ -236,6 +245,16 @@ void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cu
                    long long w_head_rows);
 // y[n] += sum_k x[k] w[n, k] (one row, fp32 y: the residual add fused into the product).
 void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s);
+// Router partials for route_in_gu (one-token MoE layers): row stride of the partials (E logits padded
+// to 16 bytes), and the number of partial rows gemv1_accumulate_route writes for N outputs (0: N
+// unsupported).
+constexpr int route_part_stride(int E) { return (E + 3) / 4 * 4; }
+int gemv1_route_parts(int N);
+// gemv1_accumulate (y += x W^T, y the fp32 residual) that also writes, per block of 16 rows n, the
+// partial router logits of the new y: part[b, e] = sum_n route_w[e, n] y[n] (route_w: router rows with
+// the following RMSNorm's weights folded in, fold_norm_rows).
+void gemv1_accumulate_route(const bf16* x, const bf16* w, int N, int K, float* y, const float* route_w, int E,
+                            float* route_part, cudaStream_t s);
 // y[n] = sum_k bf16(RMSNorm(x))[k] w[n, k] for the fp32 row x with norm weights norm_w (the same
 // bf16 values add_rmsnorm writes, without the separate kernel); K <= gemv1's one-piece width.
 bool gemv1_norm_supported(int K);
