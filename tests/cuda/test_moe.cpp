@@ -123,6 +123,15 @@ TEST(CudaMoe, RowsPathRoutedAndShared) {
       moe_rows_tma(p, 0, 1);
       const auto act2 = from_bf16(scratch.get());
       for (size_t i = 0; i < act1.size(); ++i) ASSERT_EQ(act1[i], act2[i]) << "activation " << i;
+      // units in ticket order: the same activations, also from the second launch on one counter
+      Dev<unsigned long long> tickets(std::vector<unsigned long long>{0});
+      p.gu_tickets = tickets.p;
+      for (int launch = 0; launch < 2; ++launch) {
+        scratch.poison();
+        moe_rows_tma(p, 0, 1);
+        EXPECT_EQ(from_bf16(scratch.get()), act1) << "tickets, launch " << launch;
+      }
+      p.gu_tickets = nullptr;
       Dev<float> dy3(std::vector<float>(size_t(cs.T) * cs.H, 0.25f));
       p.y = dy3.p;
       moe_rows_tma(p, 0);

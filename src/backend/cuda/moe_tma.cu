@@ -70,10 +70,13 @@ struct Ring {
   size_t stage_bytes;
   __device__ unsigned char* stage(int n) const { return base + size_t(n % stages) * stage_bytes; }
   // issuing side: wait until use n may overwrite its stage, then announce `bytes` of copies
+  __device__ void wait_free(int n) const {
+    if (n >= stages) mbar_wait(&empty[n % stages], unsigned((n / stages - 1) & 1));
+  }
+  __device__ void announce(int n, unsigned bytes) const { mbar_arrive_expect(&full[n % stages], bytes); }
   __device__ void produce(int n, unsigned bytes) const {
-    const int s = n % stages;
-    if (n >= stages) mbar_wait(&empty[s], unsigned((n / stages - 1) & 1));
-    mbar_arrive_expect(&full[s], bytes);
+    wait_free(n);
+    announce(n, bytes);
   }
   __device__ void consume_wait(int n) const { mbar_wait(&full[n % stages], unsigned((n / stages) & 1)); }
   __device__ void release(int n, int lane) const {
@@ -190,6 +193,42 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
       pdl_wait();
     pdl_launch();
   };
+  // p.gu_tickets: units in ticket order (one 64-bit counter, advanced by n_units + gridDim.x per
+  // launch: every block stops at its first ticket past the units), the unit of each ring stage in
+  // tags (-1: no more)
+  __shared__ int tags[kTmaMaxStages];
+  if (warp == kTmaWarps && p.gu_tickets) {
+    if (lane == 0) {
+      const unsigned long long pol = l2_policy(p.evict_first);
+      const unsigned long long M = static_cast<unsigned long long>(n_units) + gridDim.x;
+      auto take = [&] { return int(atomicAdd(p.gu_tickets, 1ull) % M); };
+      bool waited = false;
+      int u = take();
+      for (int n = 0;; ++n) {
+        const int next = u < n_units ? take() : 0;  // in flight while the stage drains
+        ring.wait_free(n);
+        tags[n % ring.stages] = u < n_units ? u : -1;
+        if (u >= n_units) {
+          ring.announce(n, 0);
+          break;
+        }
+        const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
+        if (y >= p.S && !waited) {
+          ids_ready();
+          waited = true;
+        }
+        const int e = y < p.S ? p.E + y : __ldcg(p.ids + (y - p.S));
+        const bf16* g = p.w_gu + (size_t(e) * 2 * I + i0) * H;
+        ring.announce(n, 2 * row_bytes);
+        unsigned char* st = ring.stage(n);
+        bulk_copy_g2s(st, g, row_bytes, &ring.full[n % ring.stages], pol);
+        bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
+        u = next;
+      }
+      if (!waited) ids_ready();
+    }
+    return;
+  }
   if (warp == kTmaWarps) {
     if (lane == 0) {
       const unsigned long long pol = l2_policy(p.evict_first);
@@ -234,9 +273,13 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
     xq[j] = k < H ? *reinterpret_cast<const uint4*>(sx + k) : make_uint4(0, 0, 0, 0);
   }
   int n = 0;
-  for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
-    const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
+  for (int u = blockIdx.x; p.gu_tickets || u < n_units; u += gridDim.x, ++n) {
     ring.consume_wait(n);
+    if (p.gu_tickets) {
+      u = tags[n % ring.stages];
+      if (u < 0) break;
+    }
+    const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
     const bf16* gs = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(warp) * H;
     const bf16* us = gs + size_t(kTmaGuRows) * H;
     float ag = 0.f, au = 0.f;
@@ -279,15 +322,17 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   auto item_of = [&](int n) { return n / nrow; };
   auto expert_of = [&](int n) { return n % nrow; };
   if (warp == kTmaWarps) {
-    // the expert ids come from the router, complete before the gate/up kernel let this one launch
+    // the expert ids are complete before the gate/up kernel let this one launch
     if (lane == 0) {
       const unsigned long long pol = l2_policy(p.evict_first);
-      for (int n = 0; n < my_items * nrow; ++n) {
+      auto seg = [&](int n) {
         const int j = expert_of(n), it = int(blockIdx.x) + item_of(n) * int(gridDim.x);
         const int e = j < p.S ? p.E + j : __ldcg(p.ids + (j - p.S));  // from L2: written in this pass
+        return p.w_down + (size_t(e) * H + size_t(it) * cols) * I;
+      };
+      for (int n = 0; n < my_items * nrow; ++n) {
         ring.produce(n, seg_bytes);
-        bulk_copy_g2s(ring.stage(n), p.w_down + (size_t(e) * H + size_t(it) * cols) * I, seg_bytes,
-                      &ring.full[n % ring.stages], pol);
+        bulk_copy_g2s(ring.stage(n), seg(n), seg_bytes, &ring.full[n % ring.stages], pol);
       }
     }
     return;

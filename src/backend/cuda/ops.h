@@ -210,6 +210,9 @@ struct MoeRowsParams {
   // rsqrt(mean(xf^2) + eps) (the norm's factor), then route_token_warp with `route` (its ids / weights
   // are ids / weights above).
   const float* route_part = nullptr;  // [n_part, route_part_stride(E)]
+  // moe_rows_tma: gate/up units in ticket order from this zero-initialized counter (one per shape of
+  // call: it advances by a fixed count per launch), instead of unit u in block u % grid
+  unsigned long long* gu_tickets = nullptr;
   int n_part = 0;
   RouterParams route{};
 };
