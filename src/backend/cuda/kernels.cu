@@ -173,8 +173,9 @@ __global__ void silu_mul_kernel(const bf16* gu, int R, int I, bf16* a) {
 }
 
 // Token t's cache row (normalized c, roped k_pe) and the roped q_pe of every head, by one block;
-// red holds 32 floats.
-__device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red) {
+// red holds 32 floats. Split over parts > 1 blocks: part 0 writes the cache row, part i >= 1 the q_pe
+// of heads i - 1, i - 1 + (parts - 1), ...
+__device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red, int part = 0, int parts = 1) {
   const int half = p.rope / 2;
   const int qd = p.nope + p.rope;
   {
@@ -199,6 +200,18 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red) {
   const float* sn = cs + half;
   const bf16* kv = p.kv + size_t(t) * p.kv_stride;
   const int D = p.kv_lora + p.rope;
+  if (parts > 1 && part > 0) {
+    const int hs = parts - 1, nh = (p.heads - (part - 1) + hs - 1) / hs;  // heads part-1, part-1+hs, ...
+    for (int j = threadIdx.x; j < nh * half; j += blockDim.x) {
+      const int h = part - 1 + (j / half) * hs, i = j % half;
+      const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;
+      const float a = __bfloat162float(qh[2 * i]), b = __bfloat162float(qh[2 * i + 1]);
+      bf16* dst = p.qfull + (size_t(t) * p.heads + h) * D + p.kv_lora;
+      dst[i] = __float2bfloat16(a * cs[i] - b * sn[i]);
+      dst[half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+    }
+    return;
+  }
   bf16* crow = p.cache + size_t(p.slot[t]) * D;
   float ss = 0;
   for (int k = threadIdx.x; k < p.kv_lora; k += blockDim.x) {
@@ -215,6 +228,7 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red) {
     crow[p.kv_lora + i] = __float2bfloat16(a * cs[i] - b * sn[i]);
     crow[p.kv_lora + half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
   }
+  if (parts > 1) return;
   for (int j = threadIdx.x; j < p.heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
     const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;
@@ -245,9 +259,11 @@ __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__
   __shared__ float part[32][65];
   const int h = blockIdx.y, c0 = blockIdx.x * 64;
   if (h == int(gridDim.y) - 1 && with_rope) {
-    // the last row of blocks: block 0 ropes the token and writes its cache row
+    // the last row of blocks: block 0 writes the token's cache row, the others rope its q_pe (heads
+    // spread over them)
     pdl_entry();
-    if (blockIdx.x == 0) rope_cache_row(rp, 0, &part[0][0]);
+    const int parts = min(int(gridDim.x), rp.heads + 1);
+    if (int(blockIdx.x) < parts) rope_cache_row(rp, 0, &part[0][0], int(blockIdx.x), parts);
     return;
   }
   const int cg = threadIdx.x & 7, dg = threadIdx.x >> 3;
