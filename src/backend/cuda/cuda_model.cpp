@@ -299,7 +299,7 @@ class CudaModelImpl final : public CudaModel {
   int64_t attn_split_min_ = [] {
     const char* v = std::getenv("DSV2_CUDA_ATTN_SPLIT_MIN");
     const long n = v ? std::strtol(v, nullptr, 10) : 0;
-    return int64_t(n >= 1 ? n : 32);
+    return int64_t(n >= 1 ? n : 16);
   }();
   // Decompressed prefill attention as one fused kernel where the head widths allow;
   // DSV2_CUDA_NO_FLASH=1 takes the cuBLAS score-matrix path.
@@ -820,8 +820,9 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   int n_splits = 1;
   // Powers of two only, so that few distinct decode graphs exist.
   if (I > 0 && I < 2 * sms_) {
-    // at least attn_split_min_ cache positions per split (DSV2_CUDA_ATTN_SPLIT_MIN, default 32: at batch 1
-    // and ~160 positions 529 -> 533-547 tok/s against 128, batch 8 and 32 unchanged)
+    // at least attn_split_min_ cache positions per split (DSV2_CUDA_ATTN_SPLIT_MIN, default 16: at batch 1
+    // and ~160 positions 529 -> 533-547 tok/s with 32 against 128, batch 8 and 32 unchanged; after the
+    // router moved into the gate/up kernel, 16 against 32: 589-594 -> 596-599)
     const int64_t by_len = (max_kv + attn_split_min_ - 1) / attn_split_min_;
     const int want = int(std::clamp<int64_t>(std::min<int64_t>(2 * sms_ / I, by_len), 1, 128));
     while (n_splits * 2 <= want) n_splits *= 2;
