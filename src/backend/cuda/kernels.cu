@@ -6,9 +6,6 @@
 #include <cooperative_groups.h>
 #include <cmath>
 #include <cstdlib>
-#include <mutex>
-#include <set>
-#include <string>
 
 #include "backend/cuda/bf16_math.cuh"
 #include "backend/cuda/ops.h"
@@ -914,8 +911,6 @@ void moe_route_small_folded(const RouterParams& p, const float* x, const float* 
              "router: {} tokens, top_k {}, n_group {} or H {} unsupported", p.T, p.K, p.n_group, H);
   const unsigned clusters = unsigned((p.T + kRouteCluster - 1) / kRouteCluster);
   const size_t smem = size_t(2 * p.E + p.n_group) * sizeof(float);
-  // the largest carveout: the SMs this router runs on take a bulk-copy gate/up block next to it
-  prefer_max_carveout<route_small_kernel<true>>();
   launch_pdl(route_small_kernel<true>, dim3(kRouteCluster * clusters), dim3(kRouteWarps * 32), smem, s, p, x,
              w_folded, H, nullptr, eps,
              route_warp_on() && route_warp_supported(p));
@@ -932,26 +927,6 @@ void fold_norm_rows(const float* w, const float* g, int rows, int cols, float* o
   if (rows == 0 || cols == 0) return;
   fold_norm_rows_kernel<<<blocks_for(size_t(rows) * cols, 256), 256, 0, s>>>(w, g, rows, cols, out);
   DSV2_CUDA_LAUNCHED();
-}
-
-int carveout_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("DSV2_CUDA_CARVEOUT");
-    const std::string s = v ? v : "";
-    return s == "named" ? 1 : s == "max" ? 2 : 0;
-  }();
-  return mode;
-}
-
-void set_max_carveout(const void* kernel) {
-  static std::mutex mu;
-  static std::set<std::pair<int, const void*>> done;
-  int dev = 0;
-  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert({dev, kernel}).second) return;
-  DSV2_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
 }
 
 void moe_route(const RouterParams& p, cudaStream_t s) {

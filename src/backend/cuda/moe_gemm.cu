@@ -475,9 +475,6 @@ static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
     DSV2_CHECK(!out_f32 && a.K <= 256 * kG1U && a.n_head == a.N, "gemv1: normalized input with K {} unsupported", a.K);
     launch_pdl(gemv1_kernel<false, true>, grid, block, 0, s, a);
   } else if (out_f32) {
-    // o_proj in one-token passes: the router launches next to its blocks, and the gate/up blocks
-    // next to the router's
-    prefer_max_carveout<gemv1_kernel<true, false>>();
     launch_pdl(gemv1_kernel<true, false>, grid, block, 0, s, a);
   } else {
     launch_pdl(gemv1_kernel<false, false>, grid, block, 0, s, a);

@@ -113,26 +113,10 @@ inline bool pdl_enabled() {
   return on;
 }
 
-// The largest shared-memory carveout for a kernel (once per device and kernel; kernels.cu). An SM
-// keeps the carveout of the blocks it runs, so a block of a large-shared-memory kernel (the bulk-copy
-// MoE kernels, ~200 KB) can join an SM running a small kernel only if that kernel asked for it;
-// otherwise it waits until the SM drains. DSV2_CUDA_CARVEOUT: unset, none; "named", the kernels named
-// by prefer_max_carveout (o_proj and the folded router); "max", every kernel launched by launch_pdl.
-// Measured on the H200 at batch 1 (one call, three rounds): none 562-569 tok/s, named 540-547 (the
-// gate/up blocks then all start with the router instead of 8 of them ~8 us late, yet the step is
-// slower), max 528-532.
-int carveout_mode();  // 0 off, 1 named kernels, 2 all
-void set_max_carveout(const void* kernel);
-template <auto Kernel>
-void prefer_max_carveout() {
-  if (carveout_mode() != 0) set_max_carveout(reinterpret_cast<const void*>(Kernel));
-}
-
 // kernel<<<grid, block, smem, s>>>(args...), with the programmatic-serialization attribute on a
 // non-default stream.
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
-  if (carveout_mode() == 2) set_max_carveout(reinterpret_cast<const void*>(kernel));
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
