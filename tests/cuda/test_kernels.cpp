@@ -635,6 +635,28 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
       EXPECT_EQ(got[size_t(r)], int(std::max_element(l, l + limit) - l)) << "row " << r;
     }
   }
+  // the argmax split over blocks, with ties (the lowest index wins) in and across blocks
+  for (int lim : {limit, 0}) {
+    auto tied = logits;
+    for (int r = 0; r < R; r += 3) {
+      float* l = &tied[size_t(r) * V];
+      const float top = *std::max_element(l, l + V) + 1.0f;
+      l[size_t(r * 37 % 3400) + 1500] = top;  // a later block
+      l[size_t(r * 37 % 3400) + 1500 - 1024 * (r % 2)] = top;  // the same block or the one before
+      if (r % 6 == 0) l[4998] = top;
+    }
+    Dev<float> dl(tied);
+    Dev<int32_t> out(static_cast<size_t>(R));
+    Dev<unsigned char> scratch(argmax_scratch_bytes(R, V));
+    out.poison();
+    argmax_rows(dl.p, R, V, lim, out.p, scratch.p, 0);
+    const auto got = out.get();
+    const int n = lim > 0 ? lim : V;
+    for (int r = 0; r < R; ++r) {
+      const float* l = &tied[size_t(r) * V];
+      EXPECT_EQ(got[size_t(r)], int(std::max_element(l, l + n) - l)) << "row " << r << " limit " << lim;
+    }
+  }
   // temperature + top-p: the draw must be the reference inverse-CDF pick over the nucleus
   for (float top_p : {0.9f, 1.0f}) {
     const float temp = 0.7f;

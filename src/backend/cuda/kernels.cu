@@ -978,6 +978,76 @@ void sample_rows(const float* logits, int R, int V, int v_limit, float temperatu
   DSV2_CUDA_LAUNCHED();
 }
 
+// argmax_rows: block (p, r) takes columns [p * chunk, (p + 1) * chunk) of row r's first n.
+constexpr int kArgmaxThreads = 256, kArgmaxChunk = 1024;
+inline int argmax_parts(int n) { return std::max(1, (n + kArgmaxChunk - 1) / kArgmaxChunk); }
+
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_part_kernel(const float* logits, int V, int n, float* pv,
+                                                                     int* pi) {
+  DSV2_TRACE(kTrSample);
+  pdl_entry();
+  __shared__ float red[kArgmaxThreads / 32];
+  __shared__ int ired[kArgmaxThreads / 32];
+  const int r = blockIdx.y, P = gridDim.x, tid = threadIdx.x;
+  const float* l = logits + size_t(r) * V;
+  const int c0 = blockIdx.x * kArgmaxChunk, c1 = min(n, c0 + kArgmaxChunk);
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  // ascending columns per thread: the first maximum is kept
+  for (int i = c0 + tid; i < c1; i += kArgmaxThreads)
+    if (l[i] > bv) {
+      bv = l[i];
+      bi = i;
+    }
+  warp_argmax(bv, bi);
+  if ((tid & 31) == 0) {
+    red[tid >> 5] = bv;
+    ired[tid >> 5] = bi;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    bv = tid < kArgmaxThreads / 32 ? red[tid] : -INFINITY;
+    bi = tid < kArgmaxThreads / 32 ? ired[tid] : 0x7fffffff;
+    warp_argmax(bv, bi);
+    if (tid == 0) {
+      pv[size_t(r) * P + blockIdx.x] = bv;
+      pi[size_t(r) * P + blockIdx.x] = bi;
+    }
+  }
+}
+
+__global__ void argmax_final_kernel(const float* pv, const int* pi, int P, int32_t* out) {
+  pdl_entry();
+  const int r = blockIdx.x, lane = threadIdx.x;
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int p = lane; p < P; p += 32) {
+    const float v = pv[size_t(r) * P + p];
+    const int i = pi[size_t(r) * P + p];
+    if (v > bv || (v == bv && i < bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  warp_argmax(bv, bi);
+  if (lane == 0) out[r] = bi;
+}
+
+size_t argmax_scratch_bytes(int R, int V) { return size_t(R) * argmax_parts(V) * (sizeof(float) + sizeof(int)); }
+
+void argmax_rows(const float* logits, int R, int V, int v_limit, int32_t* out, void* scratch, cudaStream_t s) {
+  if (R == 0) return;
+  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
+  const int P = argmax_parts(n);
+  float* pv = static_cast<float*>(scratch);
+  int* pi = reinterpret_cast<int*>(pv + size_t(R) * P);
+  launch_pdl(argmax_part_kernel, dim3(unsigned(P), unsigned(R)), dim3(kArgmaxThreads), 0, s, logits, V, n, pv, pi);
+  DSV2_CUDA_LAUNCHED();
+  launch_pdl(argmax_final_kernel, dim3(unsigned(R)), dim3(32), 0, s, static_cast<const float*>(pv),
+             static_cast<const int*>(pi), P, out);
+  DSV2_CUDA_LAUNCHED();
+}
+
 void fill_random_bf16(bf16* p, size_t n, uint64_t seed, float scale, float offset, cudaStream_t s) {
   if (n == 0) return;
   fill_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(p, n, seed, scale, offset);

@@ -298,6 +298,11 @@ const char* trace_kernel_name(uint32_t k);
 // counter-based generator from (seed, step, row).
 void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
                  uint64_t step, int32_t* out, cudaStream_t s);
+// Greedy rows (argmax, lowest index on ties) with the row split over blocks: per-block maxima into
+// scratch (argmax_scratch_bytes(R, V)), then one warp per row merges them. The same ids as
+// sample_rows with temperature <= 0.
+size_t argmax_scratch_bytes(int R, int V);
+void argmax_rows(const float* logits, int R, int V, int v_limit, int32_t* out, void* scratch, cudaStream_t s);
 // The uniform draw sample_rows uses for (seed, step, row), exposed for tests.
 __host__ __device__ inline double sample_uniform(uint64_t seed, uint64_t step, uint64_t row) {
   uint64_t z = seed * 0x9E3779B97F4A7C15ull ^ (step + 0x632BE59BD9B4E019ull) * 0xBF58476D1CE4E5B9ull ^
