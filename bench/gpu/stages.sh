@@ -5,6 +5,8 @@
 # On the grouped MoE path (batch >= 2) the router, dispatch and lm_head rows do not time those stages:
 # leaving them out changes which experts the later layers read (without lm_head every token is the
 # same, so 8 experts run instead of 64). The expert, attention and projection rows are sound.
+# At batch 1 the MoE layers route inside the gate/up kernel (no router launch): the router row then
+# times nothing, and skipping o_proj also leaves the routing partials stale.
 # Usage: bench/gpu/stages.sh DSV2_BINARY [BATCH] [BENCH ARGS...]
 #   e.g. bench/gpu/stages.sh .gpu3/dsv2 1; STAGES="router gate_up" limits the rows (dispatch and
 #   combine exist on the grouped MoE path only, batch >= 2)
