@@ -48,6 +48,28 @@ __device__ __forceinline__ void warp_argmax(float& bv, int& bi) {
   }
 }
 
+// Argmax over the block of every thread's (bv, bi) (highest value, lowest index on ties): the result
+// in red[0] / ired[0] (one slot per warp each) after the closing barrier.
+__device__ void block_argmax(float bv, int bi, float* red, int* ired) {
+  const int tid = threadIdx.x, nw = int(blockDim.x) >> 5;
+  warp_argmax(bv, bi);
+  if ((tid & 31) == 0) {
+    red[tid >> 5] = bv;
+    ired[tid >> 5] = bi;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    bv = tid < nw ? red[tid] : -INFINITY;
+    bi = tid < nw ? ired[tid] : 0x7fffffff;
+    warp_argmax(bv, bi);
+    if (tid == 0) {
+      red[0] = bv;
+      ired[0] = bi;
+    }
+  }
+  __syncthreads();
+}
+
 __device__ float block_max(float v, float* red) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -723,22 +745,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
       bv = l[i];
       bi = i;
     }
-  warp_argmax(bv, bi);
-  if ((tid & 31) == 0) {
-    red[tid >> 5] = bv;
-    ired[tid >> 5] = bi;
-  }
-  __syncthreads();
-  if (tid < 32) {
-    bv = red[tid];
-    bi = ired[tid];
-    warp_argmax(bv, bi);
-    if (tid == 0) {
-      red[0] = bv;
-      ired[0] = bi;
-    }
-  }
-  __syncthreads();
+  block_argmax(bv, bi, red, ired);
   const float mx = red[0];
   const int amax = ired[0];
   __syncthreads();
@@ -999,20 +1006,10 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_part_kernel(const float
       bv = l[i];
       bi = i;
     }
-  warp_argmax(bv, bi);
-  if ((tid & 31) == 0) {
-    red[tid >> 5] = bv;
-    ired[tid >> 5] = bi;
-  }
-  __syncthreads();
-  if (tid < 32) {
-    bv = tid < kArgmaxThreads / 32 ? red[tid] : -INFINITY;
-    bi = tid < kArgmaxThreads / 32 ? ired[tid] : 0x7fffffff;
-    warp_argmax(bv, bi);
-    if (tid == 0) {
-      pv[size_t(r) * P + blockIdx.x] = bv;
-      pi[size_t(r) * P + blockIdx.x] = bi;
-    }
+  block_argmax(bv, bi, red, ired);
+  if (tid == 0) {
+    pv[size_t(r) * P + blockIdx.x] = red[0];
+    pi[size_t(r) * P + blockIdx.x] = ired[0];
   }
 }
 

@@ -474,6 +474,8 @@ static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
   } else if (a.norm_w) {
     DSV2_CHECK(!out_f32 && a.K <= 256 * kG1U && a.n_head == a.N, "gemv1: normalized input with K {} unsupported", a.K);
     launch_pdl(gemv1_kernel<false, true>, grid, block, 0, s, a);
+  } else if (a.route_w) {
+    launch_pdl(gemv1_kernel<true, false, false, true>, grid, block, 0, s, a);
   } else if (out_f32) {
     launch_pdl(gemv1_kernel<true, false>, grid, block, 0, s, a);
   } else {
@@ -513,13 +515,11 @@ void gemv1_accumulate_route(const bf16* x, const bf16* w, int N, int K, float* y
                             float* route_part, cudaStream_t s) {
   DSV2_CHECK(gemv1_route_parts(N) > 0 && E > 0 && K % 8 == 0, "gemv1_accumulate_route: N {}, E {}, K {} unsupported",
              N, E, K);
-  Gemv1Args a{x, nullptr, nullptr, 0.f, w, N, K, N, 0, 0, y, true, (l2_hint_mask() & 1) != 0};
+  Gemv1Args a{x, nullptr, nullptr, 0.f, w, N, K, 0, 0, 0, y, true, false};
   a.route_w = route_w;
   a.route_part = route_part;
   a.route_E = E;
-  const dim3 grid(unsigned(gemv1_route_parts(N)));
-  launch_pdl(gemv1_kernel<true, false, false, true>, grid, dim3(kG1Warps * 32), 0, s, a);
-  DSV2_CUDA_LAUNCHED();
+  launch_gemv1(a, true, s);  // N % 16 == 0: one block per 16 rows, as the partials assume
 }
 
 bool gemv1_norm_supported(int K) { return K % 8 == 0 && K <= 256 * kG1U; }

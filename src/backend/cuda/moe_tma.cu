@@ -193,15 +193,18 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
       pdl_wait();
     pdl_launch();
   };
-  // p.gu_tickets: units in ticket order (one 64-bit counter, advanced by n_units + gridDim.x per
-  // launch: every block stops at its first ticket past the units), the unit of each ring stage in
-  // tags (-1: no more)
+  // The copy warp takes the units in ticket order with p.gu_tickets (one 64-bit counter, advanced by
+  // n_units + gridDim.x per launch: every block stops at its first ticket past the units), else unit
+  // blockIdx.x + k * gridDim.x; the unit of each ring stage goes to tags (-1: no more).
   __shared__ int tags[kTmaMaxStages];
-  if (warp == kTmaWarps && p.gu_tickets) {
+  if (warp == kTmaWarps) {
     if (lane == 0) {
       const unsigned long long pol = l2_policy(p.evict_first);
       const unsigned long long M = static_cast<unsigned long long>(n_units) + gridDim.x;
-      auto take = [&] { return int(atomicAdd(p.gu_tickets, 1ull) % M); };
+      int u_fixed = int(blockIdx.x) - int(gridDim.x);
+      auto take = [&] {
+        return p.gu_tickets ? int(atomicAdd(p.gu_tickets, 1ull) % M) : (u_fixed += int(gridDim.x));
+      };
       bool waited = false;
       int u = take();
       for (int n = 0;; ++n) {
@@ -213,39 +216,17 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
           break;
         }
         const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
-        if (y >= p.S && !waited) {
+        if (y >= p.S && !waited) {  // routed units need the ids
           ids_ready();
           waited = true;
         }
-        const int e = y < p.S ? p.E + y : __ldcg(p.ids + (y - p.S));
+        const int e = y < p.S ? p.E + y : __ldcg(p.ids + (y - p.S));  // from L2: written in this pass
         const bf16* g = p.w_gu + (size_t(e) * 2 * I + i0) * H;
         ring.announce(n, 2 * row_bytes);
         unsigned char* st = ring.stage(n);
         bulk_copy_g2s(st, g, row_bytes, &ring.full[n % ring.stages], pol);
         bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
         u = next;
-      }
-      if (!waited) ids_ready();
-    }
-    return;
-  }
-  if (warp == kTmaWarps) {
-    if (lane == 0) {
-      const unsigned long long pol = l2_policy(p.evict_first);
-      bool waited = false;
-      int n = 0;
-      for (int u = blockIdx.x; u < n_units; u += gridDim.x, ++n) {
-        const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
-        if (y >= p.S && !waited) {  // routed units need the router's ids
-          ids_ready();
-          waited = true;
-        }
-        const int e = y < p.S ? p.E + y : __ldcg(p.ids + (y - p.S));  // from L2: written in this pass
-        const bf16* g = p.w_gu + (size_t(e) * 2 * I + i0) * H;
-        ring.produce(n, 2 * row_bytes);
-        unsigned char* st = ring.stage(n);
-        bulk_copy_g2s(st, g, row_bytes, &ring.full[n % ring.stages], pol);
-        bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
       }
       if (!waited) ids_ready();  // the down kernel reads the ids before its own wait
     }
@@ -272,13 +253,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
     const int k = (j * 32 + lane) * 8;
     xq[j] = k < H ? *reinterpret_cast<const uint4*>(sx + k) : make_uint4(0, 0, 0, 0);
   }
-  int n = 0;
-  for (int u = blockIdx.x; p.gu_tickets || u < n_units; u += gridDim.x, ++n) {
+  for (int n = 0;; ++n) {
     ring.consume_wait(n);
-    if (p.gu_tickets) {
-      u = tags[n % ring.stages];
-      if (u < 0) break;
-    }
+    const int u = tags[n % ring.stages];
+    if (u < 0) break;
     const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
     const bf16* gs = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(warp) * H;
     const bf16* us = gs + size_t(kTmaGuRows) * H;
