@@ -44,7 +44,8 @@ struct BenchArgs {
   uint64_t seed = 1;
   int64_t cache_tokens = 0;
   bool no_graphs = false;
-  int warmup = 2;
+  bool sync_steps = false;          // the host reads each step's ids before queuing the next
+  int warmup = 3;                   // untimed decode steps (graph capture; a chained step first runs eagerly)
 };
 
 std::vector<int64_t> parse_list(const std::string& s, const char* opt) {
@@ -160,11 +161,48 @@ double decode_weight_bytes(const ModelConfig& c, int64_t batch) {
 
 class Runner {
  public:
-  Runner(Model& m, int device) : m_(m) {
+  Runner(Model& m, int device, bool sync_steps) : m_(m) {
 #if defined(DSV2_HAVE_CUDA)
     if (device >= 0) cm_ = cuda::as_cuda(&m);
 #endif
     (void)device;
+    overlap_ = !sync_steps && overlaps();
+  }
+  // Whether decode() queues each GPU step before the host has read the previous one's ids.
+  bool overlaps() const {
+#if defined(DSV2_HAVE_CUDA)
+    return cm_ != nullptr;
+#else
+    return false;
+#endif
+  }
+  bool overlap() const { return overlap_; }
+  // n greedy decode steps of `batch` (one-token chunks reading `cur`), each step's input the ids of the
+  // one before; `cur` ends with the last step's ids. With overlap, step k + 1 is queued on the GPU
+  // (its inputs chained from step k's ids on the device) before the host waits for step k's ids, the
+  // way an engine that overlaps scheduling with the GPU runs; `chained`: the last GPU pass sampled
+  // exactly this batch, so the first step may chain from it too.
+  void decode(std::vector<SeqChunk>& batch, std::vector<int32_t>& cur, int n, bool chained) {
+    std::vector<int32_t> next;
+#if defined(DSV2_HAVE_CUDA)
+    if (cm_ && overlap_) {
+      for (auto& b : bufs_) b.resize(batch.size());
+      for (int k = 0; k < n; ++k) {
+        cm_->queue_sample(batch, cuda::SampleOptions{}, step_++, bufs_[k % 2].data(), chained || k > 0);
+        if (k > 0) cm_->wait_sampled();  // step k - 1's ids reach the host while step k runs
+      }
+      if (n > 0) {
+        cm_->wait_sampled();
+        cur = bufs_[(n - 1) % 2];
+      }
+      return;
+    }
+#endif
+    (void)chained;
+    for (int k = 0; k < n; ++k) {
+      step(batch, next);
+      cur = next;
+    }
   }
   // One forward; next tokens (greedy) written to `next`, one per sequence.
   void step(std::vector<SeqChunk>& batch, std::vector<int32_t>& next) {
@@ -191,6 +229,8 @@ class Runner {
 #endif
   std::vector<float> logits_;
   uint64_t step_ = 0;
+  bool overlap_ = false;
+  std::vector<int32_t> bufs_[2];
 };
 
 struct Seqs {
@@ -281,7 +321,7 @@ int run_bench(BenchArgs& a) {
   emit({{"bench", "env"}, {"device", model->device_name()}, {"model", source}, {"weight_bytes", wbytes},
         {"copy_GBps", bw / 1e9}, {"cache_tokens", int64_t(model->blocks().total()) * kCacheBlockSize},
         {"cache_bytes_per_token", model->cache_bytes_per_token()}, {"graphs", !a.no_graphs}});
-  Runner run(*model, device);
+  Runner run(*model, device, a.sync_steps);
   const int64_t V = c.vocab_size;
   const double cache_bpt = double(model->cache_bytes_per_token());
 
@@ -297,17 +337,14 @@ int run_bench(BenchArgs& a) {
     run.step(batch, next);
     const double prefill_s = std::chrono::duration<double>(clock_type::now() - t0).count();
     std::vector<int32_t> cur = next;
-    auto decode_batch = [&] {
-      batch.clear();
-      for (int64_t i = 0; i < B; ++i) batch.push_back({&seqs.s[size_t(i)], {&cur[size_t(i)], 1}, false});
-      run.step(batch, next);
-      cur = next;
-    };
-    for (int w = 0; w < a.warmup; ++w) decode_batch();  // graph capture stays out of the timing
+    batch.clear();
+    for (int64_t i = 0; i < B; ++i) batch.push_back({&seqs.s[size_t(i)], {&cur[size_t(i)], 1}, false});
+    run.decode(batch, cur, a.warmup, false);  // graph capture stays out of the timing
     profile("");
     const int64_t ctx0 = seqs.s[0].length;
     t0 = clock_type::now();
-    for (int g = 0; g < a.gen; ++g) decode_batch();
+    run.decode(batch, cur, a.gen, a.warmup > 0);
+    next = cur;
     const double dec_s = std::chrono::duration<double>(clock_type::now() - t0).count();
     profile(fmt::format("decode batch {}", B));
     const double step_s = dec_s / a.gen;
@@ -318,7 +355,7 @@ int run_bench(BenchArgs& a) {
           {"prefill_tok_s", double(B * a.prompt) / prefill_s}, {"decode_tok_s", double(B * a.gen) / dec_s},
           {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", achieved / 1e9},
           {"roofline_GBps", bw / 1e9}, {"pct_roofline", 100.0 * achieved / bw},
-          {"roofline_tok_s", double(B) * bw / bytes}});
+          {"roofline_tok_s", double(B) * bw / bytes}, {"overlap", run.overlap()}});
   }
 
   // One long prompt: a first (cold) run of the same length on another sequence, then
@@ -373,22 +410,18 @@ int run_bench(BenchArgs& a) {
     } else {
       seqs.s[0].length = ctx;
     }
-    std::vector<SeqChunk> batch;
-    auto one = [&] {
-      batch = {{&seqs.s[0], {cur.data(), 1}, false}};
-      run.step(batch, next);
-      cur = next;
-    };
-    for (int w = 0; w < a.warmup; ++w) one();
+    std::vector<SeqChunk> batch = {{&seqs.s[0], {cur.data(), 1}, false}};
+    run.decode(batch, cur, a.warmup, false);
     auto t0 = clock_type::now();
-    for (int g = 0; g < a.gen; ++g) one();
+    run.decode(batch, cur, a.gen, a.warmup > 0);
+    next = cur;
     const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
     const double bytes = decode_weight_bytes(c, 1) + (double(ctx) + a.gen / 2.0) * cache_bpt;
     emit({{"bench", "long_context"}, {"context", ctx}, {"gen", a.gen}, {"decode_tok_s", a.gen / s},
           {"context_prefilled", prefill_s > 0}, {"prefill_tok_s", prefill_s > 0 ? double(ctx) / prefill_s : 0.0},
           {"last_token_id", next.empty() ? -1 : next[0]},
           {"ms_per_step", s / a.gen * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / (s / a.gen) / 1e9},
-          {"pct_roofline", 100.0 * bytes / (s / a.gen) / bw}});
+          {"pct_roofline", 100.0 * bytes / (s / a.gen) / bw}, {"overlap", run.overlap()}});
   }
   return 0;
 }
@@ -412,6 +445,12 @@ DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdo
   app.add_option("--seed", a->seed, "Seed of the synthetic weights")->capture_default_str();
   app.add_option("--cache-tokens", a->cache_tokens, "Latent cache capacity (default: from free memory)");
   app.add_flag("--no-graphs", a->no_graphs, "Run decode steps without CUDA graphs");
+  app.add_flag("--sync-steps", a->sync_steps,
+               "Read each decode step's ids before queuing the next (by default a GPU step is queued with its "
+               "inputs chained on the device while the host reads the previous step's ids)");
+  app.add_option("--warmup", a->warmup, "Untimed decode steps before each timed run")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   return [a] { return run_bench(*a); };
 });
 

@@ -1,9 +1,11 @@
 // The CUDA model against the CPU backend (and the float64 oracle's golden files) on the golden
 // checkpoints and on random weights of the real MLA widths. Skipped without a GPU.
+#include <algorithm>
 #include <filesystem>
 
 #include "../model/golden_util.h"
 #include "cuda_test_util.h"
+#include "common/error.h"
 #include "model/weights.h"
 
 namespace dsv2::test {
@@ -50,6 +52,37 @@ std::vector<int32_t> greedy(Model& m, const std::vector<int32_t>& prompt, int n,
   return out;
 }
 
+// Greedy continuations of several prompts decoded together, every step after the first queued with its
+// inputs chained on the device before the host waits for the step before (queue_sample).
+std::vector<std::vector<int32_t>> greedy_queued(Model& m, const std::vector<std::vector<int32_t>>& prompts, int n) {
+  auto* cm = cuda::as_cuda(&m);
+  const size_t B = prompts.size();
+  std::vector<SequenceCache> seqs(B);
+  std::vector<SeqChunk> batch;
+  for (size_t i = 0; i < B; ++i) {
+    EXPECT_TRUE(reserve(m.blocks(), seqs[i], int64_t(prompts[i].size()) + n));
+    batch.push_back({&seqs[i], prompts[i], false});
+  }
+  std::vector<std::vector<int32_t>> steps(size_t(n), std::vector<int32_t>(B, -1));
+  cm->forward_sample(batch, cuda::SampleOptions{}, 0, steps[0].data());
+  const int32_t unread = -1;  // a chained step does not read the host's tokens
+  for (size_t i = 0; i < B; ++i) batch[i] = {&seqs[i], {&unread, 1}, false};
+  for (int k = 1; k < n; ++k) {
+    cm->queue_sample(batch, cuda::SampleOptions{}, 0, steps[size_t(k)].data(), true);
+    if (k > 1) {
+      EXPECT_TRUE(cm->wait_sampled());
+    }
+  }
+  while (cm->wait_sampled()) {
+  }
+  std::vector<std::vector<int32_t>> out(B);
+  for (size_t i = 0; i < B; ++i) {
+    for (int k = 0; k < n; ++k) out[i].push_back(steps[size_t(k)][i]);
+    release_all(m.blocks(), seqs[i]);
+  }
+  return out;
+}
+
 class GoldenParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenParity, LogitsAndGreedy) {
@@ -87,6 +120,26 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
   cuda::as_cuda(gpu.get())->set_graphs(false);
   EXPECT_EQ(greedy(*gpu, gp, int(want.size()), true), host) << c << ": device argmax without graphs";
   cuda::as_cuda(gpu.get())->set_graphs(true);
+  {
+    // Queued steps chained on the device give the same ids, alone and for two sequences together.
+    const int n = int(want.size());
+    EXPECT_EQ(greedy_queued(*gpu, {gp}, n)[0], host) << c << ": queued steps chained on the device";
+    const std::vector<int32_t> p2(gp.begin(), gp.begin() + std::min<size_t>(gp.size(), 5));
+    const auto two = greedy_queued(*gpu, {p2, gp}, n);
+    EXPECT_EQ(two[0], greedy(*gpu, p2, n, true)) << c << ": first of two chained sequences";
+    EXPECT_EQ(two[1], host) << c << ": second of two chained sequences";
+    // A pass that did not sample gives a chained pass nothing to read.
+    SequenceCache s;
+    ASSERT_TRUE(reserve(gpu->blocks(), s, int64_t(gp.size()) + 1));
+    SeqChunk ch{&s, gp, false};
+    std::vector<float> row(static_cast<size_t>(V));
+    gpu->forward({&ch, 1}, row.data());
+    const int32_t t0 = 0;
+    int32_t got = -1;
+    SeqChunk one{&s, {&t0, 1}, false};
+    EXPECT_THROW(cuda::as_cuda(gpu.get())->queue_sample({&one, 1}, cuda::SampleOptions{}, 0, &got, true), Error);
+    release_all(gpu->blocks(), s);
+  }
 
   // 3. A mixed batch (one prefill chunk, one decode step, one appended chunk) gives each sequence
   //    the logits it gets alone.

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <cublas_v2.h>
@@ -52,10 +53,14 @@ struct DevBuf {
   ~DevBuf() {
     if (p) cudaFree(p);
   }
-  // Grows (contents lost); true when the address changed.
+  // Grows (contents lost); true when the address changed. Queued passes may still use the old
+  // buffer, so the device finishes them first (growth happens only at new shapes).
   bool reserve(size_t count) {
     if (count <= n && p) return false;
-    if (p) cudaFree(p);
+    if (p) {
+      DSV2_CUDA_CHECK(cudaDeviceSynchronize());
+      cudaFree(p);
+    }
     p = nullptr;
     n = 0;
     DSV2_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
@@ -131,6 +136,10 @@ class CudaModelImpl final : public CudaModel {
     DSV2_CUDA_CHECK(cudaEventCreate(&ev1_));
     DSV2_CUDA_CHECK(cudaEventCreate(&st0_));
     DSV2_CUDA_CHECK(cudaEventCreate(&st1_));
+    for (int k = 0; k < 2; ++k) {
+      DSV2_CUDA_CHECK(cudaEventCreateWithFlags(&hmeta_[k].copied, cudaEventDisableTiming));
+      DSV2_CUDA_CHECK(cudaEventCreateWithFlags(&ids_[k].done, cudaEventDisableTiming));
+    }
     DSV2_CUDA_CHECK(cudaMallocHost(&host_offsets_, size_t(c_.n_routed_experts + 1) * sizeof(int32_t)));
   }
 
@@ -146,7 +155,12 @@ class CudaModelImpl final : public CudaModel {
     // leave "invalid argument" as the thread's last error for the next model's first launch check.
     for (auto& [k, g] : graphs_)
       if (g.exec) cudaGraphExecDestroy(g.exec);
-    if (host_meta_) cudaFreeHost(host_meta_);
+    for (int k = 0; k < 2; ++k) {
+      if (hmeta_[k].p) cudaFreeHost(hmeta_[k].p);
+      if (ids_[k].pin) cudaFreeHost(ids_[k].pin);
+      cudaEventDestroy(hmeta_[k].copied);
+      cudaEventDestroy(ids_[k].done);
+    }
     if (host_offsets_) cudaFreeHost(host_offsets_);
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
@@ -170,13 +184,22 @@ class CudaModelImpl final : public CudaModel {
   std::string device_name() const override { return name_; }
   BlockAllocator& blocks() override { return alloc_; }
   size_t cache_bytes_per_token() const override { return size_t(c_.num_hidden_layers) * size_t(D_) * sizeof(bf16); }
-  void forward(std::span<const SeqChunk> batch, float* logits) override { run(batch, logits, nullptr, {}, 0); }
+  void forward(std::span<const SeqChunk> batch, float* logits) override {
+    run(batch, logits, nullptr, {}, 0, false);
+    drain_ids();
+  }
 
   // ---- CudaModel ----
   void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
                       int32_t* tokens) override {
-    run(batch, nullptr, tokens, opt, step);
+    run(batch, nullptr, tokens, opt, step, false);
+    drain_ids();
   }
+  void queue_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step, int32_t* tokens,
+                    bool chain) override {
+    run(batch, nullptr, tokens, opt, step, chain);
+  }
+  bool wait_sampled() override;
   void set_graphs(bool on) override { graphs_on_ = on; }
   void profile_report(const std::string& label) override {
     if (!prof_on_) return;
@@ -197,9 +220,16 @@ class CudaModelImpl final : public CudaModel {
   int64_t cache_tokens() const override { return int64_t(alloc_.total()) * kCacheBlockSize; }
 
  private:
-  void run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt, uint64_t step);
+  void run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt, uint64_t step,
+           bool chain);
   void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
-                uint64_t step);
+                uint64_t step, bool chain);
+  // The ids of a sampled pass leave through a pinned slot; the host copies them out when its event is done.
+  void queue_ids(int R, int32_t* dst);
+  void drain_ids() {
+    while (wait_sampled()) {
+    }
+  }
   void layers_forward(int T, int R, int n_items, int n_splits, int n_chunks);
   // x += the previous FFN's output (delta_ when add_delta, or the pending MoE combine, which it
   // consumes); xn = RMSNorm(x) of rows (all R rows when null).
@@ -275,8 +305,27 @@ class CudaModelImpl final : public CudaModel {
   // At most this many queries per score block (DSV2_CUDA_DECOMPRESS_QBLOCK; 0 = from kDecompScoreElems).
   int decomp_qblock_ = 0;
   DevBuf<int32_t> meta_, moe_ids_, moe_counts_, moe_offsets_, moe_tiles_, moe_slot_, moe_row_token_, sampled_;
-  int32_t* host_meta_ = nullptr;
-  size_t host_meta_n_ = 0;
+  // Pinned pass metadata, two buffers in turn: the host fills one while the copy from the other
+  // may still be queued behind a running pass.
+  struct HostMeta {
+    int32_t* p = nullptr;
+    size_t n = 0;
+    cudaEvent_t copied = nullptr;
+  } hmeta_[2];
+  int hmeta_cur_ = 0;
+  // Sampled ids on their way to the host, oldest first: ids_[(ids_head_ + i) % 2] for i < ids_n_.
+  struct PendingIds {
+    int32_t* pin = nullptr;  // pinned slot
+    size_t cap = 0;
+    int32_t* dst = nullptr;
+    int n = 0;
+    cudaEvent_t done = nullptr;
+  } ids_[2];
+  int ids_head_ = 0, ids_n_ = 0;
+  // Rows of the last pass that sampled into sampled_ (0 when the last pass did not): what a chained
+  // pass may read as its input tokens.
+  int chain_rows_ = 0;
+  const int32_t* tok_src_ = nullptr;  // the current pass's input ids: meta_ or, chained, sampled_
   uint64_t scratch_gen_ = 0;
   // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
   size_t m_tok_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0;
@@ -286,7 +335,7 @@ class CudaModelImpl final : public CudaModel {
     uint64_t gen = 0;
     int seen = 0;
   };
-  std::map<std::pair<int, int>, Graph> graphs_;
+  std::map<std::tuple<int, int, bool>, Graph> graphs_;  // (tokens, attention splits, chained)
   bool graphs_on_ = true;
   // Dense products of <= kGemvRows rows through gemv_rows (DSV2_CUDA_GEMV=1): measured on the H200
   // at c830883 it was no faster than cuBLAS at batch 1 and slower at 2-8, so cuBLAS is the default.
@@ -757,16 +806,23 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
 }
 
 void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt,
-                        uint64_t step) {
+                        uint64_t step, bool chain) {
   DSV2_CUDA_CHECK(cudaSetDevice(device_));
   const int64_t V = c_.vocab_size;
   for (auto& ch : batch) {
     DSV2_CHECK(ch.seq != nullptr);
     const int64_t n = int64_t(ch.tokens.size());
     DSV2_CHECK(ch.seq->length + n <= ch.seq->capacity(), "cache blocks do not cover {} tokens", ch.seq->length + n);
+    if (chain) {
+      if (n != 1 || ch.all_logits) fail("a chained pass takes one-token chunks only");
+      continue;  // the input is on the device
+    }
     for (int32_t id : ch.tokens)
       if (id < 0 || id >= V) fail("token id {} is outside the vocabulary [0, {})", id, V);
   }
+  if (chain && (int64_t(batch.size()) != chain_rows_ || !tokens))
+    fail("a chained pass needs the previous pass to have sampled one id per chunk ({} chunks, {} ids)", batch.size(),
+         chain_rows_);
   // Cut the batch into passes of at most kMaxPassTokens tokens, keeping chunk order.
   std::vector<PassChunk> pass;
   int in_pass = 0;
@@ -775,7 +831,7 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
     if (pass.empty()) return;
     int64_t rows = 0;
     for (auto& pc : pass) rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
-    run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step);
+    run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step, chain);
     rows_done += rows;
     pass.clear();
     in_pass = 0;
@@ -796,7 +852,7 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 }
 
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
-                             const SampleOptions& opt, uint64_t step) {
+                             const SampleOptions& opt, uint64_t step, bool chain) {
   // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope].
   int T = 0, R = 0, I = 0;
   int64_t max_kv = 0;
@@ -848,10 +904,13 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     while (n_splits * 2 <= want) n_splits *= 2;
   }
   const size_t need = size_t(2 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_);
-  if (need > host_meta_n_) {
-    if (host_meta_) cudaFreeHost(host_meta_);
-    host_meta_n_ = need * 2;
-    DSV2_CUDA_CHECK(cudaMallocHost(&host_meta_, host_meta_n_ * sizeof(int32_t)));
+  hmeta_cur_ ^= 1;
+  HostMeta& hmb = hmeta_[hmeta_cur_];
+  DSV2_CUDA_CHECK(cudaEventSynchronize(hmb.copied));  // its last copy (two passes ago) has been read
+  if (need > hmb.n) {
+    if (hmb.p) cudaFreeHost(hmb.p);
+    hmb.n = need * 2;
+    DSV2_CUDA_CHECK(cudaMallocHost(&hmb.p, hmb.n * sizeof(int32_t)));
   }
   if (need > meta_.n && meta_.reserve(need * 2)) ++scratch_gen_;
   m_tok_ = 0;
@@ -861,7 +920,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   m_rows_ = m_items_ + 4 * size_t(I);
   m_blocks_ = m_rows_ + size_t(R);
   m_rope_ = m_blocks_ + nblk;  // [T, rope] floats
-  int32_t* hm = host_meta_;
+  int32_t* hm = hmb.p;
   int t = 0, it = 0, r = 0;
   size_t boff = 0;
   for (int ci = 0; ci < C; ++ci) {
@@ -869,7 +928,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     const int64_t len0 = pc.seq->length;
     for (int i = 0; i < pc.n; ++i) {
       const int64_t pos = len0 + i;
-      hm[m_tok_ + size_t(t + i)] = pc.tokens[i];
+      hm[m_tok_ + size_t(t + i)] = chain ? 0 : pc.tokens[i];
       float* cs = reinterpret_cast<float*>(hm + m_rope_ + size_t(t + i) * size_t(rope_));
       rope_tab_.at(pos, cs, cs + rope_ / 2);
       hm[m_slot_ + size_t(t + i)] =
@@ -892,16 +951,19 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     t += pc.n;
   }
   reserve_scratch(T, R, I, n_splits);
-  const bool timed = step_times_on_ && decode_only;
+  tok_src_ = chain ? sampled_.p : meta_.p + m_tok_;
+  // Step times need the host to wait for each step (not the case for queued passes).
+  const bool timed = step_times_on_ && decode_only && !chain && ids_n_ == 0;
   if (timed) DSV2_CUDA_CHECK(cudaEventRecord(st0_, stream_));
   if (!timed) st_last_end_ = {};  // a wall interval spans two consecutive decode steps only
   DSV2_CUDA_CHECK(cudaMemcpyAsync(meta_.p, hm, need * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  DSV2_CUDA_CHECK(cudaEventRecord(hmb.copied, stream_));
   if (trace_n_.p) DSV2_CUDA_CHECK(cudaMemsetAsync(trace_n_.p, 0, sizeof(uint32_t), stream_));
 
   bool ran = false;
   prof_prefix_ = decode_only ? "decode " : "prefill ";
   if (decode_only && graphs_on_ && !prof_on_) {
-    Graph& g = graphs_[{T, n_splits}];
+    Graph& g = graphs_[{T, n_splits, chain}];
     if (g.exec && g.gen != scratch_gen_) {
       cudaGraphExecDestroy(g.exec);
       g.exec = nullptr;
@@ -936,7 +998,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   if (logits) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.p, size_t(R) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
-  if (tokens) {
+  if (tokens && R > 0) {
     if (argmax_split_on_ && opt.temperature <= 0.0f) {
       argmax_scratch_.reserve(argmax_scratch_bytes(R, int(V)));
       argmax_rows(logits_.p, R, int(V), int(opt.vocab_limit), sampled_.p, argmax_scratch_.p, stream_);
@@ -944,10 +1006,16 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
       sample_rows(logits_.p, R, int(V), int(opt.vocab_limit), opt.temperature, opt.top_p, opt.seed, step,
                   sampled_.p, stream_);
     }
-    DSV2_CUDA_CHECK(cudaMemcpyAsync(tokens, sampled_.p, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    queue_ids(R, tokens);
   }
+  chain_rows_ = tokens ? R : 0;
   if (timed) DSV2_CUDA_CHECK(cudaEventRecord(st1_, stream_));
-  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  // Only sampled passes that the caller queued return before the GPU is done.
+  const bool queued = tokens && !logits && !timed && !prof_on_ && !trace_n_.p;
+  if (!queued) {
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    drain_ids();
+  }
   if (timed) {
     const auto now = std::chrono::steady_clock::now();
     float ms = 0.0f;
@@ -962,6 +1030,31 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   if (prof_on_) collect_marks();
   if (trace_n_.p) trace_write(T);
   for (auto& pc : pcs) pc.seq->length += pc.n;
+}
+
+void CudaModelImpl::queue_ids(int R, int32_t* dst) {
+  if (ids_n_ == 2) wait_sampled();
+  PendingIds& q = ids_[(ids_head_ + ids_n_) % 2];
+  if (size_t(R) > q.cap) {
+    if (q.pin) cudaFreeHost(q.pin);
+    q.cap = size_t(R) * 2;
+    DSV2_CUDA_CHECK(cudaMallocHost(&q.pin, q.cap * sizeof(int32_t)));
+  }
+  DSV2_CUDA_CHECK(cudaMemcpyAsync(q.pin, sampled_.p, size_t(R) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  DSV2_CUDA_CHECK(cudaEventRecord(q.done, stream_));
+  q.dst = dst;
+  q.n = R;
+  ++ids_n_;
+}
+
+bool CudaModelImpl::wait_sampled() {
+  if (ids_n_ == 0) return false;
+  PendingIds& q = ids_[ids_head_];
+  DSV2_CUDA_CHECK(cudaEventSynchronize(q.done));
+  std::memcpy(q.dst, q.pin, size_t(q.n) * sizeof(int32_t));
+  ids_head_ = (ids_head_ + 1) % 2;
+  --ids_n_;
+  return true;
 }
 
 void CudaModelImpl::trace_init() {
@@ -1009,7 +1102,7 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
   // The host queues the whole pass behind a 20 ms sleep, so that the events time the GPU alone.
   if (prof_on_) gpu_sleep(20000, stream_);
   mark("start");
-  embed_rows(embed_.p, meta + m_tok_, T, H_, x_.p, stream_);
+  embed_rows(embed_.p, tok_src_, T, H_, x_.p, stream_);
   const float eps = float(c_.rms_norm_eps);
   fused1_ = fused_one_token(T);
   for (size_t l = 0; l < layers_.size(); ++l) {

@@ -41,6 +41,16 @@ class CudaModel : public Model {
   // to the host. `step` feeds the sampler's counter-based generator.
   virtual void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
                               int32_t* tokens) = 0;
+  // forward_sample without waiting for the pass: it is queued, and `tokens` (which must stay valid)
+  // receives its ids when wait_sampled() returns for it. Passes complete in the order they were
+  // queued; at most two are in flight (queuing a third first waits for the oldest).
+  // chain: every chunk is one token whose input is the id that the previous sampled pass chose on
+  // the device for the row of the same index (the chunk's host value is not read), so the next decode
+  // step can be queued before the host has seen the last one; that pass must have had one row per chunk.
+  virtual void queue_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
+                            int32_t* tokens, bool chain) = 0;
+  // Waits for the oldest queued pass and writes its ids; false when none is queued.
+  virtual bool wait_sampled() = 0;
   // Decode-only batches replay CUDA graphs captured per (batch size, split count); on by default.
   virtual void set_graphs(bool on) = 0;
   // Device-to-device copy bandwidth measured now over a large buffer: (bytes read + written) / s.
