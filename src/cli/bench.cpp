@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <numeric>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +21,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "runtime/engine.h"
 #if defined(DSV2_HAVE_CUDA)
 #include "backend/cuda/cuda_model.h"
 #endif
@@ -45,6 +47,7 @@ struct BenchArgs {
   int64_t cache_tokens = 0;
   bool no_graphs = false;
   bool sync_steps = false;          // the host reads each step's ids before queuing the next
+  bool engine = false;              // also decode each batch through the serving engine
   int warmup = 3;                   // untimed decode steps (graph capture; a chained step first runs eagerly)
 };
 
@@ -258,6 +261,67 @@ void emit(const json& j) {
   std::fflush(stdout);
 }
 
+// Greedy decode of B requests through the serving engine (scheduler, per-request sampling, stop checks,
+// result channels), as `dsv2 serve` runs them without the HTTP side: the figure a server user gets.
+// All prompts are admitted in the first step (so that the requests decode in step), then timed from
+// the step after which every request has `warmup` tokens until all have finished.
+json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup) {
+  const int64_t V = model.config().vocab_size;
+  EngineOptions eo;
+  eo.scheduler.max_running = int32_t(std::max<int64_t>(B, 64));
+  eo.scheduler.max_batch_tokens = std::max<int64_t>(B * (prompt + 1), 512);
+  Engine e(model, eo);
+  std::vector<std::shared_ptr<ResultChannel>> chans;
+  for (int64_t i = 0; i < B; ++i) {
+    EngineRequest r;
+    r.prompt = prompt_ids(prompt, 1000 + i, V);
+    r.max_tokens = warmup + gen;
+    r.sampling.temperature = 0;
+    chans.push_back(std::make_shared<ResultChannel>());
+    e.submit({r}, chans.back());
+  }
+  // Until every request has `warmup` tokens the events are read after each step; then the engine runs
+  // alone until it has nothing left (a server's HTTP threads read the events on their own threads).
+  std::vector<int64_t> got(size_t(B), 0);
+  std::vector<int32_t> last(size_t(B), -1);
+  int64_t warm_tokens = 0, steps = 0;
+  std::vector<EngineEvent> evs;
+  auto read_events = [&] {
+    for (int64_t i = 0; i < B; ++i) {
+      evs.clear();
+      chans[size_t(i)]->pop_all(evs, std::chrono::milliseconds(0));
+      for (const EngineEvent& ev : evs) {
+        if (ev.kind == EngineEvent::Kind::error) fail("engine bench: {}", ev.error);
+        if (ev.kind != EngineEvent::Kind::token) continue;
+        ++got[size_t(i)];
+        last[size_t(i)] = ev.token.id;
+      }
+    }
+    return *std::min_element(got.begin(), got.end());
+  };
+  while (read_events() < warmup)
+    if (!e.step()) fail("engine bench: the engine stopped before every request had {} tokens", warmup);
+  for (int64_t g : got) warm_tokens += g;
+  const clock_type::time_point t0 = clock_type::now();
+  const EngineStats s0 = e.stats();
+  while (e.step()) ++steps;
+  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+  read_events();
+  int64_t timed_tokens = -warm_tokens;
+  for (int64_t g : got) timed_tokens += g;
+  if (timed_tokens != B * int64_t(warmup + gen) - warm_tokens) fail("engine bench: {} tokens missing", B * (warmup + gen) - warm_tokens - timed_tokens);
+  std::sort(last.begin(), last.end());
+  const EngineStats s1 = e.stats();
+  const double per = steps ? 1e3 / double(steps) : 0.0;
+  // forward: inside Model::forward_select (host preparation, the GPU's work, the ids' copy); the rest
+  // of a step is the engine's own host work (scheduling, events).
+  return {{"bench", "engine_decode"}, {"batch", B}, {"prompt", prompt}, {"gen", gen},
+          {"decode_tok_s", double(timed_tokens) / s}, {"steps", steps}, {"ms_per_step", s * per},
+          {"forward_ms_per_step", (s1.forward_seconds - s0.forward_seconds) * per},
+          {"engine_step_ms_per_step", (s1.step_seconds - s0.step_seconds) * per},
+          {"distinct_last_ids", std::unique(last.begin(), last.end()) - last.begin()}};
+}
+
 int run_bench(BenchArgs& a) {
   const int device = parse_device(a.model.device);
   if (!a.model.model.empty() && !a.synthetic.empty()) fail("bench takes --model DIR or --synthetic, not both");
@@ -351,12 +415,18 @@ int run_bench(BenchArgs& a) {
     const double avg_ctx = double(ctx0) + (a.gen + 1) / 2.0;
     const double bytes = decode_weight_bytes(c, B) + double(B) * avg_ctx * cache_bpt;
     const double achieved = bytes / step_s;
+    std::vector<int32_t> ids = next;
+    std::sort(ids.begin(), ids.end());
     emit({{"bench", "decode"}, {"batch", B}, {"prompt", a.prompt}, {"gen", a.gen},
+          {"distinct_last_ids", std::unique(ids.begin(), ids.end()) - ids.begin()},
           {"prefill_tok_s", double(B * a.prompt) / prefill_s}, {"decode_tok_s", double(B * a.gen) / dec_s},
           {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", achieved / 1e9},
           {"roofline_GBps", bw / 1e9}, {"pct_roofline", 100.0 * achieved / bw},
           {"roofline_tok_s", double(B) * bw / bytes}, {"overlap", run.overlap()}});
   }
+
+  if (a.engine)
+    for (int64_t B : batches) emit(engine_decode(*model, B, a.prompt, a.gen, a.warmup));
 
   // One long prompt: a first (cold) run of the same length on another sequence, then
   // `prefill_reps` timed runs on fresh sequences; the median is the steady-state figure.
@@ -448,6 +518,9 @@ DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdo
   app.add_flag("--sync-steps", a->sync_steps,
                "Read each decode step's ids before queuing the next (by default a GPU step is queued with its "
                "inputs chained on the device while the host reads the previous step's ids)");
+  app.add_flag("--engine", a->engine,
+               "Also decode each batch size through the serving engine (greedy requests, as `dsv2 serve` runs them "
+               "without HTTP): JSON lines with \"bench\": \"engine_decode\"");
   app.add_option("--warmup", a->warmup, "Untimed decode steps before each timed run")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

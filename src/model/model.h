@@ -23,6 +23,13 @@ struct SeqChunk {
   bool all_logits = false;             // logits for every token; otherwise for the last one only
 };
 
+// What the caller of Model::forward_select needs of one logits row.
+enum class RowUse : uint8_t {
+  logits,  // the whole row (it samples on the host)
+  greedy,  // only the lowest id of the row's largest logit among ids below vocab_limit
+  none,    // nothing (a prompt chunk that does not sample yet)
+};
+
 struct CacheOptions {
   int64_t max_tokens = 0;        // cache capacity in tokens over all sequences; 0 = backend default
   double memory_fraction = 0.9;  // CUDA: share of free device memory after the weights
@@ -44,6 +51,12 @@ class Model {
   static int64_t logits_rows(std::span<const SeqChunk> batch);
   // Runs the batch, advances each seq->length, and writes logits_rows(batch) x vocab_size floats.
   virtual void forward(std::span<const SeqChunk> batch, float* logits) = 0;
+  // forward() for callers that need whole rows only for some: row r (as forward() numbers them) gets
+  // `use[r]`. Greedy rows get ids[r] (other rows' ids are unspecified); only logits rows of `logits`
+  // (still logits_rows(batch) x vocab_size floats) are written. This default runs forward() and takes
+  // the argmax on the host; the CUDA backend chooses on the device and copies only the rows needed.
+  virtual void forward_select(std::span<const SeqChunk> batch, const RowUse* use, int64_t vocab_limit, float* logits,
+                              int32_t* ids);
 };
 
 std::unique_ptr<Model> make_cpu_model(std::shared_ptr<const ModelWeights> weights, const CacheOptions& opts);

@@ -174,9 +174,16 @@ bool Engine::step() {
     batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
   const int64_t V = model_.config().vocab_size;
   logits_.resize(size_t(Model::logits_rows(batch) * V));
+  // Rows of greedy requests that report no logprobs need only their argmax (chosen on the GPU by the
+  // CUDA backend, without copying the row); rows that do not sample need nothing.
+  use_.assign(chunks.size(), RowUse::none);
+  ids_.assign(chunks.size(), 0);
+  for (size_t i = 0; i < chunks.size(); ++i)
+    if (chunks[i].sample)
+      use_[i] = !rows_always_ && live_.at(chunks[i].seq->id)->sampler.argmax_only() ? RowUse::greedy : RowUse::logits;
   const Clock::time_point t_fwd = Clock::now();
   try {
-    model_.forward(batch, logits_.data());
+    model_.forward_select(batch, use_.data(), n_valid_, logits_.data(), ids_.data());
   } catch (const std::exception& e) {
     log::error("engine", "forward failed for a batch of {} sequences: {}", chunks.size(), e.what());
     for (const ScheduledChunk& ch : chunks) {
@@ -201,8 +208,11 @@ bool Engine::step() {
     ev.choice = l.req.choice;
     ev.time = now;
     const std::span<const int32_t> all(l.seq.tokens);
-    ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)),
-                                all.first(size_t(l.seq.prompt_len)), all.subspan(size_t(l.seq.prompt_len)));
+    if (use_[i] == RowUse::greedy)
+      ev.token = SampleResult{ids_[i], 0.f, {}};
+    else
+      ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)),
+                                  all.first(size_t(l.seq.prompt_len)), all.subspan(size_t(l.seq.prompt_len)));
     const int32_t id = ev.token.id;
     ev.stop_token = std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end();
     const bool stop_token = ev.stop_token;

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -138,6 +139,10 @@ class Engine {
   int64_t steps_ = 0, generated_ = 0, forward_tokens_ = 0;
   double forward_seconds_ = 0, step_seconds_ = 0;
   std::vector<float> logits_;
+  std::vector<RowUse> use_;
+  // DSV2_ENGINE_ROWS=1: every sampling row crosses whole and is sampled on the host (for A/B measurements).
+  bool rows_always_ = std::getenv("DSV2_ENGINE_ROWS") != nullptr;
+  std::vector<int32_t> ids_;
 };
 
 }  // namespace dsv2

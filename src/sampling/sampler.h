@@ -45,6 +45,13 @@ class Sampler {
                       std::span<const int32_t> output_ids);
 
   const SamplingParams& params() const { return params_; }
+  // The choice is the argmax of the raw logits over the valid ids (lowest id on ties) and nothing
+  // else is reported: a backend can make it without the row (Model::forward_select, RowUse::greedy),
+  // and SampleResult{id, 0, {}} is what sample() would return.
+  bool argmax_only() const {
+    return params_.greedy() && params_.repetition_penalty == 1.f && params_.presence_penalty == 0.f &&
+           params_.frequency_penalty == 0.f && !params_.logprobs && params_.top_logprobs == 0;
+  }
   uint64_t seed() const { return seed_; }
 
  private:

@@ -39,7 +39,7 @@ void check_lines(const std::vector<nlohmann::json>& lines, size_t decode_rows) {
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines[0]["bench"], "env");
   EXPECT_GT(lines[0]["copy_GBps"].get<double>(), 0.0);
-  size_t dec = 0, pre = 0, ctx = 0;
+  size_t dec = 0, pre = 0, ctx = 0, eng = 0;
   for (auto& j : lines) {
     if (j["bench"] == "decode") {
       ++dec;
@@ -58,21 +58,39 @@ void check_lines(const std::vector<nlohmann::json>& lines, size_t decode_rows) {
     } else if (j["bench"] == "long_context") {
       ++ctx;
       EXPECT_GT(j["decode_tok_s"].get<double>(), 0.0);
+    } else if (j["bench"] == "engine_decode") {
+      ++eng;
+      EXPECT_GT(j["decode_tok_s"].get<double>(), 0.0);
+      EXPECT_GT(j["steps"].get<int64_t>(), 0);
     }
   }
   EXPECT_EQ(dec, decode_rows);
+  EXPECT_EQ(eng, decode_rows);  // --engine: one engine figure per batch size
   EXPECT_EQ(pre, 1u);
   EXPECT_EQ(ctx, 1u);
 }
 
 TEST(Bench, CpuSyntheticJsonLines) {
-  check_lines(run_bench("--device cpu --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100"), 2);
+  check_lines(run_bench("--device cpu --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100 --engine"), 2);
 }
 
 TEST(Bench, CudaSyntheticJsonLines) {
   if (!dsv2::cuda::available()) GTEST_SKIP() << "no CUDA device";
-  check_lines(run_bench("--device cuda --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100 --cache-tokens 4096"),
-              2);
+  const std::string args = "--device cuda --batch 1,3 --prompt 8 --gen 4 --prefill 40 --context 100 --cache-tokens 4096 --engine";
+  const auto lines = run_bench(args);
+  check_lines(lines, 2);
+  // Steps queued with their inputs chained on the device decode the same tokens as steps that wait
+  // (the same runs before, so that the long context gets the same cache blocks).
+  const auto waited = run_bench(args + " --sync-steps");
+  auto last_id = [](const std::vector<nlohmann::json>& ls, bool overlap) {
+    for (auto& j : ls)
+      if (j["bench"] == "long_context") {
+        EXPECT_EQ(j["overlap"].get<bool>(), overlap);
+        return j["last_token_id"].get<int64_t>();
+      }
+    return int64_t(-2);
+  };
+  EXPECT_EQ(last_id(lines, true), last_id(waited, false));
 }
 
 }  // namespace

@@ -1,12 +1,14 @@
 // The CUDA model against the CPU backend (and the float64 oracle's golden files) on the golden
 // checkpoints and on random weights of the real MLA widths. Skipped without a GPU.
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 
 #include "../model/golden_util.h"
 #include "cuda_test_util.h"
 #include "common/error.h"
 #include "model/weights.h"
+#include "runtime/engine.h"
 
 namespace dsv2::test {
 namespace {
@@ -168,9 +170,83 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
     release_all(gpu->blocks(), b);
     release_all(gpu->blocks(), d);
   }
+
+  // 4. forward_select: a greedy row's id is the argmax below the limit of the row forward() gives, a
+  //    logits row has the same bits, and rows not asked for stay unwritten.
+  {
+    const std::vector<std::vector<int32_t>> ps = {{prompt.begin(), prompt.begin() + 9}, {prompt.begin() + 3, prompt.begin() + 15},
+                                                  {prompt.begin() + 1, prompt.begin() + 6}};
+    const int64_t limit = V - 5;
+    auto make_batch = [&](std::vector<SequenceCache>& s) {
+      std::vector<SeqChunk> b;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        EXPECT_TRUE(reserve(gpu->blocks(), s[i], 32));
+        b.push_back({&s[i], ps[i], false});
+      }
+      return b;
+    };
+    std::vector<SequenceCache> s1(3), s2(3);
+    std::vector<float> ref(size_t(V) * 3), sel(size_t(V) * 3, 12345.0f);
+    gpu->forward(make_batch(s1), ref.data());
+    const RowUse use[3] = {RowUse::greedy, RowUse::logits, RowUse::none};
+    int32_t ids[3] = {-1, -1, -1};
+    gpu->forward_select(make_batch(s2), use, limit, sel.data(), ids);
+    EXPECT_EQ(ids[0], argmax_row(ref.data(), limit)) << c << ": greedy row";
+    EXPECT_EQ(std::memcmp(sel.data() + V, ref.data() + V, size_t(V) * sizeof(float)), 0) << c << ": logits row";
+    EXPECT_EQ(sel[0], 12345.0f) << c << ": greedy row's logits not copied";
+    EXPECT_EQ(sel[size_t(2 * V + 7)], 12345.0f) << c << ": unused row not copied";
+    for (auto* s : {&s1, &s2})
+      for (auto& q : *s) release_all(gpu->blocks(), q);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenParity, ::testing::Values("lite", "v2", "norope", "f16"));
+
+// The engine on the GPU: greedy requests without logprobs take their ids from the device
+// (forward_select), one with logprobs and one sampled take whole rows, all in the same batches; the
+// greedy ones equal their continuation alone, and the logprobs one equals it too.
+TEST(CudaEngine, GreedyRowsChosenOnTheDeviceInMixedBatches) {
+  DSV2_REQUIRE_GPU();
+  const std::string c = "lite";
+  if (!std::filesystem::exists(gdir(c) / "golden.json")) GTEST_SKIP() << "no golden case";
+  auto w = ModelWeights::load(gdir(c) / "model", false);
+  auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
+  const auto p0 = ids_of(gjson(c)["greedy"]["prompt_ids"]);
+  const int n = 12;
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 5; ++i) ps.push_back(std::vector<int32_t>(p0.begin() + i, p0.end()));
+  Engine e(*gpu, EngineOptions{});
+  std::vector<std::shared_ptr<ResultChannel>> chans;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    EngineRequest r;
+    r.prompt = ps[i];
+    r.max_tokens = n;
+    r.sampling.temperature = i == 4 ? 0.8f : 0.0f;
+    r.sampling.seed = 7;
+    r.sampling.has_seed = true;
+    r.sampling.logprobs = i == 3;
+    chans.push_back(std::make_shared<ResultChannel>());
+    e.submit({r}, chans.back());
+  }
+  std::vector<std::vector<int32_t>> got(ps.size());
+  std::vector<std::vector<float>> lps(ps.size());
+  for (int s = 0; s < 200 && e.step(); ++s) {
+    for (size_t i = 0; i < chans.size(); ++i) {
+      std::vector<EngineEvent> evs;
+      chans[i]->pop_all(evs, std::chrono::milliseconds(0));
+      for (auto& ev : evs) {
+        ASSERT_NE(ev.kind, EngineEvent::Kind::error) << ev.error;
+        if (ev.kind == EngineEvent::Kind::token) {
+          got[i].push_back(ev.token.id);
+          lps[i].push_back(ev.token.logprob);
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < ps.size(); ++i) ASSERT_EQ(got[i].size(), size_t(n)) << "request " << i;
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(got[i], greedy(*gpu, ps[i], n, false)) << "greedy request " << i;
+  for (float lp : lps[3]) EXPECT_TRUE(lp <= 0.0f && lp > -50.0f) << "logprob " << lp;
+}
 
 // A long generation: the CPU's greedy path of several hundred tokens, teacher-forced through the
 // CUDA model, must give the same top-1 at >= 99% of the positions.

@@ -188,6 +188,13 @@ class CudaModelImpl final : public CudaModel {
     run(batch, logits, nullptr, {}, 0, false);
     drain_ids();
   }
+  void forward_select(std::span<const SeqChunk> batch, const RowUse* use, int64_t vocab_limit, float* logits,
+                      int32_t* ids) override {
+    SampleOptions greedy;
+    greedy.vocab_limit = vocab_limit;
+    run(batch, logits, ids, greedy, 0, false, use);
+    drain_ids();
+  }
 
   // ---- CudaModel ----
   void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
@@ -220,10 +227,11 @@ class CudaModelImpl final : public CudaModel {
   int64_t cache_tokens() const override { return int64_t(alloc_.total()) * kCacheBlockSize; }
 
  private:
+  // use (with logits): forward_select's row uses; tokens then receives the greedy rows' ids.
   void run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt, uint64_t step,
-           bool chain);
+           bool chain, const RowUse* use = nullptr);
   void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
-                uint64_t step, bool chain);
+                uint64_t step, bool chain, const RowUse* use);
   // The ids of a sampled pass leave through a pinned slot; the host copies them out when its event is done.
   void queue_ids(int R, int32_t* dst);
   void drain_ids() {
@@ -806,7 +814,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
 }
 
 void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt,
-                        uint64_t step, bool chain) {
+                        uint64_t step, bool chain, const RowUse* use) {
   DSV2_CUDA_CHECK(cudaSetDevice(device_));
   const int64_t V = c_.vocab_size;
   for (auto& ch : batch) {
@@ -831,7 +839,8 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
     if (pass.empty()) return;
     int64_t rows = 0;
     for (auto& pc : pass) rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
-    run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step, chain);
+    run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step, chain,
+             use ? use + rows_done : nullptr);
     rows_done += rows;
     pass.clear();
     in_pass = 0;
@@ -852,7 +861,7 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 }
 
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
-                             const SampleOptions& opt, uint64_t step, bool chain) {
+                             const SampleOptions& opt, uint64_t step, bool chain, const RowUse* use) {
   // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope].
   int T = 0, R = 0, I = 0;
   int64_t max_kv = 0;
@@ -995,10 +1004,23 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   if (!ran) layers_forward(T, R, I, n_splits, C);
 
   const size_t V = size_t(c_.vocab_size);
-  if (logits) {
+  bool pick = !use;  // sample every row, or only forward_select's greedy rows (if any)
+  if (logits && !use) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.p, size_t(R) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
-  if (tokens && R > 0) {
+  for (int r0 = 0; use && r0 < R;) {  // runs of rows whose logits are wanted
+    pick |= use[r0] == RowUse::greedy;
+    if (use[r0] != RowUse::logits) {
+      ++r0;
+      continue;
+    }
+    int r1 = r0 + 1;
+    while (r1 < R && use[r1] == RowUse::logits) ++r1;
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(logits + size_t(r0) * V, logits_.p + size_t(r0) * V, size_t(r1 - r0) * V * sizeof(float),
+                                    cudaMemcpyDeviceToHost, stream_));
+    r0 = r1;
+  }
+  if (tokens && R > 0 && pick) {
     if (argmax_split_on_ && opt.temperature <= 0.0f) {
       argmax_scratch_.reserve(argmax_scratch_bytes(R, int(V)));
       argmax_rows(logits_.p, R, int(V), int(opt.vocab_limit), sampled_.p, argmax_scratch_.p, stream_);
@@ -1008,7 +1030,7 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     }
     queue_ids(R, tokens);
   }
-  chain_rows_ = tokens ? R : 0;
+  chain_rows_ = tokens && pick ? R : 0;
   if (timed) DSV2_CUDA_CHECK(cudaEventRecord(st1_, stream_));
   // Only sampled passes that the caller queued return before the GPU is done.
   const bool queued = tokens && !logits && !timed && !prof_on_ && !trace_n_.p;

@@ -254,6 +254,41 @@ TEST(Engine, SeededSamplingIsReproducibleAcrossBatching) {
   EXPECT_NE(by_choice[0], by_choice[2]);
 }
 
+// Greedy rows without logprobs come from Model::forward_select's argmax, the others from whole rows:
+// a batch mixing them (and a penalized greedy request) gives every request what it gets alone.
+TEST(Engine, ArgmaxOnlyRowsMixWithSampledRows) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  const auto ps = prompts(4, 33, 8, 20);
+  auto req = [&](size_t i) {
+    EngineRequest r = greedy(ps[i], 12);
+    if (i == 1) r.sampling.logprobs = true;
+    if (i == 2) r.sampling.repetition_penalty = 1.3f;
+    if (i == 3) {
+      r.sampling.temperature = 0.9f;
+      r.sampling.seed = 5;
+      r.sampling.has_seed = true;
+    }
+    return r;
+  };
+  EXPECT_TRUE(Sampler(req(0).sampling, 100).argmax_only());
+  for (size_t i = 1; i < 4; ++i) EXPECT_FALSE(Sampler(req(i).sampling, 100).argmax_only()) << i;
+  Engine e(*model, EngineOptions{});
+  std::vector<std::shared_ptr<ResultChannel>> together;
+  for (size_t i = 0; i < 4; ++i) {
+    together.push_back(std::make_shared<ResultChannel>());
+    e.submit({req(i)}, together.back());
+  }
+  const auto mixed = run_all(e, together);
+  for (size_t i = 0; i < 4; ++i) {
+    auto c = std::make_shared<ResultChannel>();
+    e.submit({req(i)}, c);
+    const auto alone = run_all(e, {c})[0];
+    EXPECT_EQ(mixed[i].ids, alone.ids) << "request " << i;
+    EXPECT_EQ(mixed[i].finish, "length");
+  }
+  EXPECT_EQ(mixed[0].ids, reference(*model, ps[0], 12));
+}
+
 // Stop ids end a request with "stop" after emitting the id; logprobs are the raw log-softmax.
 TEST(Engine, StopIdsAndLogprobs) {
   auto model = make_cpu_model(weights(), CacheOptions{});
