@@ -82,7 +82,7 @@ if [ $TESTS = 1 ]; then
 fi
 
 if [ $BENCH = 1 ]; then
-  ARGS=${BENCH_ARGS:-"--synthetic lite --batch 1,8,32,64,128,256 --prompt 128 --gen 64 --prefill 4096 --context 32768,131072"}
+  ARGS=${BENCH_ARGS:-"--synthetic lite --batch 1,8,32,64,128,256 --prompt 128 --gen 64 --prefill 4096 --context 32768,131072 --engine"}
   echo "bench: dsv2 bench --device cuda $ARGS"
   # shellcheck disable=SC2086
   timeout 300 "$BIN/dsv2" bench --device cuda $ARGS >"$LOG/bench.jsonl" 2>"$LOG/bench.err" || { status=1; tail -20 "$LOG/bench.err"; }
@@ -126,6 +126,9 @@ for r in rows:
     elif b == "long_context":
         print(f"decode at context {r['context']}: {r['decode_tok_s']:.0f} tok/s  {r['ms_per_step']:.2f} ms/step  "
               f"{r['pct_roofline']:.1f}% roofline")
+    elif b == "engine_decode":
+        print(f"engine  batch {r['batch']:4d}: {r['decode_tok_s']:10.0f} tok/s  {r['ms_per_step']:7.2f} ms/step  "
+              f"(greedy requests through the serving engine)")
 PY
 fi
 exit $status
