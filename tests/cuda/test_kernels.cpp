@@ -1,6 +1,7 @@
 // Each CUDA kernel against a CPU reference over a sweep of shapes. Outputs are NaN-poisoned before
 // every launch, so an element the kernel forgot to write fails the comparison. Skipped without a GPU.
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <set>
@@ -67,6 +68,29 @@ TEST(CudaKernels, AddRmsNorm) {
         EXPECT_LT(rel_err(from_bf16(dy.get()), ref), 4e-3) << "H=" << H << " T=" << T << " mode=" << mode;
         EXPECT_LT(rel_err(dx.get(), xref), 1e-6);
       }
+}
+
+// The embedding rows of the tokens as fp32, exactly, for widths with and without 16-byte pieces and
+// with more pieces than one round of loads per thread.
+TEST(CudaKernels, EmbedRows) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(9);
+  for (int H : {100, 2048, 5120, 9000, 16384 + 8})
+    for (int T : {1, 3}) {
+      const int V = 7;
+      const auto e = round_bf16(randn(size_t(V) * H, g));
+      const std::vector<int32_t> toks = {5, 0, 6};
+      Dev<bf16> de(to_bf16(e));
+      Dev<int32_t> dt(toks);
+      Dev<float> dx(size_t(T) * H);
+      dx.poison();
+      embed_rows(de.p, dt.p, T, H, dx.p, 0);
+      const auto x = dx.get();
+      std::vector<float> ref(size_t(T) * H);
+      for (int t = 0; t < T; ++t)
+        for (int k = 0; k < H; ++k) ref[size_t(t) * H + k] = e[size_t(toks[size_t(t)]) * H + k];
+      EXPECT_EQ(std::memcmp(x.data(), ref.data(), ref.size() * sizeof(float)), 0) << "H=" << H << " T=" << T;
+    }
 }
 
 TEST(CudaKernels, SiluMul) {
