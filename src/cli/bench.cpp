@@ -48,6 +48,8 @@ struct BenchArgs {
   bool no_graphs = false;
   bool sync_steps = false;          // the host reads each step's ids before queuing the next
   bool engine = false;              // also decode each batch through the serving engine
+  float engine_temperature = 0.0f;  // its requests' sampling (0: greedy)
+  float engine_top_p = 1.0f;
   int warmup = 3;                   // untimed decode steps (graph capture; a chained step first runs eagerly)
 };
 
@@ -261,11 +263,11 @@ void emit(const json& j) {
   std::fflush(stdout);
 }
 
-// Greedy decode of B requests through the serving engine (scheduler, per-request sampling, stop checks,
+// Decode of B requests (greedy, or sampled with one seed each) through the serving engine (scheduler, per-request sampling, stop checks,
 // result channels), as `dsv2 serve` runs them without the HTTP side: the figure a server user gets.
 // All prompts are admitted in the first step (so that the requests decode in step), then timed from
 // the step after which every request has `warmup` tokens until all have finished.
-json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup) {
+json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup, float temperature, float top_p) {
   const int64_t V = model.config().vocab_size;
   EngineOptions eo;
   eo.scheduler.max_running = int32_t(std::max<int64_t>(B, 64));
@@ -276,7 +278,10 @@ json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup) {
     EngineRequest r;
     r.prompt = prompt_ids(prompt, 1000 + i, V);
     r.max_tokens = warmup + gen;
-    r.sampling.temperature = 0;
+    r.sampling.temperature = temperature;
+    r.sampling.top_p = top_p;
+    r.sampling.seed = uint64_t(i);
+    r.sampling.has_seed = true;
     chans.push_back(std::make_shared<ResultChannel>());
     e.submit({r}, chans.back());
   }
@@ -315,7 +320,8 @@ json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup) {
   const double per = steps ? 1e3 / double(steps) : 0.0;
   // forward: inside Model::forward_select (host preparation, the GPU's work, the ids' copy); the rest
   // of a step is the engine's own host work (scheduling, events).
-  return {{"bench", "engine_decode"}, {"batch", B}, {"prompt", prompt}, {"gen", gen},
+  return {{"bench", "engine_decode"}, {"batch", B}, {"prompt", prompt}, {"gen", gen}, {"temperature", temperature},
+          {"top_p", top_p},
           {"decode_tok_s", double(timed_tokens) / s}, {"steps", steps}, {"ms_per_step", s * per},
           {"forward_ms_per_step", (s1.forward_seconds - s0.forward_seconds) * per},
           {"engine_step_ms_per_step", (s1.step_seconds - s0.step_seconds) * per},
@@ -426,7 +432,7 @@ int run_bench(BenchArgs& a) {
   }
 
   if (a.engine)
-    for (int64_t B : batches) emit(engine_decode(*model, B, a.prompt, a.gen, a.warmup));
+    for (int64_t B : batches) emit(engine_decode(*model, B, a.prompt, a.gen, a.warmup, a.engine_temperature, a.engine_top_p));
 
   // One long prompt: a first (cold) run of the same length on another sequence, then
   // `prefill_reps` timed runs on fresh sequences; the median is the steady-state figure.
@@ -521,6 +527,12 @@ DSV2_COMMAND("bench", "Measure prefill and decode throughput (JSON lines on stdo
   app.add_flag("--engine", a->engine,
                "Also decode each batch size through the serving engine (greedy requests, as `dsv2 serve` runs them "
                "without HTTP): JSON lines with \"bench\": \"engine_decode\"");
+  app.add_option("--engine-temperature", a->engine_temperature, "Temperature of the --engine requests (0: greedy)")
+      ->check(CLI::Range(0.0f, 100.0f))
+      ->capture_default_str();
+  app.add_option("--engine-top-p", a->engine_top_p, "top_p of the --engine requests")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
   app.add_option("--warmup", a->warmup, "Untimed decode steps before each timed run")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

@@ -27,7 +27,19 @@ struct SeqChunk {
 enum class RowUse : uint8_t {
   logits,  // the whole row (it samples on the host)
   greedy,  // only the lowest id of the row's largest logit among ids below vocab_limit
+  sample,  // only an id drawn with its RowSampling (backends whose samples_rows() is true)
   none,    // nothing (a prompt chunk that does not sample yet)
+};
+
+// A RowUse::sample row's draw: the host sampler's pipeline without penalties (softmax at temperature,
+// then top-k, top-p over what top-k kept, min-p relative to the most likely token), one uniform u
+// in [0, 1) from the request's generator picking by the inverse CDF over the kept ids in id order.
+struct RowSampling {
+  float temperature = 1.f;  // > 0
+  float top_p = 1.f;
+  float min_p = 0.f;
+  int32_t top_k = 0;
+  double u = 0;
 };
 
 struct CacheOptions {
@@ -52,11 +64,14 @@ class Model {
   // Runs the batch, advances each seq->length, and writes logits_rows(batch) x vocab_size floats.
   virtual void forward(std::span<const SeqChunk> batch, float* logits) = 0;
   // forward() for callers that need whole rows only for some: row r (as forward() numbers them) gets
-  // `use[r]`. Greedy rows get ids[r] (other rows' ids are unspecified); only logits rows of `logits`
+  // `use[r]`. Greedy and sample rows get ids[r] (other rows' ids are unspecified); only logits rows of `logits`
   // (still logits_rows(batch) x vocab_size floats) are written. This default runs forward() and takes
   // the argmax on the host; the CUDA backend chooses on the device and copies only the rows needed.
-  virtual void forward_select(std::span<const SeqChunk> batch, const RowUse* use, int64_t vocab_limit, float* logits,
-                              int32_t* ids);
+  // sampling[r] describes the RowUse::sample rows (may be null without any).
+  virtual void forward_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                              int64_t vocab_limit, float* logits, int32_t* ids);
+  // Whether forward_select draws RowUse::sample rows itself (the CUDA backend); the default refuses them.
+  virtual bool samples_rows() const { return false; }
 };
 
 std::unique_ptr<Model> make_cpu_model(std::shared_ptr<const ModelWeights> weights, const CacheOptions& opts);

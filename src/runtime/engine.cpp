@@ -176,14 +176,29 @@ bool Engine::step() {
   logits_.resize(size_t(Model::logits_rows(batch) * V));
   // Rows of greedy requests that report no logprobs need only their argmax (chosen on the GPU by the
   // CUDA backend, without copying the row); rows that do not sample need nothing.
+  // Sampled rows without penalties or logprobs are drawn by a backend that can (the CUDA one), with
+  // a uniform from the request's generator.
   use_.assign(chunks.size(), RowUse::none);
   ids_.assign(chunks.size(), 0);
-  for (size_t i = 0; i < chunks.size(); ++i)
-    if (chunks[i].sample)
-      use_[i] = !rows_always_ && live_.at(chunks[i].seq->id)->sampler.argmax_only() ? RowUse::greedy : RowUse::logits;
+  rows_sampling_.assign(chunks.size(), RowSampling{});
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!chunks[i].sample) continue;
+    Sampler& s = live_.at(chunks[i].seq->id)->sampler;
+    if (rows_always_) {
+      use_[i] = RowUse::logits;
+    } else if (s.argmax_only()) {
+      use_[i] = RowUse::greedy;
+    } else if (s.draw_only() && model_.samples_rows()) {
+      use_[i] = RowUse::sample;
+      const SamplingParams& p = s.params();
+      rows_sampling_[i] = RowSampling{p.temperature, p.top_p, p.min_p, p.top_k, s.next_uniform()};
+    } else {
+      use_[i] = RowUse::logits;
+    }
+  }
   const Clock::time_point t_fwd = Clock::now();
   try {
-    model_.forward_select(batch, use_.data(), n_valid_, logits_.data(), ids_.data());
+    model_.forward_select(batch, use_.data(), rows_sampling_.data(), n_valid_, logits_.data(), ids_.data());
   } catch (const std::exception& e) {
     log::error("engine", "forward failed for a batch of {} sequences: {}", chunks.size(), e.what());
     for (const ScheduledChunk& ch : chunks) {
@@ -208,7 +223,7 @@ bool Engine::step() {
     ev.choice = l.req.choice;
     ev.time = now;
     const std::span<const int32_t> all(l.seq.tokens);
-    if (use_[i] == RowUse::greedy)
+    if (use_[i] == RowUse::greedy || use_[i] == RowUse::sample)
       ev.token = SampleResult{ids_[i], 0.f, {}};
     else
       ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)),

@@ -140,7 +140,8 @@ class Engine {
   double forward_seconds_ = 0, step_seconds_ = 0;
   std::vector<float> logits_;
   std::vector<RowUse> use_;
-  // DSV2_ENGINE_ROWS=1: every sampling row crosses whole and is sampled on the host (for A/B measurements).
+  std::vector<RowSampling> rows_sampling_;
+  // DSV2_ENGINE_ROWS=1: every sampling row crosses whole and is sampled on the host (A/B measurements).
   bool rows_always_ = std::getenv("DSV2_ENGINE_ROWS") != nullptr;
   std::vector<int32_t> ids_;
 };

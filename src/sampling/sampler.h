@@ -48,13 +48,19 @@ class Sampler {
   // The choice is the argmax of the raw logits over the valid ids (lowest id on ties) and nothing
   // else is reported: a backend can make it without the row (Model::forward_select, RowUse::greedy),
   // and SampleResult{id, 0, {}} is what sample() would return.
-  bool argmax_only() const {
-    return params_.greedy() && params_.repetition_penalty == 1.f && params_.presence_penalty == 0.f &&
-           params_.frequency_penalty == 0.f && !params_.logprobs && params_.top_logprobs == 0;
-  }
+  bool argmax_only() const { return params_.greedy() && row_free(); }
+  // A sampled choice without penalties or logprobs: a backend can draw it from the parameters and
+  // next_uniform() (Model::forward_select, RowUse::sample).
+  bool draw_only() const { return !params_.greedy() && row_free(); }
+  // The uniform draw sample() makes for a sampled token (the generator advances the same way).
+  double next_uniform() { return uniform(); }
   uint64_t seed() const { return seed_; }
 
  private:
+  bool row_free() const {
+    return params_.repetition_penalty == 1.f && params_.presence_penalty == 0.f && params_.frequency_penalty == 0.f &&
+           !params_.logprobs && params_.top_logprobs == 0;
+  }
   SampleResult finish(std::span<const float> logits, int32_t id);
   double uniform();  // [0, 1)
 

@@ -748,5 +748,104 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
   }
 }
 
+// Each row with its own parameters (the engine's sampled requests): the kept set of the host
+// pipeline (temperature, top-k, top-p over what top-k kept, min-p) and the inverse-CDF pick of the
+// row's own uniform over it, in id order.
+TEST(CudaKernels, SamplingPerRowParameters) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(11);
+  const int R = 70, V = 5003, limit = 4999;
+  const auto logits = randn(size_t(R) * V, g, 3.0f);
+  const SampleRowParams kinds[7] = {{0.0f, 1.0f, 0.0f, 0, 0.3f},  {0.8f, 1.0f, 0.0f, 1, 0.9f},
+                                    {1.3f, 1.0f, 1.0f, 0, 0.7f},  {0.7f, 0.9f, 0.0f, 0, 0.0f},
+                                    {1.0f, 1.0f, 0.0f, 50, 0.0f}, {1.0f, 0.5f, 0.0f, 50, 0.0f},
+                                    {0.9f, 1.0f, 0.1f, 0, 0.0f}};
+  std::vector<SampleRowParams> ps(static_cast<size_t>(R));
+  std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  for (int r = 0; r < R; ++r) {
+    ps[size_t(r)] = kinds[r % 7];
+    if (ps[size_t(r)].u == 0.0f) ps[size_t(r)].u = unif(g);
+  }
+  Dev<float> dl(logits);
+  Dev<SampleRowParams> dp(ps);
+  Dev<int32_t> out(static_cast<size_t>(R));
+  out.poison();
+  sample_rows_each(dl.p, R, V, limit, dp.p, out.p, 0);
+  const auto got = out.get();
+  int exact = 0;
+  for (int r = 0; r < R; ++r) {
+    const SampleRowParams& q = ps[size_t(r)];
+    const float* l = &logits[size_t(r) * V];
+    const int amax = int(std::max_element(l, l + limit) - l);
+    const int tok = got[size_t(r)];
+    ASSERT_GE(tok, 0);
+    ASSERT_LT(tok, limit);
+    if (q.temperature <= 0.0f || q.top_k == 1 || q.min_p >= 1.0f) {
+      EXPECT_EQ(tok, amax) << "row " << r << " has one candidate";
+      ++exact;
+      continue;
+    }
+    std::vector<double> e(static_cast<size_t>(limit));
+    for (int i = 0; i < limit; ++i) e[size_t(i)] = std::exp((double(l[i]) - l[amax]) / q.temperature);
+    std::vector<double> desc = e;
+    std::sort(desc.rbegin(), desc.rend());
+    double theta = 0;
+    size_t kept_n = desc.size();
+    if (q.top_k > 0) {
+      theta = desc[size_t(q.top_k) - 1];
+      kept_n = size_t(q.top_k);
+    }
+    if (q.top_p < 1.0f) {
+      double z = 0, acc = 0;
+      for (size_t k = 0; k < kept_n; ++k) z += desc[k];
+      for (size_t k = 0; k < kept_n; ++k) {
+        acc += desc[k];
+        theta = desc[k];
+        if (acc >= q.top_p * z) break;
+      }
+    }
+    theta = std::max(theta, double(q.min_p));
+    EXPECT_GE(e[size_t(tok)], theta * (1 - 1e-5)) << "row " << r << " drew outside the kept set";
+    double kept = 0;
+    for (double v : e) kept += v >= theta ? v : 0;
+    const double u = double(q.u) * kept;
+    double c = 0;
+    int pick = -1;
+    for (int i = 0; i < limit; ++i) {
+      if (e[size_t(i)] < theta) continue;
+      c += e[size_t(i)];
+      pick = i;
+      if (u < c) break;
+    }
+    exact += pick == tok;
+  }
+  EXPECT_GE(exact, R - 2);  // float sums may move a boundary draw by one token
+  // frequencies over evenly spread uniforms: top-k 3, then min-p 0.3, of one 5-token distribution
+  for (int mode = 0; mode < 2; ++mode) {
+    const int rows = 4000, v = 5;
+    const std::vector<float> base = {2.0f, 1.0f, 0.5f, 0.0f, -3.0f};
+    std::vector<float> l;
+    std::vector<SampleRowParams> q;
+    for (int r = 0; r < rows; ++r) {
+      l.insert(l.end(), base.begin(), base.end());
+      q.push_back({1.0f, 1.0f, mode ? 0.3f : 0.0f, mode ? 0 : 3, (float(r) + 0.5f) / rows});
+    }
+    Dev<float> d(l);
+    Dev<SampleRowParams> dq(q);
+    Dev<int32_t> o(static_cast<size_t>(rows));
+    sample_rows_each(d.p, rows, v, 0, dq.p, o.p, 0);
+    std::vector<double> p(static_cast<size_t>(v));
+    for (int i = 0; i < v; ++i) p[size_t(i)] = std::exp(base[size_t(i)] - base[0]);
+    const int n_kept = mode ? 2 : 3;  // min-p 0.3: e = 1, 0.37 kept, 0.22 not
+    double z = 0;
+    for (int i = 0; i < n_kept; ++i) z += p[size_t(i)];
+    std::vector<int> count(size_t(v), 0);
+    for (int t : o.get()) ++count[size_t(t)];
+    for (int i = 0; i < v; ++i)
+      EXPECT_NEAR(double(count[size_t(i)]) / rows, i < n_kept ? p[size_t(i)] / z : 0.0, 2.0 / rows)
+          << "mode " << mode << " token " << i;
+  }
+}
+
 }  // namespace
 }  // namespace dsv2::test

@@ -171,11 +171,13 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
     release_all(gpu->blocks(), d);
   }
 
-  // 4. forward_select: a greedy row's id is the argmax below the limit of the row forward() gives, a
-  //    logits row has the same bits, and rows not asked for stay unwritten.
+  // 4. forward_select: a greedy row's id is the argmax below the limit of the row forward() gives, so
+  //    is a sampled row's with top-k 1 and one's with min-p 1, a logits row has the same bits, and rows
+  //    not asked for stay unwritten.
   {
     const std::vector<std::vector<int32_t>> ps = {{prompt.begin(), prompt.begin() + 9}, {prompt.begin() + 3, prompt.begin() + 15},
-                                                  {prompt.begin() + 1, prompt.begin() + 6}};
+                                                  {prompt.begin() + 1, prompt.begin() + 6}, {prompt.begin() + 2, prompt.begin() + 12},
+                                                  {prompt.begin() + 4, prompt.begin() + 11}};
     const int64_t limit = V - 5;
     auto make_batch = [&](std::vector<SequenceCache>& s) {
       std::vector<SeqChunk> b;
@@ -185,13 +187,22 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
       }
       return b;
     };
-    std::vector<SequenceCache> s1(3), s2(3);
-    std::vector<float> ref(size_t(V) * 3), sel(size_t(V) * 3, 12345.0f);
+    std::vector<SequenceCache> s1(5), s2(5);
+    std::vector<float> ref(size_t(V) * 5), sel(size_t(V) * 5, 12345.0f);
     gpu->forward(make_batch(s1), ref.data());
-    const RowUse use[3] = {RowUse::greedy, RowUse::logits, RowUse::none};
-    int32_t ids[3] = {-1, -1, -1};
-    gpu->forward_select(make_batch(s2), use, limit, sel.data(), ids);
+    const RowUse use[5] = {RowUse::greedy, RowUse::logits, RowUse::none, RowUse::sample, RowUse::sample};
+    RowSampling rs[5];
+    rs[3].temperature = 0.7f;
+    rs[3].top_k = 1;
+    rs[3].u = 0.9;
+    rs[4].temperature = 1.5f;
+    rs[4].min_p = 1.0f;
+    rs[4].u = 0.5;
+    int32_t ids[5] = {-1, -1, -1, -1, -1};
+    gpu->forward_select(make_batch(s2), use, rs, limit, sel.data(), ids);
     EXPECT_EQ(ids[0], argmax_row(ref.data(), limit)) << c << ": greedy row";
+    EXPECT_EQ(ids[3], argmax_row(ref.data() + 3 * V, limit)) << c << ": sampled row, top-k 1";
+    EXPECT_EQ(ids[4], argmax_row(ref.data() + 4 * V, limit)) << c << ": sampled row, min-p 1";
     EXPECT_EQ(std::memcmp(sel.data() + V, ref.data() + V, size_t(V) * sizeof(float)), 0) << c << ": logits row";
     EXPECT_EQ(sel[0], 12345.0f) << c << ": greedy row's logits not copied";
     EXPECT_EQ(sel[size_t(2 * V + 7)], 12345.0f) << c << ": unused row not copied";
@@ -203,33 +214,26 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenParity, ::testing::Values("lite", "v2", "norope", "f16"));
 
 // The engine on the GPU: greedy requests without logprobs take their ids from the device
-// (forward_select), one with logprobs and one sampled take whole rows, all in the same batches; the
-// greedy ones equal their continuation alone, and the logprobs one equals it too.
-TEST(CudaEngine, GreedyRowsChosenOnTheDeviceInMixedBatches) {
-  DSV2_REQUIRE_GPU();
-  const std::string c = "lite";
-  if (!std::filesystem::exists(gdir(c) / "golden.json")) GTEST_SKIP() << "no golden case";
-  auto w = ModelWeights::load(gdir(c) / "model", false);
-  auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
-  const auto p0 = ids_of(gjson(c)["greedy"]["prompt_ids"]);
-  const int n = 12;
-  std::vector<std::vector<int32_t>> ps;
-  for (int i = 0; i < 5; ++i) ps.push_back(std::vector<int32_t>(p0.begin() + i, p0.end()));
-  Engine e(*gpu, EngineOptions{});
+// (forward_select's argmax), one with logprobs takes its whole row, and two sampled ones are drawn on
+// the device with uniforms from their own seeds (one with top-k 1), all in the same batches.
+void run_mixed(Model& gpu, const std::vector<std::vector<int32_t>>& ps, int n, std::vector<std::vector<int32_t>>& got,
+               std::vector<std::vector<float>>& lps) {
+  Engine e(gpu, EngineOptions{});
   std::vector<std::shared_ptr<ResultChannel>> chans;
   for (size_t i = 0; i < ps.size(); ++i) {
     EngineRequest r;
     r.prompt = ps[i];
     r.max_tokens = n;
-    r.sampling.temperature = i == 4 ? 0.8f : 0.0f;
+    r.sampling.temperature = i >= 4 ? 0.8f : 0.0f;
+    r.sampling.top_k = i == 5 ? 1 : 0;
     r.sampling.seed = 7;
     r.sampling.has_seed = true;
     r.sampling.logprobs = i == 3;
     chans.push_back(std::make_shared<ResultChannel>());
     e.submit({r}, chans.back());
   }
-  std::vector<std::vector<int32_t>> got(ps.size());
-  std::vector<std::vector<float>> lps(ps.size());
+  got.assign(ps.size(), {});
+  lps.assign(ps.size(), {});
   for (int s = 0; s < 200 && e.step(); ++s) {
     for (size_t i = 0; i < chans.size(); ++i) {
       std::vector<EngineEvent> evs;
@@ -243,9 +247,29 @@ TEST(CudaEngine, GreedyRowsChosenOnTheDeviceInMixedBatches) {
       }
     }
   }
+}
+
+TEST(CudaEngine, GreedyAndSampledRowsChosenOnTheDeviceInMixedBatches) {
+  DSV2_REQUIRE_GPU();
+  const std::string c = "lite";
+  if (!std::filesystem::exists(gdir(c) / "golden.json")) GTEST_SKIP() << "no golden case";
+  auto w = ModelWeights::load(gdir(c) / "model", false);
+  auto gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
+  ASSERT_TRUE(gpu->samples_rows());
+  const auto p0 = ids_of(gjson(c)["greedy"]["prompt_ids"]);
+  const int n = 12;
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 6; ++i) ps.push_back(std::vector<int32_t>(p0.begin() + i % 5, p0.end()));
+  std::vector<std::vector<int32_t>> got, again;
+  std::vector<std::vector<float>> lps, lps2;
+  run_mixed(*gpu, ps, n, got, lps);
   for (size_t i = 0; i < ps.size(); ++i) ASSERT_EQ(got[i].size(), size_t(n)) << "request " << i;
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(got[i], greedy(*gpu, ps[i], n, false)) << "greedy request " << i;
   for (float lp : lps[3]) EXPECT_TRUE(lp <= 0.0f && lp > -50.0f) << "logprob " << lp;
+  EXPECT_EQ(got[5], got[0]) << "top-k 1 draws the greedy continuation";
+  // The same requests again: the seeded draws repeat.
+  run_mixed(*gpu, ps, n, again, lps2);
+  EXPECT_EQ(again, got);
 }
 
 // A long generation: the CPU's greedy path of several hundred tokens, teacher-forced through the

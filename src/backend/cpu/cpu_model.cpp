@@ -22,11 +22,14 @@ int64_t Model::logits_rows(std::span<const SeqChunk> batch) {
   return n;
 }
 
-void Model::forward_select(std::span<const SeqChunk> batch, const RowUse* use, int64_t vocab_limit, float* logits,
-                           int32_t* ids) {
+void Model::forward_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                           int64_t vocab_limit, float* logits, int32_t* ids) {
+  (void)sampling;
+  const int64_t rows = logits_rows(batch);
+  for (int64_t r = 0; r < rows; ++r)
+    if (use[r] == RowUse::sample) fail("{}: this backend does not draw samples itself", device_name());
   forward(batch, logits);
   const int64_t V = config().vocab_size, n = vocab_limit > 0 ? std::min(vocab_limit, V) : V;
-  const int64_t rows = logits_rows(batch);
   for (int64_t r = 0; r < rows; ++r) {
     if (use[r] != RowUse::greedy) continue;
     const float* l = logits + r * V;

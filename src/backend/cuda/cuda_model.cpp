@@ -162,6 +162,7 @@ class CudaModelImpl final : public CudaModel {
       cudaEventDestroy(ids_[k].done);
     }
     if (host_offsets_) cudaFreeHost(host_offsets_);
+    if (row_params_pin_) cudaFreeHost(row_params_pin_);
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (cache_) cudaFree(cache_);
@@ -188,13 +189,14 @@ class CudaModelImpl final : public CudaModel {
     run(batch, logits, nullptr, {}, 0, false);
     drain_ids();
   }
-  void forward_select(std::span<const SeqChunk> batch, const RowUse* use, int64_t vocab_limit, float* logits,
-                      int32_t* ids) override {
+  void forward_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                      int64_t vocab_limit, float* logits, int32_t* ids) override {
     SampleOptions greedy;
     greedy.vocab_limit = vocab_limit;
-    run(batch, logits, ids, greedy, 0, false, use);
+    run(batch, logits, ids, greedy, 0, false, use, sampling);
     drain_ids();
   }
+  bool samples_rows() const override { return true; }
 
   // ---- CudaModel ----
   void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
@@ -227,11 +229,12 @@ class CudaModelImpl final : public CudaModel {
   int64_t cache_tokens() const override { return int64_t(alloc_.total()) * kCacheBlockSize; }
 
  private:
-  // use (with logits): forward_select's row uses; tokens then receives the greedy rows' ids.
+  // use (with logits): forward_select's row uses (sampling: its RowUse::sample rows); tokens then
+  // receives the greedy and sampled rows' ids.
   void run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt, uint64_t step,
-           bool chain, const RowUse* use = nullptr);
+           bool chain, const RowUse* use = nullptr, const RowSampling* sampling = nullptr);
   void run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens, const SampleOptions& opt,
-                uint64_t step, bool chain, const RowUse* use);
+                uint64_t step, bool chain, const RowUse* use, const RowSampling* sampling);
   // The ids of a sampled pass leave through a pinned slot; the host copies them out when its event is done.
   void queue_ids(int R, int32_t* dst);
   void drain_ids() {
@@ -333,6 +336,10 @@ class CudaModelImpl final : public CudaModel {
   // Rows of the last pass that sampled into sampled_ (0 when the last pass did not): what a chained
   // pass may read as its input tokens.
   int chain_rows_ = 0;
+  // forward_select's per-row sampling parameters (pinned, then on the device).
+  SampleRowParams* row_params_pin_ = nullptr;
+  size_t row_params_pin_n_ = 0;
+  DevBuf<SampleRowParams> row_params_;
   const int32_t* tok_src_ = nullptr;  // the current pass's input ids: meta_ or, chained, sampled_
   uint64_t scratch_gen_ = 0;
   // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
@@ -814,7 +821,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
 }
 
 void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t* tokens, const SampleOptions& opt,
-                        uint64_t step, bool chain, const RowUse* use) {
+                        uint64_t step, bool chain, const RowUse* use, const RowSampling* sampling) {
   DSV2_CUDA_CHECK(cudaSetDevice(device_));
   const int64_t V = c_.vocab_size;
   for (auto& ch : batch) {
@@ -840,7 +847,7 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
     int64_t rows = 0;
     for (auto& pc : pass) rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
     run_pass(pass, logits ? logits + rows_done * V : nullptr, tokens ? tokens + rows_done : nullptr, opt, step, chain,
-             use ? use + rows_done : nullptr);
+             use ? use + rows_done : nullptr, sampling ? sampling + rows_done : nullptr);
     rows_done += rows;
     pass.clear();
     in_pass = 0;
@@ -861,7 +868,8 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 }
 
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
-                             const SampleOptions& opt, uint64_t step, bool chain, const RowUse* use) {
+                             const SampleOptions& opt, uint64_t step, bool chain, const RowUse* use,
+                             const RowSampling* sampling) {
   // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope].
   int T = 0, R = 0, I = 0;
   int64_t max_kv = 0;
@@ -1004,12 +1012,14 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   if (!ran) layers_forward(T, R, I, n_splits, C);
 
   const size_t V = size_t(c_.vocab_size);
-  bool pick = !use;  // sample every row, or only forward_select's greedy rows (if any)
+  bool pick = !use;   // sample every row, or only forward_select's greedy and sampled rows (if any)
+  bool draw = false;  // forward_select: some rows are drawn with their own parameters
   if (logits && !use) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.p, size_t(R) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
   for (int r0 = 0; use && r0 < R;) {  // runs of rows whose logits are wanted
-    pick |= use[r0] == RowUse::greedy;
+    pick |= use[r0] == RowUse::greedy || use[r0] == RowUse::sample;
+    draw |= use[r0] == RowUse::sample;
     if (use[r0] != RowUse::logits) {
       ++r0;
       continue;
@@ -1021,7 +1031,25 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     r0 = r1;
   }
   if (tokens && R > 0 && pick) {
-    if (argmax_split_on_ && opt.temperature <= 0.0f) {
+    if (draw) {
+      // The pinned parameters are not rewritten before this pass ends (forward_select waits for it).
+      DSV2_CHECK(sampling != nullptr, "forward_select: sampled rows without their parameters");
+      if (size_t(R) > row_params_pin_n_) {
+        if (row_params_pin_) cudaFreeHost(row_params_pin_);
+        row_params_pin_n_ = size_t(R) * 2;
+        DSV2_CUDA_CHECK(cudaMallocHost(&row_params_pin_, row_params_pin_n_ * sizeof(SampleRowParams)));
+      }
+      for (int r = 0; r < R; ++r) {
+        const RowSampling& q = sampling[r];
+        row_params_pin_[r] = use[r] == RowUse::sample
+                                 ? SampleRowParams{q.temperature, q.top_p, q.min_p, q.top_k, std::min(float(q.u), 0.99999994f)}
+                                 : SampleRowParams{0.0f, 1.0f, 0.0f, 0, 0.0f};
+      }
+      row_params_.reserve(size_t(R));  // not used inside graphs
+      DSV2_CUDA_CHECK(cudaMemcpyAsync(row_params_.p, row_params_pin_, size_t(R) * sizeof(SampleRowParams),
+                                      cudaMemcpyHostToDevice, stream_));
+      sample_rows_each(logits_.p, R, int(V), int(opt.vocab_limit), row_params_.p, sampled_.p, stream_);
+    } else if (argmax_split_on_ && opt.temperature <= 0.0f) {
       argmax_scratch_.reserve(argmax_scratch_bytes(R, int(V)));
       argmax_rows(logits_.p, R, int(V), int(opt.vocab_limit), sampled_.p, argmax_scratch_.p, stream_);
     } else {

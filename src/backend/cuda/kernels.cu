@@ -743,11 +743,48 @@ __global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, cons
 // Sampling: one block of 1024 threads per row; the row is overwritten with exp((l - max) / temp).
 constexpr int kSampleThreads = 1024;
 
+// Largest theta in [lo, 1] with measure(e >= theta) >= target, by bisection over the block's row
+// (measure: the count of such e, or their mass). e <= 1 everywhere and the row's maximum is 1.
+// A 16-byte aligned row is read in float4 pieces, four in flight per thread.
+template <bool kMass>
+__device__ float bisect_threshold(const float* l, int n, float lo, float target, float* red) {
+  float hi = 1.0f;
+  const int n4 = reinterpret_cast<uintptr_t>(l) % 16 == 0 ? n / 4 : 0;
+  const float4* l4 = reinterpret_cast<const float4*>(l);
+  for (int it = 0; it < 30; ++it) {
+    const float mid = 0.5f * (lo + hi);
+    auto f = [&](float e) { return e >= mid ? (kMass ? e : 1.0f) : 0.0f; };
+    float m = 0;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 v = l4[i];
+      m += (f(v.x) + f(v.y)) + (f(v.z) + f(v.w));
+    }
+    for (int i = 4 * n4 + threadIdx.x; i < n; i += blockDim.x) m += f(l[i]);
+    m = block_sum(m, red);
+    if (m >= target)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// rp: per-row parameters (sample_rows_each), or null for the shared ones with counter-based draws.
 __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, int V, int n, float temperature,
                                                                 float top_p, uint64_t seed, uint64_t step,
-                                                                int32_t* out) {
+                                                                const SampleRowParams* rp, int32_t* out) {
   DSV2_TRACE(kTrSample);
   pdl_entry();
+  float min_p = 0.0f;
+  int top_k = 0;
+  if (rp) {
+    const SampleRowParams q = rp[blockIdx.x];
+    temperature = q.temperature;
+    top_p = q.top_p;
+    min_p = q.min_p;
+    top_k = q.top_k;
+  }
   __shared__ float red[32];
   __shared__ float fsum[kSampleThreads];
   __shared__ int ired[32];
@@ -783,30 +820,43 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
   }
   const float invt = 1.0f / temperature;
   float z = 0;
-  for (int i = tid; i < n; i += blockDim.x) {
-    const float e = __expf((l[i] - mx) * invt);
-    l[i] = e;
-    z += e;
+  {
+    // e = exp((l - max) / temperature) in place; aligned rows in float4 pieces, four loaded per thread
+    // before their stores
+    auto ex = [&](float v) { return __expf((v - mx) * invt); };
+    float4* w4 = reinterpret_cast<float4*>(l);
+    constexpr int kU = 4;
+    for (int i0 = tid; i0 < n4; i0 += kU * int(blockDim.x)) {
+      float4 v[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (i0 + u * int(blockDim.x) < n4) v[u] = w4[i0 + u * int(blockDim.x)];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (i0 + u * int(blockDim.x) >= n4) break;
+        const float4 e = make_float4(ex(v[u].x), ex(v[u].y), ex(v[u].z), ex(v[u].w));
+        z += (e.x + e.y) + (e.z + e.w);
+        w4[i0 + u * int(blockDim.x)] = e;
+      }
+    }
+    for (int i = 4 * n4 + tid; i < n; i += blockDim.x) {
+      const float e = ex(l[i]);
+      l[i] = e;
+      z += e;
+    }
   }
   z = block_sum(z, red);
-  // Nucleus threshold: the largest theta whose kept mass sum(e >= theta) reaches top_p * z.
+  // top-k: the largest theta that keeps at least k tokens; then the nucleus: the largest theta whose
+  // kept mass sum(e >= theta) reaches top_p times the mass top-k kept; then min-p (e is p / p_max).
   float theta = 0.0f;
-  if (top_p < 1.0f) {
-    float lo = 0.0f, hi = 1.0f;  // mass(lo) >= target always; the max element has e == 1
-    const float target = top_p * z;
-    for (int it = 0; it < 30; ++it) {
-      const float mid = 0.5f * (lo + hi);
-      float m = 0;
-      for (int i = tid; i < n; i += blockDim.x) {
-        const float e = l[i];
-        m += e >= mid ? e : 0.0f;
-      }
-      m = block_sum(m, red);
-      if (m >= target) lo = mid;
-      else hi = mid;
-    }
-    theta = lo;
+  if (top_k > 0 && top_k < n) {
+    theta = bisect_threshold<false>(l, n, 0.0f, float(top_k), red);
+    float zk = 0;
+    for (int i = tid; i < n; i += blockDim.x) zk += l[i] >= theta ? l[i] : 0.0f;
+    z = block_sum(zk, red);
   }
+  if (top_p < 1.0f) theta = bisect_threshold<true>(l, n, theta, top_p * z, red);
+  theta = fmaxf(theta, min_p);
   // Inverse CDF over the kept tokens in index order: contiguous segment per thread.
   const int seg = (n + blockDim.x - 1) / blockDim.x;
   const int b0 = min(n, tid * seg), b1 = min(n, b0 + seg);
@@ -823,7 +873,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
     __syncthreads();
   }
   const float total = fsum[blockDim.x - 1];
-  const float u = float(sample_uniform(seed, step, uint64_t(r))) * total;
+  const float u = (rp ? rp[r].u : float(sample_uniform(seed, step, uint64_t(r)))) * total;
   const float before = tid > 0 ? fsum[tid - 1] : 0.0f;
   if (u >= before && u < fsum[tid]) {
     float acc = before;
@@ -1009,7 +1059,16 @@ void sample_rows(const float* logits, int R, int V, int v_limit, float temperatu
   if (R == 0) return;
   const int n = v_limit > 0 && v_limit < V ? v_limit : V;
   launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, temperature, top_p,
-             seed, step, out);
+             seed, step, static_cast<const SampleRowParams*>(nullptr), out);
+  DSV2_CUDA_LAUNCHED();
+}
+
+void sample_rows_each(const float* logits, int R, int V, int v_limit, const SampleRowParams* p, int32_t* out,
+                      cudaStream_t s) {
+  if (R == 0) return;
+  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
+  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, 0.0f, 1.0f,
+             uint64_t(0), uint64_t(0), p, out);
   DSV2_CUDA_LAUNCHED();
 }
 

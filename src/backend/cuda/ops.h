@@ -298,6 +298,19 @@ const char* trace_kernel_name(uint32_t k);
 // counter-based generator from (seed, step, row).
 void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
                  uint64_t step, int32_t* out, cudaStream_t s);
+// Per-row sampling parameters: the host sampler's pipeline without penalties (temperature, then
+// top-k, top-p over what top-k kept, min-p), drawn with the uniform u from the request's generator.
+struct SampleRowParams {
+  float temperature;  // <= 0: argmax (lowest index on ties)
+  float top_p;        // 1: off
+  float min_p;        // 0: off
+  int top_k;          // 0: off
+  float u;            // in [0, 1)
+};
+// sample_rows with each row's own parameters (p: R entries in device memory). top-k keeps every
+// token tied with the k-th largest (the host keeps the lower ids); otherwise the same kept set.
+void sample_rows_each(const float* logits, int R, int V, int v_limit, const SampleRowParams* p, int32_t* out,
+                      cudaStream_t s);
 // Greedy rows (argmax, lowest index on ties) with the row split over blocks: per-block maxima into
 // scratch (argmax_scratch_bytes(R, V)), then one warp per row merges them. The same ids as
 // sample_rows with temperature <= 0.
