@@ -42,10 +42,7 @@ int run_ids(const GenerateArgs& a) {
   go.ignore_eos = p.ignore_eos;
   go.stop_ids = eos;
   go.stop_ids.insert(go.stop_ids.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
-  auto pick = [&](std::span<const float> logits, std::span<const int32_t> generated) {
-    return sampler.sample(logits, prompt, generated).id;
-  };
-  GenerateResult r = generate(*m.model, prompt, go, pick, [&](int32_t id) {
+  GenerateResult r = generate(*m.model, prompt, go, sampler, [&](int32_t id) {
     if (!a.json) {
       std::printf("%d ", id);
       std::fflush(stdout);

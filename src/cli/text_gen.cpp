@@ -63,9 +63,6 @@ TextResult generate_text(Model& model, const Tokenizer& tok, const std::vector<i
   GenerateOptions go;
   go.max_tokens = params.max_tokens;
   go.ignore_eos = true;  // stop tokens are decided below, where stop_token_ids also count
-  auto pick = [&](std::span<const float> logits, std::span<const int32_t> generated) {
-    return sampler.sample(logits, prompt_ids, generated).id;
-  };
   std::string finish;
   auto on_token = [&](int32_t id) {
     bool is_stop_token = (!params.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), id) != eos_ids.end()) ||
@@ -79,7 +76,7 @@ TextResult generate_text(Model& model, const Tokenizer& tok, const std::vector<i
     }
     return !r.stopped;
   };
-  GenerateResult g = generate(model, prompt_ids, go, pick, on_token);
+  GenerateResult g = generate(model, prompt_ids, go, sampler, on_token);
   if (g.finish_reason != "stop") {
     std::string tail = stops.push(detok.flush()).emit;
     if (!stops.stopped()) tail += stops.flush();

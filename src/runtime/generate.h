@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "sampling/sampler.h"
 
 namespace dsv2 {
 
@@ -30,6 +31,12 @@ using PickFn = std::function<int32_t(std::span<const float>, std::span<const int
 using TokenFn = std::function<bool(int32_t)>;
 
 GenerateResult generate(Model& model, std::span<const int32_t> prompt, const GenerateOptions& opts, const PickFn& pick,
+                        const TokenFn& on_token = {});
+// The same loop choosing with `sampler` (penalties over the prompt and the generated ids): greedy
+// requests without logprobs, and sampled ones without penalties or logprobs where the backend draws
+// itself, take only the id from Model::forward_select (on the GPU no logits row crosses to the host);
+// the rest sample the row on the host. Prompt chunks before the last ask for no row at all.
+GenerateResult generate(Model& model, std::span<const int32_t> prompt, const GenerateOptions& opts, Sampler& sampler,
                         const TokenFn& on_token = {});
 
 int32_t argmax(std::span<const float> logits);

@@ -45,6 +45,7 @@ class Sampler {
                       std::span<const int32_t> output_ids);
 
   const SamplingParams& params() const { return params_; }
+  int32_t vocab_size() const { return n_valid_; }  // ids at or past it are never chosen
   // The choice is the argmax of the raw logits over the valid ids (lowest id on ties) and nothing
   // else is reported: a backend can make it without the row (Model::forward_select, RowUse::greedy),
   // and SampleResult{id, 0, {}} is what sample() would return.

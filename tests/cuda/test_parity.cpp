@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "model/weights.h"
 #include "runtime/engine.h"
+#include "runtime/generate.h"
 
 namespace dsv2::test {
 namespace {
@@ -130,6 +131,14 @@ TEST_P(GoldenParity, LogitsAndGreedy) {
     const auto two = greedy_queued(*gpu, {p2, gp}, n);
     EXPECT_EQ(two[0], greedy(*gpu, p2, n, true)) << c << ": first of two chained sequences";
     EXPECT_EQ(two[1], host) << c << ": second of two chained sequences";
+    // generate() with a greedy Sampler takes its ids from the device.
+    SamplingParams sp;
+    sp.temperature = 0;
+    Sampler gs(sp, int32_t(V));
+    GenerateOptions go;
+    go.max_tokens = n;
+    go.ignore_eos = true;
+    EXPECT_EQ(generate(*gpu, gp, go, gs).ids, host) << c << ": generate() with ids from the device";
     // A pass that did not sample gives a chained pass nothing to read.
     SequenceCache s;
     ASSERT_TRUE(reserve(gpu->blocks(), s, int64_t(gp.size()) + 1));

@@ -289,6 +289,32 @@ TEST(Engine, ArgmaxOnlyRowsMixWithSampledRows) {
   EXPECT_EQ(mixed[0].ids, reference(*model, ps[0], 12));
 }
 
+// generate() with a Sampler (the backend picks greedy rows itself) gives what the pick-callback form
+// gives with the same sampler settings: greedy, seeded sampling, and a penalty (host rows).
+TEST(Generate, SamplerFormEqualsPickForm) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  const auto p = prompts(1, 77, 300, 300)[0];
+  GenerateOptions go;
+  go.max_tokens = 10;
+  go.ignore_eos = true;
+  go.prefill_chunk = 128;  // three prompt chunks
+  for (int mode = 0; mode < 3; ++mode) {
+    SamplingParams sp;
+    sp.temperature = mode == 0 ? 0.f : 0.9f;
+    sp.top_p = 0.9f;
+    sp.seed = 3;
+    sp.has_seed = true;
+    if (mode == 2) sp.repetition_penalty = 1.2f;
+    Sampler a(sp, 250), b(sp, 250);
+    auto pick = [&](std::span<const float> l, std::span<const int32_t> gen) { return b.sample(l, p, gen).id; };
+    const auto want = generate(*model, p, go, pick).ids;
+    EXPECT_EQ(generate(*model, p, go, a).ids, want) << "mode " << mode;
+    if (mode == 0) {
+      EXPECT_EQ(want, reference(*model, p, 10));
+    }
+  }
+}
+
 // Stop ids end a request with "stop" after emitting the id; logprobs are the raw log-softmax.
 TEST(Engine, StopIdsAndLogprobs) {
   auto model = make_cpu_model(weights(), CacheOptions{});
