@@ -350,7 +350,10 @@ class CudaModelImpl final : public CudaModel {
     uint64_t gen = 0;
     int seen = 0;
   };
-  std::map<std::tuple<int, int, bool>, Graph> graphs_;  // (tokens, attention splits, chained)
+  // (tokens, attention splits, chained, argmax_limit_)
+  std::map<std::tuple<int, int, bool, int>, Graph> graphs_;
+  // >= 0: the pass ends with the greedy argmax of every row over ids below this (0: all) into sampled_.
+  int argmax_limit_ = -1;
   bool graphs_on_ = true;
   // Dense products of <= kGemvRows rows through gemv_rows (DSV2_CUDA_GEMV=1): measured on the H200
   // at c830883 it was no faster than cuBLAS at batch 1 and slower at 2-8, so cuBLAS is the default.
@@ -817,6 +820,7 @@ void CudaModelImpl::reserve_scratch(int T, int R, int n_items, int n_splits) {
   }
   grown |= logits_.reserve(size_t(R) * size_t(c_.vocab_size));
   grown |= sampled_.reserve(size_t(R));
+  grown |= argmax_scratch_.reserve(argmax_scratch_bytes(int(R), int(c_.vocab_size)));
   if (grown) ++scratch_gen_;
 }
 
@@ -977,10 +981,21 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   DSV2_CUDA_CHECK(cudaEventRecord(hmb.copied, stream_));
   if (trace_n_.p) DSV2_CUDA_CHECK(cudaMemsetAsync(trace_n_.p, 0, sizeof(uint32_t), stream_));
 
+  // Which rows are chosen on the device: every row (forward_sample) or forward_select's greedy and
+  // sampled rows. A greedy-only choice runs inside the pass (and its graph), right after lm_head.
+  bool pick = !use, draw = false;
+  for (int r = 0; use && r < R; ++r) {
+    pick |= use[r] == RowUse::greedy || use[r] == RowUse::sample;
+    draw |= use[r] == RowUse::sample;
+  }
+  const bool choose = tokens && R > 0 && pick;
+  argmax_limit_ =
+      choose && !draw && argmax_split_on_ && opt.temperature <= 0.0f ? int(std::max<int64_t>(opt.vocab_limit, 0)) : -1;
+
   bool ran = false;
   prof_prefix_ = decode_only ? "decode " : "prefill ";
   if (decode_only && graphs_on_ && !prof_on_) {
-    Graph& g = graphs_[{T, n_splits, chain}];
+    Graph& g = graphs_[{T, n_splits, chain, argmax_limit_}];
     if (g.exec && g.gen != scratch_gen_) {
       cudaGraphExecDestroy(g.exec);
       g.exec = nullptr;
@@ -1012,14 +1027,10 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   if (!ran) layers_forward(T, R, I, n_splits, C);
 
   const size_t V = size_t(c_.vocab_size);
-  bool pick = !use;   // sample every row, or only forward_select's greedy and sampled rows (if any)
-  bool draw = false;  // forward_select: some rows are drawn with their own parameters
   if (logits && !use) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.p, size_t(R) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
   for (int r0 = 0; use && r0 < R;) {  // runs of rows whose logits are wanted
-    pick |= use[r0] == RowUse::greedy || use[r0] == RowUse::sample;
-    draw |= use[r0] == RowUse::sample;
     if (use[r0] != RowUse::logits) {
       ++r0;
       continue;
@@ -1030,8 +1041,10 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
                                     cudaMemcpyDeviceToHost, stream_));
     r0 = r1;
   }
-  if (tokens && R > 0 && pick) {
-    if (draw) {
+  if (choose) {
+    if (argmax_limit_ >= 0) {
+      // chosen inside the pass
+    } else if (draw) {
       // The pinned parameters are not rewritten before this pass ends (forward_select waits for it).
       DSV2_CHECK(sampling != nullptr, "forward_select: sampled rows without their parameters");
       if (size_t(R) > row_params_pin_n_) {
@@ -1049,9 +1062,6 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
       DSV2_CUDA_CHECK(cudaMemcpyAsync(row_params_.p, row_params_pin_, size_t(R) * sizeof(SampleRowParams),
                                       cudaMemcpyHostToDevice, stream_));
       sample_rows_each(logits_.p, R, int(V), int(opt.vocab_limit), row_params_.p, sampled_.p, stream_);
-    } else if (argmax_split_on_ && opt.temperature <= 0.0f) {
-      argmax_scratch_.reserve(argmax_scratch_bytes(R, int(V)));
-      argmax_rows(logits_.p, R, int(V), int(opt.vocab_limit), sampled_.p, argmax_scratch_.p, stream_);
     } else {
       sample_rows(logits_.p, R, int(V), int(opt.vocab_limit), opt.temperature, opt.top_p, opt.seed, step,
                   sampled_.p, stream_);
@@ -1175,6 +1185,10 @@ void CudaModelImpl::layers_forward(int T, int R, int n_items, int n_splits, int 
   residual_norm(!fused1_, meta + m_rows_, R, final_norm_.p);
   if (!skip("lm_head")) gemm(xn_.p, R, H_, H_, lm_head_.p, int(c_.vocab_size), logits_.p, true, int(c_.vocab_size));
   mark("lm_head");
+  if (argmax_limit_ >= 0) {
+    argmax_rows(logits_.p, R, int(c_.vocab_size), argmax_limit_, sampled_.p, argmax_scratch_.p, stream_);
+    mark("argmax");
+  }
 }
 
 void CudaModelImpl::residual_norm(bool add_delta, const int32_t* rows, int R, const float* w) {
