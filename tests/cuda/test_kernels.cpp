@@ -642,6 +642,22 @@ TEST(CudaKernels, OneTokenUvProductMergesSplits) {
   }
 }
 
+// The reference draw: among the kept ids (e >= theta) in id order, the first at which the running sum
+// of e passes u times their total.
+int inverse_cdf_pick(const std::vector<double>& e, double theta, double u) {
+  double kept = 0;
+  for (double v : e) kept += v >= theta ? v : 0;
+  double c = 0;
+  int pick = -1;
+  for (size_t i = 0; i < e.size(); ++i) {
+    if (e[i] < theta) continue;
+    c += e[i];
+    pick = int(i);
+    if (u * kept < c) break;
+  }
+  return pick;
+}
+
 TEST(CudaKernels, SamplingGreedyAndTopP) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(7);
@@ -710,18 +726,7 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
       ASSERT_GE(tok, 0);
       ASSERT_LT(tok, limit);
       EXPECT_GE(e[size_t(tok)], theta * (1 - 1e-5)) << "row " << r << " drew outside the nucleus";
-      double kept = 0;
-      for (int i = 0; i < limit; ++i) kept += e[size_t(i)] >= theta ? e[size_t(i)] : 0;
-      const double u = sample_uniform(42, 9, uint64_t(r)) * kept;
-      double c = 0;
-      int pick = -1;
-      for (int i = 0; i < limit; ++i) {
-        if (e[size_t(i)] < theta) continue;
-        c += e[size_t(i)];
-        pick = i;
-        if (u < c) break;
-      }
-      exact += pick == tok;
+      exact += inverse_cdf_pick(e, theta, sample_uniform(42, 9, uint64_t(r))) == tok;
     }
     EXPECT_GE(exact, R - 2) << "top_p=" << top_p;  // float sums may move a boundary draw by one token
   }
@@ -806,18 +811,7 @@ TEST(CudaKernels, SamplingPerRowParameters) {
     }
     theta = std::max(theta, double(q.min_p));
     EXPECT_GE(e[size_t(tok)], theta * (1 - 1e-5)) << "row " << r << " drew outside the kept set";
-    double kept = 0;
-    for (double v : e) kept += v >= theta ? v : 0;
-    const double u = double(q.u) * kept;
-    double c = 0;
-    int pick = -1;
-    for (int i = 0; i < limit; ++i) {
-      if (e[size_t(i)] < theta) continue;
-      c += e[size_t(i)];
-      pick = i;
-      if (u < c) break;
-    }
-    exact += pick == tok;
+    exact += inverse_cdf_pick(e, theta, q.u) == tok;
   }
   EXPECT_GE(exact, R - 2);  // float sums may move a boundary draw by one token
   // frequencies over evenly spread uniforms: top-k 3, then min-p 0.3, of one 5-token distribution
