@@ -171,16 +171,12 @@ class Runner {
     if (device >= 0) cm_ = cuda::as_cuda(&m);
 #endif
     (void)device;
-    overlap_ = !sync_steps && overlaps();
+#if defined(DSV2_HAVE_CUDA)
+    overlap_ = cm_ != nullptr && !sync_steps;
+#endif
+    (void)sync_steps;
   }
   // Whether decode() queues each GPU step before the host has read the previous one's ids.
-  bool overlaps() const {
-#if defined(DSV2_HAVE_CUDA)
-    return cm_ != nullptr;
-#else
-    return false;
-#endif
-  }
   bool overlap() const { return overlap_; }
   // n greedy decode steps of `batch` (one-token chunks reading `cur`), each step's input the ids of the
   // one before; `cur` ends with the last step's ids. With overlap, step k + 1 is queued on the GPU
@@ -258,13 +254,20 @@ std::vector<int32_t> prompt_ids(int64_t n, int64_t seq, int64_t vocab) {
   return ids;
 }
 
+// How many different ids (the last step's: a random-weight model's greedy ids can collapse onto few).
+int64_t distinct(std::vector<int32_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  return std::unique(ids.begin(), ids.end()) - ids.begin();
+}
+
 void emit(const json& j) {
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
 }
 
-// Decode of B requests (greedy, or sampled with one seed each) through the serving engine (scheduler, per-request sampling, stop checks,
-// result channels), as `dsv2 serve` runs them without the HTTP side: the figure a server user gets.
+// Decode of B requests (greedy, or sampled with one seed each) through the serving engine (scheduler,
+// per-request sampling, stop checks, result channels), as `dsv2 serve` runs them without the HTTP side:
+// the figure a server user gets.
 // All prompts are admitted in the first step (so that the requests decode in step), then timed from
 // the step after which every request has `warmup` tokens until all have finished.
 json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup, float temperature, float top_p) {
@@ -314,18 +317,17 @@ json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup, flo
   read_events();
   int64_t timed_tokens = -warm_tokens;
   for (int64_t g : got) timed_tokens += g;
-  if (timed_tokens != B * int64_t(warmup + gen) - warm_tokens) fail("engine bench: {} tokens missing", B * (warmup + gen) - warm_tokens - timed_tokens);
-  std::sort(last.begin(), last.end());
+  const int64_t missing = B * int64_t(warmup + gen) - warm_tokens - timed_tokens;
+  if (missing != 0) fail("engine bench: {} tokens missing", missing);
   const EngineStats s1 = e.stats();
   const double per = steps ? 1e3 / double(steps) : 0.0;
   // forward: inside Model::forward_select (host preparation, the GPU's work, the ids' copy); the rest
   // of a step is the engine's own host work (scheduling, events).
   return {{"bench", "engine_decode"}, {"batch", B}, {"prompt", prompt}, {"gen", gen}, {"temperature", temperature},
-          {"top_p", top_p},
-          {"decode_tok_s", double(timed_tokens) / s}, {"steps", steps}, {"ms_per_step", s * per},
+          {"top_p", top_p}, {"decode_tok_s", double(timed_tokens) / s}, {"steps", steps}, {"ms_per_step", s * per},
           {"forward_ms_per_step", (s1.forward_seconds - s0.forward_seconds) * per},
           {"engine_step_ms_per_step", (s1.step_seconds - s0.step_seconds) * per},
-          {"distinct_last_ids", std::unique(last.begin(), last.end()) - last.begin()}};
+          {"distinct_last_ids", distinct(last)}};
 }
 
 int run_bench(BenchArgs& a) {
@@ -414,17 +416,14 @@ int run_bench(BenchArgs& a) {
     const int64_t ctx0 = seqs.s[0].length;
     t0 = clock_type::now();
     run.decode(batch, cur, a.gen, a.warmup > 0);
-    next = cur;
     const double dec_s = std::chrono::duration<double>(clock_type::now() - t0).count();
     profile(fmt::format("decode batch {}", B));
     const double step_s = dec_s / a.gen;
     const double avg_ctx = double(ctx0) + (a.gen + 1) / 2.0;
     const double bytes = decode_weight_bytes(c, B) + double(B) * avg_ctx * cache_bpt;
     const double achieved = bytes / step_s;
-    std::vector<int32_t> ids = next;
-    std::sort(ids.begin(), ids.end());
     emit({{"bench", "decode"}, {"batch", B}, {"prompt", a.prompt}, {"gen", a.gen},
-          {"distinct_last_ids", std::unique(ids.begin(), ids.end()) - ids.begin()},
+          {"distinct_last_ids", distinct(cur)},
           {"prefill_tok_s", double(B * a.prompt) / prefill_s}, {"decode_tok_s", double(B * a.gen) / dec_s},
           {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", achieved / 1e9},
           {"roofline_GBps", bw / 1e9}, {"pct_roofline", 100.0 * achieved / bw},
@@ -432,7 +431,8 @@ int run_bench(BenchArgs& a) {
   }
 
   if (a.engine)
-    for (int64_t B : batches) emit(engine_decode(*model, B, a.prompt, a.gen, a.warmup, a.engine_temperature, a.engine_top_p));
+    for (int64_t B : batches)
+      emit(engine_decode(*model, B, a.prompt, a.gen, a.warmup, a.engine_temperature, a.engine_top_p));
 
   // One long prompt: a first (cold) run of the same length on another sequence, then
   // `prefill_reps` timed runs on fresh sequences; the median is the steady-state figure.
@@ -490,12 +490,11 @@ int run_bench(BenchArgs& a) {
     run.decode(batch, cur, a.warmup, false);
     auto t0 = clock_type::now();
     run.decode(batch, cur, a.gen, a.warmup > 0);
-    next = cur;
     const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
     const double bytes = decode_weight_bytes(c, 1) + (double(ctx) + a.gen / 2.0) * cache_bpt;
     emit({{"bench", "long_context"}, {"context", ctx}, {"gen", a.gen}, {"decode_tok_s", a.gen / s},
           {"context_prefilled", prefill_s > 0}, {"prefill_tok_s", prefill_s > 0 ? double(ctx) / prefill_s : 0.0},
-          {"last_token_id", next.empty() ? -1 : next[0]},
+          {"last_token_id", cur.empty() ? -1 : cur[0]},
           {"ms_per_step", s / a.gen * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / (s / a.gen) / 1e9},
           {"pct_roofline", 100.0 * bytes / (s / a.gen) / bw}, {"overlap", run.overlap()}});
   }

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "runtime/generate.h"
 
 namespace dsv2 {
 
@@ -174,27 +175,16 @@ bool Engine::step() {
     batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
   const int64_t V = model_.config().vocab_size;
   logits_.resize(size_t(Model::logits_rows(batch) * V));
-  // Rows of greedy requests that report no logprobs need only their argmax (chosen on the GPU by the
-  // CUDA backend, without copying the row); rows that do not sample need nothing.
-  // Sampled rows without penalties or logprobs are drawn by a backend that can (the CUDA one), with
-  // a uniform from the request's generator.
+  // Greedy rows without logprobs need only their argmax, sampled rows without penalties or logprobs
+  // only a draw where the backend draws itself (the CUDA one: no row is copied); rows that do not
+  // sample need nothing.
   use_.assign(chunks.size(), RowUse::none);
   ids_.assign(chunks.size(), 0);
   rows_sampling_.assign(chunks.size(), RowSampling{});
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (!chunks[i].sample) continue;
     Sampler& s = live_.at(chunks[i].seq->id)->sampler;
-    if (rows_always_) {
-      use_[i] = RowUse::logits;
-    } else if (s.argmax_only()) {
-      use_[i] = RowUse::greedy;
-    } else if (s.draw_only() && model_.samples_rows()) {
-      use_[i] = RowUse::sample;
-      const SamplingParams& p = s.params();
-      rows_sampling_[i] = RowSampling{p.temperature, p.top_p, p.min_p, p.top_k, s.next_uniform()};
-    } else {
-      use_[i] = RowUse::logits;
-    }
+    use_[i] = rows_always_ ? RowUse::logits : row_use_for(s, model_, rows_sampling_[i]);
   }
   const Clock::time_point t_fwd = Clock::now();
   try {
@@ -223,11 +213,9 @@ bool Engine::step() {
     ev.choice = l.req.choice;
     ev.time = now;
     const std::span<const int32_t> all(l.seq.tokens);
-    if (use_[i] == RowUse::greedy || use_[i] == RowUse::sample)
-      ev.token = SampleResult{ids_[i], 0.f, {}};
-    else
-      ev.token = l.sampler.sample(std::span<const float>(logits_.data() + i * size_t(V), size_t(V)),
-                                  all.first(size_t(l.seq.prompt_len)), all.subspan(size_t(l.seq.prompt_len)));
+    const std::span<const float> row(logits_.data() + i * size_t(V), size_t(V));
+    ev.token = row_choice(use_[i], ids_[i], l.sampler, row, all.first(size_t(l.seq.prompt_len)),
+                          all.subspan(size_t(l.seq.prompt_len)));
     const int32_t id = ev.token.id;
     ev.stop_token = std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end();
     const bool stop_token = ev.stop_token;

@@ -141,9 +141,9 @@ class Engine {
   std::vector<float> logits_;
   std::vector<RowUse> use_;
   std::vector<RowSampling> rows_sampling_;
+  std::vector<int32_t> ids_;
   // DSV2_ENGINE_ROWS=1: every sampling row crosses whole and is sampled on the host (A/B measurements).
   bool rows_always_ = std::getenv("DSV2_ENGINE_ROWS") != nullptr;
-  std::vector<int32_t> ids_;
 };
 
 }  // namespace dsv2

@@ -11,6 +11,20 @@ int32_t argmax(std::span<const float> logits) {
   return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+RowUse row_use_for(Sampler& s, const Model& m, RowSampling& draw) {
+  if (s.argmax_only()) return RowUse::greedy;
+  if (!s.draw_only() || !m.samples_rows()) return RowUse::logits;
+  const SamplingParams& p = s.params();
+  draw = RowSampling{p.temperature, p.top_p, p.min_p, p.top_k, s.next_uniform()};
+  return RowUse::sample;
+}
+
+SampleResult row_choice(RowUse use, int32_t id, Sampler& s, std::span<const float> logits,
+                        std::span<const int32_t> prompt, std::span<const int32_t> generated) {
+  if (use == RowUse::greedy || use == RowUse::sample) return SampleResult{id, 0.f, {}};
+  return s.sample(logits, prompt, generated);
+}
+
 namespace {
 
 // Runs one chunk of the sequence; when want_id, returns the next id (chosen over `generated`).
@@ -79,23 +93,11 @@ GenerateResult generate(Model& model, std::span<const int32_t> prompt, const Gen
                         const TokenFn& on_token) {
   std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
   auto step = [&](const SeqChunk& ch, bool want_id, std::span<const int32_t> generated) {
-    RowUse use = RowUse::none;
     RowSampling rs;
-    if (want_id) {
-      if (sampler.argmax_only()) {
-        use = RowUse::greedy;
-      } else if (sampler.draw_only() && model.samples_rows()) {
-        use = RowUse::sample;
-        const SamplingParams& p = sampler.params();
-        rs = RowSampling{p.temperature, p.top_p, p.min_p, p.top_k, sampler.next_uniform()};
-      } else {
-        use = RowUse::logits;
-      }
-    }
+    const RowUse use = want_id ? row_use_for(sampler, model, rs) : RowUse::none;
     int32_t id = -1;
     model.forward_select({&ch, 1}, &use, &rs, sampler.vocab_size(), logits.data(), &id);
-    if (use == RowUse::logits) id = sampler.sample(logits, prompt, generated).id;
-    return id;
+    return want_id ? row_choice(use, id, sampler, logits, prompt, generated).id : -1;
   };
   return generate_loop(model, prompt, opts, step, on_token);
 }

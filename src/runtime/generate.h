@@ -41,4 +41,13 @@ GenerateResult generate(Model& model, std::span<const int32_t> prompt, const Gen
 
 int32_t argmax(std::span<const float> logits);
 
+// What Model::forward_select needs of the next row chosen with `s`: only the argmax, only a draw (a
+// backend that draws itself; `draw` then holds the parameters and the uniform sample() would have
+// taken), or the whole row for the host sampler.
+RowUse row_use_for(Sampler& s, const Model& m, RowSampling& draw);
+// The choice for a row of that use: the backend's id, or the host sampler's over the row (penalties
+// over the prompt and the generated ids).
+SampleResult row_choice(RowUse use, int32_t id, Sampler& s, std::span<const float> logits,
+                        std::span<const int32_t> prompt, std::span<const int32_t> generated);
+
 }  // namespace dsv2

@@ -1037,8 +1037,8 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     }
     int r1 = r0 + 1;
     while (r1 < R && use[r1] == RowUse::logits) ++r1;
-    DSV2_CUDA_CHECK(cudaMemcpyAsync(logits + size_t(r0) * V, logits_.p + size_t(r0) * V, size_t(r1 - r0) * V * sizeof(float),
-                                    cudaMemcpyDeviceToHost, stream_));
+    DSV2_CUDA_CHECK(cudaMemcpyAsync(logits + size_t(r0) * V, logits_.p + size_t(r0) * V,
+                                    size_t(r1 - r0) * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     r0 = r1;
   }
   if (choose) {
@@ -1054,9 +1054,9 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
       }
       for (int r = 0; r < R; ++r) {
         const RowSampling& q = sampling[r];
-        row_params_pin_[r] = use[r] == RowUse::sample
-                                 ? SampleRowParams{q.temperature, q.top_p, q.min_p, q.top_k, std::min(float(q.u), 0.99999994f)}
-                                 : SampleRowParams{0.0f, 1.0f, 0.0f, 0, 0.0f};
+        const float u = std::min(float(q.u), 0.99999994f);  // below 1 after the rounding to float
+        row_params_pin_[r] = use[r] == RowUse::sample ? SampleRowParams{q.temperature, q.top_p, q.min_p, q.top_k, u}
+                                                      : SampleRowParams{0.0f, 1.0f, 0.0f, 0, 0.0f};
       }
       row_params_.reserve(size_t(R));  // not used inside graphs
       DSV2_CUDA_CHECK(cudaMemcpyAsync(row_params_.p, row_params_pin_, size_t(R) * sizeof(SampleRowParams),

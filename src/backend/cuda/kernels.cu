@@ -1054,22 +1054,25 @@ void moe_combine(const float* yp, const int32_t* slot_of, const float* weights, 
   DSV2_CUDA_LAUNCHED();
 }
 
+// The candidate columns of a row: the first v_limit (when 0 < v_limit < V), else all V.
+static int candidates(int V, int v_limit) { return v_limit > 0 && v_limit < V ? v_limit : V; }
+
+static void launch_sample(const float* logits, int R, int V, int v_limit, float temperature, float top_p,
+                          uint64_t seed, uint64_t step, const SampleRowParams* rp, int32_t* out, cudaStream_t s) {
+  if (R == 0) return;
+  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, candidates(V, v_limit),
+             temperature, top_p, seed, step, rp, out);
+  DSV2_CUDA_LAUNCHED();
+}
+
 void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
                  uint64_t step, int32_t* out, cudaStream_t s) {
-  if (R == 0) return;
-  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
-  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, temperature, top_p,
-             seed, step, static_cast<const SampleRowParams*>(nullptr), out);
-  DSV2_CUDA_LAUNCHED();
+  launch_sample(logits, R, V, v_limit, temperature, top_p, seed, step, nullptr, out, s);
 }
 
 void sample_rows_each(const float* logits, int R, int V, int v_limit, const SampleRowParams* p, int32_t* out,
                       cudaStream_t s) {
-  if (R == 0) return;
-  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
-  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, 0.0f, 1.0f,
-             uint64_t(0), uint64_t(0), p, out);
-  DSV2_CUDA_LAUNCHED();
+  launch_sample(logits, R, V, v_limit, 0.0f, 1.0f, 0, 0, p, out, s);
 }
 
 // argmax_rows: block (p, r) takes columns [p * chunk, (p + 1) * chunk) of row r's first n.
@@ -1121,7 +1124,7 @@ size_t argmax_scratch_bytes(int R, int V) { return size_t(R) * argmax_parts(V) *
 
 void argmax_rows(const float* logits, int R, int V, int v_limit, int32_t* out, void* scratch, cudaStream_t s) {
   if (R == 0) return;
-  const int n = v_limit > 0 && v_limit < V ? v_limit : V;
+  const int n = candidates(V, v_limit);
   const int P = argmax_parts(n);
   float* pv = static_cast<float*>(scratch);
   int* pi = reinterpret_cast<int*>(pv + size_t(R) * P);
