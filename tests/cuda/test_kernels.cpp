@@ -569,6 +569,14 @@ void run_attention_case(const AttnCase& ac, const std::vector<int>& split_counts
     mla_attention(p, ac.kv_lora, ac.rope, 0);
     const auto out = from_bf16(dout.get());
     EXPECT_LT(rel_err(out, ref), 1e-2) << "heads=" << heads << " D=" << D << " splits=" << n_splits;
+    if (mla_attention_cluster_merge_supported(p, ac.kv_lora)) {  // the splits merged in a cluster: same bits
+      p.cluster_merge = true;
+      dout.poison();
+      part_o.poison();
+      part_ml.poison();
+      mla_attention(p, ac.kv_lora, ac.rope, 0);
+      EXPECT_EQ(from_bf16(dout.get()), out) << "cluster merge, heads=" << heads << " D=" << D << " splits=" << n_splits;
+    }
     // Every chunk on its own too, so that a short chunk cannot hide behind the long ones.
     tok = 0;
     for (size_t ci = 0; ci < ac.chunks.size(); ++ci) {
@@ -595,7 +603,7 @@ TEST(CudaKernels, MlaAttentionPagedCausal) {
       {5, 20, 6, {{0, 10}, {70, 3}}},     // D = 26: rows only 4-byte aligned
       {2, 30, 5, {{0, 9}, {64, 1}}},      // D = 35: odd row width, plain loads
   };
-  for (const auto& ac : cases) run_attention_case(ac, {1, 4, 16, 64}, g);
+  for (const auto& ac : cases) run_attention_case(ac, {1, 4, 8, 16, 64}, g);
 }
 
 // One token over few splits: gemv1_combine (the W_UV product merging the attention splits itself)
@@ -637,6 +645,15 @@ TEST(CudaKernels, OneTokenUvProductMergesSplits) {
         const auto a = from_bf16(y1.get()), b = from_bf16(y2.get());
         for (size_t i = 0; i < a.size(); ++i)
           ASSERT_EQ(a[i], b[i]) << "heads " << heads << " context " << len + 1 << " splits " << S << " output " << i;
+        if (mla_attention_cluster_merge_supported(p, kvl)) {  // merged in the attention launch, then gemv1
+          p.cluster_merge = true;
+          dlat.poison();
+          y2.poison();
+          mla_attention(p, kvl, rope, 0);
+          gemv1(dlat.p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y2.p, false, 0, vdim, rows, kvl);
+          EXPECT_EQ(from_bf16(y2.get()), a)
+              << "cluster merge, heads " << heads << " context " << len + 1 << " splits " << S;
+        }
       }
     }
   }

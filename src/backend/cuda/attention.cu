@@ -19,6 +19,8 @@
 // memory. With D = 576 the block uses ~96 KB of shared memory: two blocks per SM. When the cache
 // range is split across blocks (long contexts, small batches) a block writes its unnormalized O with
 // its row max and sum, and a combine pass merges the splits.
+#include <cooperative_groups.h>
+
 #include <cstdint>
 
 #include "backend/cuda/bf16_math.cuh"
@@ -344,7 +346,68 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
 #pragma unroll
   for (int o2 = 8; o2 > 0; o2 >>= 1) l_row += __shfl_xor_sync(0xffffffffu, l_row, o2);
   const bool vec = (DV & 1) == 0;
-  if (p.n_splits == 1) {
+  if (p.cluster_merge) {
+    // The splits of this item are one thread-block cluster: each block leaves its row maxima, sums and
+    // unnormalized O in its own shared memory (O where the cache tiles were), and after a cluster
+    // barrier block `split` merges a slice of the columns from all of them (mla_combine_few_kernel's
+    // operations in its order, so the same bits) and writes the normalized rows.
+    __shared__ float cml[kRows][2];
+    __shared__ float csw[kRows][16];
+    float* sO = reinterpret_cast<float*>(smem + L.k);  // [kRows, DV]
+    __syncthreads();  // every warp is done with the cache tiles
+    if ((lane & 15) == 0) {
+      cml[srow][0] = m_row * sl2;  // log2 units
+      cml[srow][1] = l_row;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = g + 8 * h;
+#pragma unroll
+      for (int n = 0; n < NTW; ++n) {
+        const int c = n0 + n * 8 + 2 * t4;
+        if (c < DV) sO[r * DV + c] = o[n][2 * h];
+        if (c + 1 < DV) sO[r * DV + c + 1] = o[n][2 * h + 1];
+      }
+    }
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    const int S = p.n_splits, r = tid >> 4, sub = tid & 15;
+    float m = -INFINITY, l = 0.0f;
+    if (sub < S && r < nrows) {
+      const float* rml = cluster.map_shared_rank(&cml[0][0], sub);
+      l = rml[r * 2 + 1];
+      if (l > 0.0f) m = rml[r * 2];
+    }
+    float Lsum;
+    csw[r][sub] = split_weight16(m, l, 0xffffffffu, Lsum);
+    __syncwarp();
+    if (r < nrows) {
+      const float inv = Lsum > 0.0f ? 1.0f / Lsum : 0.0f;
+      const int span = ((DV + S - 1) / S + 3) / 4 * 4, cb = split * span, ce = min(DV, cb + span);
+      bf16* out = p.out + (qrow0 + r) * DV;
+      for (int c = cb + 4 * sub; c < ce; c += 64) {
+        float4 v[kAttnClusterMergeMax];  // every split's piece in flight at once
+#pragma unroll
+        for (int s = 0; s < kAttnClusterMergeMax; ++s)
+          if (s < S) v[s] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(sO, s) + r * DV + c);
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int s = 0; s < kAttnClusterMergeMax; ++s) {
+          const float ws = s < S ? csw[r][s] : 0.0f;
+          if (ws == 0.0f) continue;
+          acc.x += ws * v[s].x;
+          acc.y += ws * v[s].y;
+          acc.z += ws * v[s].z;
+          acc.w += ws * v[s].w;
+        }
+        __nv_bfloat162 v2[2] = {__floats2bfloat162_rn(acc.x * inv, acc.y * inv),
+                                __floats2bfloat162_rn(acc.z * inv, acc.w * inv)};
+        *reinterpret_cast<uint2*>(out + c) = *reinterpret_cast<const uint2*>(v2);
+      }
+    }
+    cluster.sync();  // no block leaves while another reads its shared memory
+  } else if (p.n_splits == 1) {
     __syncthreads();  // the last tile's readers of sF are done
     if ((lane & 15) == 0) sF[srow] = l_row > 0.0f ? 1.0f / l_row : 0.0f;
     __syncthreads();
@@ -535,7 +598,23 @@ void launch_attn(AttnParams p, int D, int DV, cudaStream_t s) {
     return v ? std::atoi(v) : 16;
   }();
   p.pdl = p.n_items * p.n_splits <= pdl_max && pdl_enabled();
-  if (p.pdl)
+  if (p.cluster_merge) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(p.n_items, p.n_splits);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = L.bytes;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = unsigned(p.n_splits);
+    attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = p.pdl && s != nullptr ? 2 : 1;
+    DSV2_CUDA_CHECK(cudaLaunchKernelEx(&cfg, mla_attn_kernel<NTW, DC>, p, D, DV));
+  } else if (p.pdl)
     launch_pdl(mla_attn_kernel<NTW, DC>, dim3(p.n_items, p.n_splits), dim3(kThreads), L.bytes, s, p, D, DV);
   else
     mla_attn_kernel<NTW, DC><<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
@@ -544,8 +623,16 @@ void launch_attn(AttnParams p, int D, int DV, cudaStream_t s) {
 
 }  // namespace
 
-void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, bool combine) {
-  if (p.n_items == 0) return;
+bool mla_attention_cluster_merge_supported(const AttnParams& p, int kv_lora) {
+  return device_is_hopper() && p.n_splits >= 2 && p.n_splits <= kAttnClusterMergeMax && kv_lora % 4 == 0 &&
+         kv_lora <= 64 * kWarps;
+}
+
+void mla_attention(const AttnParams& params, int kv_lora, int rope, cudaStream_t s, bool combine) {
+  if (params.n_items == 0) return;
+  AttnParams p = params;
+  DSV2_CHECK(!p.cluster_merge || mla_attention_cluster_merge_supported(p, kv_lora),
+             "mla_attention: {} splits of a {}-wide latent cannot merge in a cluster", p.n_splits, kv_lora);
   const int D = kv_lora + rope, DV = kv_lora;
   // Output columns per warp: 64 (8 n8 tiles) covers kv_lora up to 512, 8 covers up to 64.
   if (DV <= 8 * kWarps)
@@ -556,7 +643,7 @@ void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, b
     launch_attn<8, 0>(p, D, DV, s);
   else
     fail("mla_attention: kv_lora_rank {} is larger than the kernel's 512 columns", kv_lora);
-  if (!combine) return;
+  if (!combine || p.cluster_merge) return;
   if (p.n_splits > 1 && p.n_splits <= kCombineFewMax && DV % 4 == 0 && DV <= 512) {
     mla_combine_few_kernel<<<p.n_items, 256, 0, s>>>(p, DV);
     DSV2_CUDA_LAUNCHED();

@@ -74,6 +74,9 @@ struct AttnParams {
   float* part_o;            // [n_items, n_splits, kAttnRows, kv_lora] split partials (n_splits > 1)
   float* part_ml;           // [n_items, n_splits, kAttnRows, 2] max and sum
   bool pdl = false;         // set by mla_attention: launched with PDL (small grids only)
+  // 2 <= n_splits <= kAttnClusterMergeMax: the splits of an item run as one thread-block cluster and
+  // merge through distributed shared memory; out is written, part_o / part_ml are not used
+  bool cluster_merge = false;
 };
 // (token, head) rows per block: one m16 tile (V2-Lite's 16 heads of a token; V2's 128 heads make
 // 8 items per token; with other head counts an item straddles tokens).
@@ -84,6 +87,8 @@ constexpr int kAttnTile = 64;   // cache block size the kernel's block tables in
 // combine = false: the split partials stay in part_o / part_ml for gemv1_combine (out is not written
 // when n_splits > 1).
 void mla_attention(const AttnParams& p, int kv_lora, int rope, cudaStream_t s, bool combine = true);
+constexpr int kAttnClusterMergeMax = 8;  // the portable cluster size
+bool mla_attention_cluster_merge_supported(const AttnParams& p, int kv_lora);
 // Split counts merged by the few-splits combine (one block per item), and by gemv1_combine.
 constexpr int kAttnCombineFewMax = 16;
 
