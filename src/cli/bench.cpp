@@ -321,12 +321,14 @@ json engine_decode(Model& model, int64_t B, int prompt, int gen, int warmup, flo
   if (missing != 0) fail("engine bench: {} tokens missing", missing);
   const EngineStats s1 = e.stats();
   const double per = steps ? 1e3 / double(steps) : 0.0;
-  // forward: inside Model::forward_select (host preparation, the GPU's work, the ids' copy); the rest
-  // of a step is the engine's own host work (scheduling, events).
+  // forward: inside the model's calls (host preparation; forward_select's GPU work and the ids' copy,
+  // or queuing a pass and waiting for the one before it); the rest of a step is the engine's own host
+  // work (scheduling, events). chained_steps: decode steps queued before the last one's ids were read.
   return {{"bench", "engine_decode"}, {"batch", B}, {"prompt", prompt}, {"gen", gen}, {"temperature", temperature},
           {"top_p", top_p}, {"decode_tok_s", double(timed_tokens) / s}, {"steps", steps}, {"ms_per_step", s * per},
           {"forward_ms_per_step", (s1.forward_seconds - s0.forward_seconds) * per},
           {"engine_step_ms_per_step", (s1.step_seconds - s0.step_seconds) * per},
+          {"chained_steps", s1.chained_steps - s0.chained_steps},
           {"distinct_last_ids", distinct(last)}};
 }
 

@@ -72,6 +72,23 @@ class Model {
                               int64_t vocab_limit, float* logits, int32_t* ids);
   // Whether forward_select draws RowUse::sample rows itself (the CUDA backend); the default refuses them.
   virtual bool samples_rows() const { return false; }
+  // forward_select for a batch whose rows need no logits (RowUse greedy, sample or none), queued: `ids`
+  // (which must stay valid) holds the ids once wait_selected() has returned for this pass. Passes
+  // complete in the order they were queued, at most two in flight. chain: every chunk is one token
+  // whose input is the id that the previous queued pass chose for the row of the same index (the
+  // chunk's own value is not read), so that a decode step can be queued before the host has seen the
+  // last one; that pass must have chosen an id for each of its rows, one row per chunk.
+  // This default runs the pass at once (wait_selected() then has nothing to wait for).
+  virtual void queue_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                            int64_t vocab_limit, int32_t* ids, bool chain);
+  // Waits for the oldest queued pass; false when none is pending.
+  virtual bool wait_selected() { return false; }
+  // Whether queue_select returns before the pass has run (the CUDA backend).
+  virtual bool queues_passes() const { return false; }
+
+ private:
+  std::vector<int32_t> chain_ids_;  // the default queue_select: the last pass's ids (empty: not chainable)
+  std::vector<float> queue_logits_;
 };
 
 std::unique_ptr<Model> make_cpu_model(std::shared_ptr<const ModelWeights> weights, const CacheOptions& opts);

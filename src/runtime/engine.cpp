@@ -40,11 +40,17 @@ Engine::Engine(Model& model, EngineOptions opts)
       n_valid_(opts.n_valid_vocab > 0 ? std::min<int32_t>(opts.n_valid_vocab, int32_t(model.config().vocab_size))
                                       : int32_t(model.config().vocab_size)),
       sched_(model.blocks(), opts.scheduler) {
+  overlap_ = (o_.overlap < 0 ? model.queues_passes() : o_.overlap > 0) && std::getenv("DSV2_ENGINE_NO_OVERLAP") == nullptr;
   publish_stats();
 }
 
 Engine::~Engine() {
   stop();
+  try {
+    drain();  // no queued pass may still write into this engine's buffers
+  } catch (const std::exception& e) {
+    log::error("engine", "waiting for the last step failed: {}", e.what());
+  }
   for (auto& [id, l] : live_) {
     EngineEvent ev;
     ev.kind = EngineEvent::Kind::error;
@@ -152,9 +158,7 @@ void Engine::finish(Live& l, EngineEvent ev) {
   live_.erase(l.seq.id);  // destroys l
 }
 
-bool Engine::step() {
-  const Clock::time_point t_step = Clock::now();
-  take_incoming();
+void Engine::drop_cancelled() {
   // Cancelled requests give their blocks back before anything is scheduled.
   for (auto it = live_.begin(); it != live_.end();) {
     Live& l = *it->second;
@@ -164,62 +168,190 @@ bool Engine::step() {
       live_.erase(l.seq.id);
     }
   }
-  std::vector<ScheduledChunk> chunks = sched_.schedule();
-  if (chunks.empty()) {
-    publish_stats();
-    return false;
-  }
-  std::vector<SeqChunk> batch;
-  batch.reserve(chunks.size());
-  for (const ScheduledChunk& ch : chunks)
-    batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
-  const int64_t V = model_.config().vocab_size;
-  logits_.resize(size_t(Model::logits_rows(batch) * V));
+}
+
+std::unique_ptr<Engine::Pass> Engine::prepare(std::vector<ScheduledChunk> chunks) {
+  auto p = std::make_unique<Pass>();
+  p->chunks = std::move(chunks);
+  const size_t n = p->chunks.size();
   // Greedy rows without logprobs need only their argmax, sampled rows without penalties or logprobs
   // only a draw where the backend draws itself (the CUDA one: no row is copied); rows that do not
   // sample need nothing.
-  use_.assign(chunks.size(), RowUse::none);
-  ids_.assign(chunks.size(), 0);
-  rows_sampling_.assign(chunks.size(), RowSampling{});
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    if (!chunks[i].sample) continue;
-    Sampler& s = live_.at(chunks[i].seq->id)->sampler;
-    use_[i] = rows_always_ ? RowUse::logits : row_use_for(s, model_, rows_sampling_[i]);
+  p->use.assign(n, RowUse::none);
+  p->ids.assign(n, 0);
+  p->sampling.assign(n, RowSampling{});
+  for (size_t i = 0; i < n; ++i) {
+    if (!p->chunks[i].sample) continue;
+    Sampler& s = live_.at(p->chunks[i].seq->id)->sampler;
+    p->use[i] = rows_always_ ? RowUse::logits : row_use_for(s, model_, p->sampling[i]);
   }
-  const Clock::time_point t_fwd = Clock::now();
+  return p;
+}
+
+bool Engine::launch(Pass& p, bool chain) {
+  std::vector<SeqChunk> batch;
+  batch.reserve(p.chunks.size());
+  for (const ScheduledChunk& ch : p.chunks)
+    batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
+  const bool queue =
+      overlap_ && std::none_of(p.use.begin(), p.use.end(), [](RowUse u) { return u == RowUse::logits; });
+  const Clock::time_point t0 = Clock::now();
   try {
-    model_.forward_select(batch, use_.data(), rows_sampling_.data(), n_valid_, logits_.data(), ids_.data());
+    if (queue) {
+      model_.queue_select(batch, p.use.data(), p.sampling.data(), n_valid_, p.ids.data(), chain);
+      p.queued = true;
+    } else {
+      logits_.resize(size_t(Model::logits_rows(batch) * model_.config().vocab_size));
+      model_.forward_select(batch, p.use.data(), p.sampling.data(), n_valid_, logits_.data(), p.ids.data());
+      p.logits = logits_.data();
+    }
   } catch (const std::exception& e) {
-    log::error("engine", "forward failed for a batch of {} sequences: {}", chunks.size(), e.what());
-    for (const ScheduledChunk& ch : chunks) {
+    log::error("engine", "forward failed for a batch of {} sequences: {}", p.chunks.size(), e.what());
+    drain();
+    for (const ScheduledChunk& ch : p.chunks) {
       EngineEvent ev;
       ev.kind = EngineEvent::Kind::error;
       ev.error = e.what();
       finish(*live_.at(ch.seq->id), std::move(ev));
     }
-    publish_stats();
-    return true;
+    return false;
   }
+  forward_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+  for (const ScheduledChunk& ch : p.chunks) forward_tokens_ += ch.count;
+  return true;
+}
+
+void Engine::drain() {
+  while (model_.wait_selected()) {
+  }
+}
+
+bool Engine::step() {
+  const Clock::time_point t_step = Clock::now();
+  take_incoming();
+  if (in_flight_) {
+    step_in_flight();
+  } else {
+    drop_cancelled();
+    std::vector<ScheduledChunk> chunks = sched_.schedule();
+    if (chunks.empty()) {
+      publish_stats();
+      return false;
+    }
+    std::unique_ptr<Pass> p = prepare(std::move(chunks));
+    if (launch(*p, false)) {
+      if (p->queued)
+        in_flight_ = std::move(p);  // the next step() queues the step after it, then reads its ids
+      else
+        complete(*p, nullptr);
+    }
+  }
+  step_seconds_ += std::chrono::duration<double>(Clock::now() - t_step).count();
+  publish_stats();
+  return true;
+}
+
+bool Engine::can_chain(const Pass& cur) {
+  // The next step would be exactly one decode row for each sequence of this one, in the same order:
+  // nothing waits for admission, every running sequence is in this step, no blocks have to be taken
+  // from a running sequence, and none of them surely ends with this step's token.
+  if (!overlap_ || !cur.queued || sched_.waiting() > 0 || sched_.running() != cur.chunks.size()) return false;
+  int64_t new_blocks = 0;
+  for (size_t i = 0; i < cur.chunks.size(); ++i) {
+    const ScheduledChunk& ch = cur.chunks[i];
+    if (ch.count != 1 || !ch.sample || (cur.use[i] != RowUse::greedy && cur.use[i] != RowUse::sample)) return false;
+    const Live& l = *live_.at(ch.seq->id);
+    if (l.finishing || l.input_pending || l.channel->cancelled(l.req.choice)) return false;
+    if (l.seq.generated() + 1 >= l.req.max_tokens || int64_t(l.seq.tokens.size()) + 1 >= max_context_) return false;
+    if (l.seq.cache.length + 1 > l.seq.cache.capacity()) ++new_blocks;
+  }
+  BlockAllocator& a = model_.blocks();
+  return new_blocks <= int64_t(a.free_count()) + int64_t(sched_.prefix_cache().evictable());
+}
+
+void Engine::step_in_flight() {
+  std::unique_ptr<Pass> cur = std::move(in_flight_);
+  std::unique_ptr<Pass> next;
+  std::vector<ScheduledChunk> later;  // scheduled ahead but not in the chained form
+  if (can_chain(*cur)) {
+    for (const ScheduledChunk& ch : cur->chunks) {
+      Live& l = *live_.at(ch.seq->id);
+      l.seq.tokens.push_back(0);  // the id this step is choosing: the next step's input on the device
+      l.input_pending = true;
+    }
+    std::vector<ScheduledChunk> chunks = sched_.schedule();
+    bool same = chunks.size() == cur->chunks.size();
+    for (size_t i = 0; same && i < chunks.size(); ++i)
+      same = chunks[i].seq == cur->chunks[i].seq && chunks[i].count == 1 && chunks[i].sample;
+    if (same) {
+      next = prepare(std::move(chunks));
+      if (!launch(*next, true)) return;  // every sequence of both steps got an error event
+      ++chained_;
+    } else {
+      later = std::move(chunks);
+    }
+  }
+  const Clock::time_point t0 = Clock::now();
+  model_.wait_selected();  // this step's ids (passes complete in order)
+  forward_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<uint64_t> later_ids;
+  for (const ScheduledChunk& ch : later) later_ids.push_back(ch.seq->id);
+  complete(*cur, next.get());
+  if (next) {
+    in_flight_ = std::move(next);
+    return;
+  }
+  // Chunks scheduled ahead but not chained: their placeholders now hold the ids; sequences that
+  // finished meanwhile are gone.
+  std::vector<ScheduledChunk> keep;
+  for (size_t i = 0; i < later.size(); ++i)
+    if (live_.count(later_ids[i])) keep.push_back(later[i]);
+  if (keep.empty()) return;
+  std::unique_ptr<Pass> p = prepare(std::move(keep));
+  if (launch(*p, false)) {
+    if (p->queued)
+      in_flight_ = std::move(p);
+    else
+      complete(*p, nullptr);
+  }
+}
+
+void Engine::deliver(Pass& p, const Pass* next) {
   ++steps_;
-  forward_seconds_ += std::chrono::duration<double>(Clock::now() - t_fwd).count();
-  for (const ScheduledChunk& ch : chunks) forward_tokens_ += ch.count;
-  sched_.after_forward(chunks);
+  const int64_t V = model_.config().vocab_size;
   const Clock::time_point now = Clock::now();
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    if (!chunks[i].sample) continue;
-    Live& l = *live_.at(chunks[i].seq->id);
+  for (size_t i = 0; i < p.chunks.size(); ++i) {
+    if (!p.chunks[i].sample) continue;
+    Live& l = *live_.at(p.chunks[i].seq->id);
+    if (l.finishing) continue;  // finished with the step before: this row is not used
+    if (l.channel->cancelled(l.req.choice)) {  // no more events; freed now or when the queued step is done
+      if (next) {
+        l.finishing = true;
+      } else {
+        sched_.finish(&l.seq);
+        live_.erase(l.seq.id);
+      }
+      continue;
+    }
     EngineEvent ev;
     ev.kind = EngineEvent::Kind::token;
     ev.choice = l.req.choice;
     ev.time = now;
-    const std::span<const int32_t> all(l.seq.tokens);
-    const std::span<const float> row(logits_.data() + i * size_t(V), size_t(V));
-    ev.token = row_choice(use_[i], ids_[i], l.sampler, row, all.first(size_t(l.seq.prompt_len)),
+    const size_t known = l.seq.tokens.size() - (l.input_pending ? 1 : 0);
+    const std::span<const int32_t> all(l.seq.tokens.data(), known);
+    const std::span<const float> row =
+        p.logits ? std::span<const float>(p.logits + i * size_t(V), size_t(V)) : std::span<const float>();
+    ev.token = row_choice(p.use[i], p.ids[i], l.sampler, row, all.first(size_t(l.seq.prompt_len)),
                           all.subspan(size_t(l.seq.prompt_len)));
     const int32_t id = ev.token.id;
     ev.stop_token = std::find(l.req.stop_ids.begin(), l.req.stop_ids.end(), id) != l.req.stop_ids.end();
     const bool stop_token = ev.stop_token;
-    l.seq.tokens.push_back(id);
+    if (l.input_pending) {
+      l.seq.tokens.back() = id;
+      l.input_pending = false;
+    } else {
+      l.seq.tokens.push_back(id);
+    }
     ++generated_;
     l.channel->push(std::move(ev));
     const char* reason = nullptr;
@@ -231,12 +363,37 @@ bool Engine::step() {
       EngineEvent fin;
       fin.kind = EngineEvent::Kind::finish;
       fin.finish_reason = reason;
-      finish(l, std::move(fin));
+      if (next) {  // the queued step computes a row for it: its blocks stay until that step is done
+        fin.choice = l.req.choice;
+        fin.time = Clock::now();
+        l.channel->push(std::move(fin));
+        l.finishing = true;
+      } else {
+        finish(l, std::move(fin));
+      }
     }
   }
-  step_seconds_ += std::chrono::duration<double>(Clock::now() - t_step).count();
-  publish_stats();
-  return true;
+}
+
+void Engine::complete(Pass& p, const Pass* next) {
+  if (next) {
+    // Nothing of this pass is freed now (its sequences all have a row in the queued step); the
+    // placeholders resolved, the newly filled blocks can be registered.
+    deliver(p, next);
+    sched_.after_forward(p.chunks);
+    return;
+  }
+  std::vector<uint64_t> ids;
+  for (const ScheduledChunk& ch : p.chunks) ids.push_back(ch.seq->id);
+  sched_.after_forward(p.chunks);
+  deliver(p, nullptr);
+  // sequences that finished with the step before and had their last row in this one
+  for (uint64_t id : ids) {
+    auto it = live_.find(id);
+    if (it == live_.end() || !it->second->finishing) continue;
+    sched_.finish(&it->second->seq);
+    live_.erase(it);
+  }
 }
 
 void Engine::publish_stats() {
@@ -253,6 +410,7 @@ void Engine::publish_stats() {
   s.prefix_hit_tokens = c.prefix_hit_tokens;
   s.preemptions = c.preemptions;
   s.steps = steps_;
+  s.chained_steps = chained_;
   s.generated_tokens = generated_;
   s.forward_tokens = forward_tokens_;
   s.forward_seconds = forward_seconds_;
@@ -275,6 +433,11 @@ void Engine::loop() {
     } catch (const std::exception& e) {
       // An engine invariant broke: fail every request rather than leave clients hanging.
       log::error("engine", "step failed: {}", e.what());
+      try {
+        drain();
+      } catch (const std::exception&) {
+      }
+      in_flight_.reset();
       std::vector<uint64_t> ids;
       for (auto& [id, l] : live_) ids.push_back(id);
       for (uint64_t id : ids) {

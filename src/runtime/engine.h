@@ -2,6 +2,14 @@
 // The serving engine: one thread that repeatedly schedules (continuous batching over the paged
 // latent cache), runs Model::forward on the batch and samples each sequence's next token.
 //
+// Overlapped decoding (models whose passes are queued, the CUDA one): while a decode step whose rows
+// need no logits is running, the next step of the same sequences is queued with the ids the running
+// step chooses on the device as its inputs, before the host has read them; then the host reads the
+// earlier step's ids and sends its events. A sequence that finishes with the earlier step has its row
+// of the queued step discarded; its blocks are freed when that step is done. Steps with new prompts,
+// waiting requests, cancellations, rows needing logits or a cache too full to grow without preemption
+// are not overlapped.
+//
 // Only native types cross threads, through two kinds of queues: requests go in through submit()
 // (the incoming queue), and each client request has a ResultChannel that the engine fills with
 // token / finish / error events for all of its choices. Cancelling a channel (a client that went
@@ -71,6 +79,9 @@ struct EngineOptions {
   int64_t max_queue = 1024;   // waiting sequences; submit() refuses beyond this
   int64_t max_context = 0;    // positions per sequence; 0 = the model's max_position_embeddings
   int32_t n_valid_vocab = 0;  // ids >= this are never sampled; 0 = the model's vocab_size
+  // Overlapped decoding (above): -1 where the model queues passes, 0 never, 1 always (also on a model
+  // that runs them at once, which gives the same results). DSV2_ENGINE_NO_OVERLAP=1 turns it off.
+  int overlap = -1;
 };
 
 struct EngineStats {
@@ -78,6 +89,7 @@ struct EngineStats {
   int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0, blocks_free = 0;
   int64_t prompt_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
   int64_t steps = 0, generated_tokens = 0, forward_tokens = 0;
+  int64_t chained_steps = 0;  // decode steps queued before the host had read the previous step's ids
   double forward_seconds = 0, step_seconds = 0;  // time in Model::forward / in whole steps
 };
 
@@ -113,11 +125,31 @@ class Engine {
     Sampler sampler;
     EngineRequest req;
     std::shared_ptr<ResultChannel> channel;
+    bool input_pending = false;  // seq.tokens.back() stands for the id a queued step has not reported yet
+    bool finishing = false;      // finished (its events sent) while a queued step still computes its row
+  };
+  // One forward call: its chunks, what each row needs, and the chosen ids.
+  struct Pass {
+    std::vector<ScheduledChunk> chunks;
+    std::vector<RowUse> use;
+    std::vector<RowSampling> sampling;
+    std::vector<int32_t> ids;
+    const float* logits = nullptr;  // synchronous passes: logits_rows x vocab_size (the engine's buffer)
+    bool queued = false;        // by queue_select: the ids are valid after wait_selected()
   };
   void loop();
   void take_incoming();
+  void drop_cancelled();
   void finish(Live& l, EngineEvent ev);
   void publish_stats();
+  std::unique_ptr<Pass> prepare(std::vector<ScheduledChunk> chunks);
+  bool launch(Pass& p, bool chain);  // false (after error events) when the model failed
+  bool can_chain(const Pass& cur);
+  void step_in_flight();
+  // Sends the events of a completed pass; next: the pass queued after it (chained), still running.
+  void deliver(Pass& p, const Pass* next);
+  void complete(Pass& p, const Pass* next);  // deliver, prefix-cache registration, retiring
+  void drain();                              // waits for every queued pass
 
   Model& model_;
   EngineOptions o_;
@@ -136,12 +168,11 @@ class Engine {
   // Engine thread only.
   std::unordered_map<uint64_t, std::unique_ptr<Live>> live_;
   uint64_t next_id_ = 1;
-  int64_t steps_ = 0, generated_ = 0, forward_tokens_ = 0;
+  int64_t steps_ = 0, generated_ = 0, forward_tokens_ = 0, chained_ = 0;
   double forward_seconds_ = 0, step_seconds_ = 0;
-  std::vector<float> logits_;
-  std::vector<RowUse> use_;
-  std::vector<RowSampling> rows_sampling_;
-  std::vector<int32_t> ids_;
+  std::unique_ptr<Pass> in_flight_;  // a queued pass whose ids have not been read
+  std::vector<float> logits_;        // the synchronous pass's rows (kept: batches of rows are large)
+  bool overlap_ = false;
   // DSV2_ENGINE_ROWS=1: every sampling row crosses whole and is sampled on the host (A/B measurements).
   bool rows_always_ = std::getenv("DSV2_ENGINE_ROWS") != nullptr;
 };

@@ -66,6 +66,8 @@ std::string Metrics::render(const EngineStats& s) const {
       s.prompt_tokens > 0 ? double(s.prefix_hit_tokens) / double(s.prompt_tokens) : 0.0);
   one("dsv2_preemptions_total", "counter", "Sequences preempted (blocks returned, recomputed later).", s.preemptions);
   one("dsv2_engine_steps_total", "counter", "Forward steps run by the engine.", s.steps);
+  one("dsv2_engine_chained_steps_total", "counter",
+      "Decode steps queued before the previous step's tokens were read (overlapped).", s.chained_steps);
   one("dsv2_engine_forward_tokens_total", "counter", "Tokens run through the model (prompt chunks and decodes).",
       s.forward_tokens);
   one("dsv2_engine_forward_seconds_total", "counter", "Time spent in the model's forward pass.", s.forward_seconds);

@@ -225,9 +225,13 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenParity, ::testing::Values("lite", "v2", "
 // The engine on the GPU: greedy requests without logprobs take their ids from the device
 // (forward_select's argmax), one with logprobs takes its whole row, and two sampled ones are drawn on
 // the device with uniforms from their own seeds (one with top-k 1), all in the same batches.
+// overlap: EngineOptions::overlap; without logprobs no row needs logits, so decode steps overlap.
 void run_mixed(Model& gpu, const std::vector<std::vector<int32_t>>& ps, int n, std::vector<std::vector<int32_t>>& got,
-               std::vector<std::vector<float>>& lps) {
-  Engine e(gpu, EngineOptions{});
+               std::vector<std::vector<float>>& lps, int overlap = -1, bool logprobs = true,
+               int64_t* chained = nullptr) {
+  EngineOptions eo;
+  eo.overlap = overlap;
+  Engine e(gpu, eo);
   std::vector<std::shared_ptr<ResultChannel>> chans;
   for (size_t i = 0; i < ps.size(); ++i) {
     EngineRequest r;
@@ -237,7 +241,7 @@ void run_mixed(Model& gpu, const std::vector<std::vector<int32_t>>& ps, int n, s
     r.sampling.top_k = i == 5 ? 1 : 0;
     r.sampling.seed = 7;
     r.sampling.has_seed = true;
-    r.sampling.logprobs = i == 3;
+    r.sampling.logprobs = logprobs && i == 3;
     chans.push_back(std::make_shared<ResultChannel>());
     e.submit({r}, chans.back());
   }
@@ -256,6 +260,7 @@ void run_mixed(Model& gpu, const std::vector<std::vector<int32_t>>& ps, int n, s
       }
     }
   }
+  if (chained) *chained = e.stats().chained_steps;
 }
 
 TEST(CudaEngine, GreedyAndSampledRowsChosenOnTheDeviceInMixedBatches) {
@@ -279,6 +284,16 @@ TEST(CudaEngine, GreedyAndSampledRowsChosenOnTheDeviceInMixedBatches) {
   // The same requests again: the seeded draws repeat.
   run_mixed(*gpu, ps, n, again, lps2);
   EXPECT_EQ(again, got);
+  // Without the logprobs request every decode step after the first overlaps the one before (queued
+  // on its device ids): the same tokens as without overlap, and as above for the greedy requests.
+  std::vector<std::vector<int32_t>> over, plain;
+  int64_t chained_over = 0, chained_plain = 0;
+  run_mixed(*gpu, ps, n, over, lps2, -1, false, &chained_over);
+  run_mixed(*gpu, ps, n, plain, lps2, 0, false, &chained_plain);
+  EXPECT_GE(chained_over, n - 3);
+  EXPECT_EQ(chained_plain, 0);
+  EXPECT_EQ(over, plain);
+  EXPECT_EQ(over, got);
 }
 
 // A long generation: the CPU's greedy path of several hundred tokens, teacher-forced through the

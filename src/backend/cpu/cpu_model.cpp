@@ -37,6 +37,33 @@ void Model::forward_select(std::span<const SeqChunk> batch, const RowUse* use, c
   }
 }
 
+void Model::queue_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                         int64_t vocab_limit, int32_t* ids, bool chain) {
+  std::vector<SeqChunk> chained;
+  if (chain) {
+    if (batch.size() != chain_ids_.size())
+      fail("a chained pass needs the previous pass to have chosen one id per chunk ({} chunks, {} ids)", batch.size(),
+           chain_ids_.size());
+    chained.assign(batch.begin(), batch.end());
+    for (size_t i = 0; i < chained.size(); ++i) {
+      if (chained[i].tokens.size() != 1 || chained[i].all_logits) fail("a chained pass takes one-token chunks only");
+      chained[i].tokens = std::span<const int32_t>(&chain_ids_[i], 1);
+    }
+    batch = chained;
+  }
+  const int64_t rows = logits_rows(batch);
+  for (int64_t r = 0; r < rows; ++r)
+    if (use[r] == RowUse::logits) fail("queue_select: row {} asks for its logits", r);
+  queue_logits_.resize(size_t(rows * config().vocab_size));
+  forward_select(batch, use, sampling, vocab_limit, queue_logits_.data(), ids);
+  bool all = rows == int64_t(batch.size());
+  for (int64_t r = 0; r < rows; ++r) all = all && use[r] != RowUse::none;
+  if (all)
+    chain_ids_.assign(ids, ids + rows);
+  else
+    chain_ids_.clear();
+}
+
 namespace {
 
 using cpu::MatmulJob;

@@ -162,7 +162,6 @@ class CudaModelImpl final : public CudaModel {
       cudaEventDestroy(ids_[k].done);
     }
     if (host_offsets_) cudaFreeHost(host_offsets_);
-    if (row_params_pin_) cudaFreeHost(row_params_pin_);
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (cache_) cudaFree(cache_);
@@ -197,6 +196,18 @@ class CudaModelImpl final : public CudaModel {
     drain_ids();
   }
   bool samples_rows() const override { return true; }
+  void queue_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
+                    int64_t vocab_limit, int32_t* ids, bool chain) override {
+    for (int64_t r = 0, rows = logits_rows(batch); r < rows; ++r)
+      if (use[r] == RowUse::logits) fail("queue_select: row {} asks for its logits", r);
+    SampleOptions greedy;
+    greedy.vocab_limit = vocab_limit;
+    const uint64_t before = ids_queued_;
+    run(batch, nullptr, ids, greedy, 0, chain, use, sampling);
+    if (ids_queued_ - before > 1) drain_ids();  // several passes: one wait_selected() per call must do
+  }
+  bool wait_selected() override { return wait_sampled(); }
+  bool queues_passes() const override { return true; }
 
   // ---- CudaModel ----
   void forward_sample(std::span<const SeqChunk> batch, const SampleOptions& opt, uint64_t step,
@@ -336,14 +347,11 @@ class CudaModelImpl final : public CudaModel {
   // Rows of the last pass that sampled into sampled_ (0 when the last pass did not): what a chained
   // pass may read as its input tokens.
   int chain_rows_ = 0;
-  // forward_select's per-row sampling parameters (pinned, then on the device).
-  SampleRowParams* row_params_pin_ = nullptr;
-  size_t row_params_pin_n_ = 0;
-  DevBuf<SampleRowParams> row_params_;
+  uint64_t ids_queued_ = 0;  // id transfers queued so far
   const int32_t* tok_src_ = nullptr;  // the current pass's input ids: meta_ or, chained, sampled_
   uint64_t scratch_gen_ = 0;
   // Offsets (in int32) of the metadata arrays inside meta_ for the current pass.
-  size_t m_tok_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0;
+  size_t m_tok_ = 0, m_slot_ = 0, m_chunks_ = 0, m_items_ = 0, m_rows_ = 0, m_blocks_ = 0, m_rope_ = 0, m_params_ = 0;
 
   struct Graph {
     cudaGraphExec_t exec = nullptr;
@@ -875,7 +883,17 @@ void CudaModelImpl::run(std::span<const SeqChunk> batch, float* logits, int32_t*
 void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, int32_t* tokens,
                              const SampleOptions& opt, uint64_t step, bool chain, const RowUse* use,
                              const RowSampling* sampling) {
-  // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope].
+  // Host metadata: [tokens T][slot T][chunks 4C][items 4I][logit rows R][block tables][cos/sin T x rope]
+  // [sampled rows' parameters R x SampleRowParams, when rows are drawn].
+  // Which rows are chosen on the device: every row (forward_sample) or forward_select's greedy and
+  // sampled rows. A greedy-only choice runs inside the pass (and its graph), right after lm_head.
+  bool pick = !use, draw = false;
+  int64_t n_rows = 0;
+  for (auto& pc : pcs) n_rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
+  for (int64_t r = 0; use && r < n_rows; ++r) {
+    pick |= use[r] == RowUse::greedy || use[r] == RowUse::sample;
+    draw |= use[r] == RowUse::sample;
+  }
   int T = 0, R = 0, I = 0;
   int64_t max_kv = 0;
   size_t nblk = 0;
@@ -925,7 +943,10 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     const int want = int(std::clamp<int64_t>(std::min<int64_t>(2 * sms_ / I, by_len), 1, 128));
     while (n_splits * 2 <= want) n_splits *= 2;
   }
-  const size_t need = size_t(2 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_);
+  static_assert(sizeof(SampleRowParams) % sizeof(int32_t) == 0 && alignof(SampleRowParams) <= alignof(int32_t));
+  constexpr size_t kParamWords = sizeof(SampleRowParams) / sizeof(int32_t);
+  const size_t need =
+      size_t(2 * T + 4 * C + 4 * I + R) + nblk + size_t(T) * size_t(rope_) + (draw ? size_t(R) * kParamWords : 0);
   hmeta_cur_ ^= 1;
   HostMeta& hmb = hmeta_[hmeta_cur_];
   DSV2_CUDA_CHECK(cudaEventSynchronize(hmb.copied));  // its last copy (two passes ago) has been read
@@ -942,7 +963,18 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   m_rows_ = m_items_ + 4 * size_t(I);
   m_blocks_ = m_rows_ + size_t(R);
   m_rope_ = m_blocks_ + nblk;  // [T, rope] floats
+  m_params_ = m_rope_ + size_t(T) * size_t(rope_);
   int32_t* hm = hmb.p;
+  if (draw) {  // with the metadata, so that a queued pass's parameters are not rewritten before they are read
+    DSV2_CHECK(sampling != nullptr, "forward_select: sampled rows without their parameters");
+    auto* params = reinterpret_cast<SampleRowParams*>(hm + m_params_);
+    for (int r = 0; r < R; ++r) {
+      const RowSampling& q = sampling[r];
+      const float u = std::min(float(q.u), 0.99999994f);  // below 1 after the rounding to float
+      params[r] = use[r] == RowUse::sample ? SampleRowParams{q.temperature, q.top_p, q.min_p, q.top_k, u}
+                                           : SampleRowParams{0.0f, 1.0f, 0.0f, 0, 0.0f};
+    }
+  }
   int t = 0, it = 0, r = 0;
   size_t boff = 0;
   for (int ci = 0; ci < C; ++ci) {
@@ -982,13 +1014,6 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   DSV2_CUDA_CHECK(cudaEventRecord(hmb.copied, stream_));
   if (trace_n_.p) DSV2_CUDA_CHECK(cudaMemsetAsync(trace_n_.p, 0, sizeof(uint32_t), stream_));
 
-  // Which rows are chosen on the device: every row (forward_sample) or forward_select's greedy and
-  // sampled rows. A greedy-only choice runs inside the pass (and its graph), right after lm_head.
-  bool pick = !use, draw = false;
-  for (int r = 0; use && r < R; ++r) {
-    pick |= use[r] == RowUse::greedy || use[r] == RowUse::sample;
-    draw |= use[r] == RowUse::sample;
-  }
   const bool choose = tokens && R > 0 && pick;
   argmax_limit_ =
       choose && !draw && argmax_split_on_ && opt.temperature <= 0.0f ? int(std::max<int64_t>(opt.vocab_limit, 0)) : -1;
@@ -1046,30 +1071,17 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     if (argmax_limit_ >= 0) {
       // chosen inside the pass
     } else if (draw) {
-      // The pinned parameters are not rewritten before this pass ends (forward_select waits for it).
-      DSV2_CHECK(sampling != nullptr, "forward_select: sampled rows without their parameters");
-      if (size_t(R) > row_params_pin_n_) {
-        if (row_params_pin_) cudaFreeHost(row_params_pin_);
-        row_params_pin_n_ = size_t(R) * 2;
-        DSV2_CUDA_CHECK(cudaMallocHost(&row_params_pin_, row_params_pin_n_ * sizeof(SampleRowParams)));
-      }
-      for (int r = 0; r < R; ++r) {
-        const RowSampling& q = sampling[r];
-        const float u = std::min(float(q.u), 0.99999994f);  // below 1 after the rounding to float
-        row_params_pin_[r] = use[r] == RowUse::sample ? SampleRowParams{q.temperature, q.top_p, q.min_p, q.top_k, u}
-                                                      : SampleRowParams{0.0f, 1.0f, 0.0f, 0, 0.0f};
-      }
-      row_params_.reserve(size_t(R));  // not used inside graphs
-      DSV2_CUDA_CHECK(cudaMemcpyAsync(row_params_.p, row_params_pin_, size_t(R) * sizeof(SampleRowParams),
-                                      cudaMemcpyHostToDevice, stream_));
-      sample_rows_each(logits_.p, R, int(V), int(opt.vocab_limit), row_params_.p, sampled_.p, stream_);
+      sample_rows_each(logits_.p, R, int(V), int(opt.vocab_limit),
+                       reinterpret_cast<const SampleRowParams*>(meta_.p + m_params_), sampled_.p, stream_);
     } else {
       sample_rows(logits_.p, R, int(V), int(opt.vocab_limit), opt.temperature, opt.top_p, opt.seed, step,
                   sampled_.p, stream_);
     }
     queue_ids(R, tokens);
   }
-  chain_rows_ = tokens && pick ? R : 0;
+  bool every_row = true;  // a chained pass after this one reads an id for each of its rows
+  for (int r = 0; use && r < R; ++r) every_row = every_row && (use[r] == RowUse::greedy || use[r] == RowUse::sample);
+  chain_rows_ = tokens && pick && every_row ? R : 0;
   if (timed) DSV2_CUDA_CHECK(cudaEventRecord(st1_, stream_));
   // Only sampled passes that the caller queued return before the GPU is done.
   const bool queued = tokens && !logits && !timed && !prof_on_ && !trace_n_.p;
@@ -1106,6 +1118,7 @@ void CudaModelImpl::queue_ids(int R, int32_t* dst) {
   q.dst = dst;
   q.n = R;
   ++ids_n_;
+  ++ids_queued_;
 }
 
 bool CudaModelImpl::wait_sampled() {

@@ -425,6 +425,86 @@ TEST(Engine, CancellingOneChoiceLeavesTheOthers) {
   EXPECT_EQ(e.stats().running, 0);
 }
 
+// Overlapped decoding (each decode step queued, chained on the device ids of the step before, before
+// that step's ids are read) on a model that runs passes at once: every request gets the same events as
+// without overlap, with arrivals between steps, chunked prefill, a stop id, one-token requests,
+// logprobs (rows that need logits, never overlapped), a cancelled request and a cache small enough to
+// preempt; and nothing stays allocated.
+TEST(Engine, OverlappedDecodingGivesTheSameEvents) {
+  struct Out {
+    std::vector<std::vector<int32_t>> ids;
+    std::vector<std::string> finish;
+    std::vector<size_t> events;
+    EngineStats stats;
+  };
+  auto ps = prompts(9, 17, 5, 120);
+  CacheOptions co;
+  co.max_tokens = 64 * 5;
+  auto model = make_cpu_model(weights(), co);
+  const auto stop_ref = reference(*model, ps[2], 12);
+  auto run = [&](int overlap) {
+    EngineOptions eo;
+    eo.overlap = overlap;
+    eo.scheduler.max_batch_tokens = 64;
+    Engine e(*model, eo);
+    std::vector<EngineRequest> reqs;
+    for (size_t i = 0; i < ps.size(); ++i) reqs.push_back(greedy(ps[i], int64_t(1 + (i * 7) % 40)));
+    reqs[2].max_tokens = 12;
+    reqs[2].stop_ids = {stop_ref[6]};
+    reqs[4].sampling.logprobs = true;
+    reqs[5].max_tokens = 1;
+    reqs[6].max_tokens = 100;  // 6 and 8 grow to more blocks than the cache holds: preemption
+    reqs[7].max_tokens = 50;
+    reqs[8].max_tokens = 100;
+    Out o;
+    o.ids.resize(ps.size());
+    o.finish.resize(ps.size());
+    o.events.resize(ps.size());
+    std::vector<std::shared_ptr<ResultChannel>> chans(ps.size());
+    for (auto& c : chans) c = std::make_shared<ResultChannel>();
+    const std::vector<int> arrive = {0, 0, 0, 3, 3, 9, 15, 15, 40};
+    for (int step = 0; step < 2000; ++step) {
+      for (size_t i = 0; i < ps.size(); ++i)
+        if (arrive[i] == step) e.submit({reqs[i]}, chans[i]);
+      if (o.ids[7].size() == 20) e.cancel(*chans[7]);
+      const bool ran = e.step();
+      for (size_t i = 0; i < ps.size(); ++i) {
+        std::vector<EngineEvent> evs;
+        chans[i]->pop_all(evs, std::chrono::milliseconds(0));
+        o.events[i] += evs.size();
+        for (auto& ev : evs) {
+          if (ev.kind == EngineEvent::Kind::token) o.ids[i].push_back(ev.token.id);
+          if (ev.kind == EngineEvent::Kind::finish) o.finish[i] = ev.finish_reason;
+          EXPECT_NE(ev.kind, EngineEvent::Kind::error) << ev.error;
+        }
+      }
+      if (!ran && step > 40) break;
+    }
+    o.stats = e.stats();
+    return o;
+  };
+  const Out plain = run(0), over = run(1);
+  EXPECT_EQ(plain.stats.chained_steps, 0);
+  EXPECT_GT(over.stats.chained_steps, 10);
+  EXPECT_GT(over.stats.preemptions, 0);
+  EXPECT_GT(plain.stats.preemptions, 0);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    EXPECT_EQ(over.ids[i], plain.ids[i]) << "request " << i;
+    EXPECT_EQ(over.finish[i], plain.finish[i]) << "request " << i;
+    EXPECT_EQ(over.events[i], plain.events[i]) << "request " << i;
+  }
+  EXPECT_EQ(plain.finish[2], "stop");
+  EXPECT_EQ(plain.finish[7], "");  // cancelled after 20 tokens
+  EXPECT_EQ(plain.ids[7].size(), 20u);
+  EXPECT_EQ(plain.ids[0], reference(*model, ps[0], 1));
+  EXPECT_EQ(plain.ids[6], reference(*model, ps[6], 100));
+  for (const Out* o : {&plain, &over}) {
+    EXPECT_EQ(o->stats.blocks_used, 0);
+    EXPECT_EQ(o->stats.running, 0);
+    EXPECT_EQ(o->stats.waiting, 0);
+  }
+}
+
 TEST(Engine, RefusesRequestsThatCannotRun) {
   CacheOptions co;
   co.max_tokens = 64 * 2;
