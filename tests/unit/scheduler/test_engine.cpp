@@ -505,6 +505,78 @@ TEST(Engine, OverlappedDecodingGivesTheSameEvents) {
   }
 }
 
+// The engine thread with overlapped decoding: requests arriving while others decode, a long one
+// cancelled mid-stream (its tokens so far are its reference's first ones); every other request gets its
+// reference continuation and nothing stays allocated.
+TEST(Engine, OverlappedDecodingOnTheEngineThread) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  auto ps = prompts(6, 29, 10, 90);
+  std::vector<std::vector<int32_t>> ref;
+  for (auto& p : ps) ref.push_back(reference(*model, p, 40));
+  const int64_t long_n = 512 - int64_t(ps[1].size());
+  const auto ref_long = reference(*model, ps[1], long_n);
+  EngineOptions eo;
+  eo.overlap = 1;
+  Engine e(*model, eo);
+  e.start();
+  std::vector<std::shared_ptr<ResultChannel>> chans(ps.size());
+  std::vector<std::vector<int32_t>> got(ps.size());
+  std::vector<std::string> fin(ps.size());
+  auto pump = [&](std::chrono::milliseconds wait) {
+    for (size_t i = 0; i < chans.size(); ++i) {
+      if (!chans[i]) continue;
+      std::vector<EngineEvent> evs;
+      chans[i]->pop_all(evs, wait);
+      for (auto& ev : evs) {
+        ASSERT_NE(ev.kind, EngineEvent::Kind::error) << ev.error;
+        if (ev.kind == EngineEvent::Kind::token) got[i].push_back(ev.token.id);
+        if (ev.kind == EngineEvent::Kind::finish) fin[i] = ev.finish_reason;
+      }
+    }
+  };
+  for (size_t i = 0; i < 3; ++i) {
+    chans[i] = std::make_shared<ResultChannel>();
+    e.submit({greedy(ps[i], i == 1 ? long_n : 40)}, chans[i]);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  bool cancelled = false, second_wave = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    pump(std::chrono::milliseconds(5));
+    if (!second_wave && got[0].size() >= 5) {  // arrivals while the first ones decode
+      for (size_t i = 3; i < ps.size(); ++i) {
+        chans[i] = std::make_shared<ResultChannel>();
+        e.submit({greedy(ps[i], 40)}, chans[i]);
+      }
+      second_wave = true;
+    }
+    if (!cancelled && got[1].size() >= 10) {
+      e.cancel(*chans[1]);
+      cancelled = true;
+    }
+    bool all = second_wave;
+    for (size_t i = 0; i < ps.size(); ++i) all = all && (i == 1 || !fin[i].empty());
+    if (all) break;
+  }
+  for (int i = 0; i < 300; ++i) {  // the cancelled request's blocks come back
+    if (e.stats().running == 0 && e.stats().blocks_used == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  e.stop();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (i == 1) continue;
+    EXPECT_EQ(fin[i], "length") << i;
+    EXPECT_EQ(got[i], ref[i]) << i;
+  }
+  EXPECT_TRUE(cancelled);
+  ASSERT_GE(got[1].size(), 10u);
+  ASSERT_LE(got[1].size(), ref_long.size());
+  EXPECT_EQ(got[1], std::vector<int32_t>(ref_long.begin(), ref_long.begin() + long(got[1].size())));
+  if (fin[1].empty()) EXPECT_LT(got[1].size(), ref_long.size());  // stopped by the cancellation
+  EXPECT_GT(e.stats().chained_steps, 0);
+  EXPECT_EQ(e.stats().running, 0);
+  EXPECT_EQ(e.stats().blocks_used, 0);
+}
+
 TEST(Engine, RefusesRequestsThatCannotRun) {
   CacheOptions co;
   co.max_tokens = 64 * 2;
