@@ -675,8 +675,7 @@ int inverse_cdf_pick(const std::vector<double>& e, double theta, double u) {
   return pick;
 }
 
-TEST(CudaKernels, SamplingGreedyAndTopP) {
-  DSV2_REQUIRE_GPU();
+void sampling_greedy_and_top_p(SampleForm form) {
   std::mt19937_64 g(7);
   const int R = 64, V = 5003, limit = 4999;
   auto logits = randn(size_t(R) * V, g, 3.0f);
@@ -685,7 +684,7 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
     Dev<float> dl(logits);
     Dev<int32_t> out(static_cast<size_t>(R));
     out.poison();
-    sample_rows(dl.p, R, V, limit, 0.0f, 1.0f, 1, 0, out.p, 0);
+    sample_rows(dl.p, R, V, limit, 0.0f, 1.0f, 1, 0, out.p, 0, form);
     const auto got = out.get();
     for (int r = 0; r < R; ++r) {
       const float* l = &logits[size_t(r) * V];
@@ -720,7 +719,7 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
     Dev<float> dl(logits);
     Dev<int32_t> out(static_cast<size_t>(R));
     out.poison();
-    sample_rows(dl.p, R, V, limit, temp, top_p, 42, 9, out.p, 0);
+    sample_rows(dl.p, R, V, limit, temp, top_p, 42, 9, out.p, 0, form);
     const auto got = out.get();
     int exact = 0;
     for (int r = 0; r < R; ++r) {
@@ -755,7 +754,7 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
     for (int r = 0; r < rows; ++r) l.insert(l.end(), base.begin(), base.end());
     Dev<float> dl(l);
     Dev<int32_t> out(static_cast<size_t>(rows));
-    sample_rows(dl.p, rows, v, 0, 1.0f, 0.75f, 3, 0, out.p, 0);
+    sample_rows(dl.p, rows, v, 0, 1.0f, 0.75f, 3, 0, out.p, 0, form);
     const auto got = out.get();
     std::vector<double> p(static_cast<size_t>(v));
     double z = 0;
@@ -770,11 +769,19 @@ TEST(CudaKernels, SamplingGreedyAndTopP) {
   }
 }
 
+// Both forms of the draw (one block streaming a row, a cluster holding it in shared memory).
+TEST(CudaKernels, SamplingGreedyAndTopP) {
+  DSV2_REQUIRE_GPU();
+  for (SampleForm form : {SampleForm::one_block, SampleForm::cluster}) {
+    SCOPED_TRACE(form == SampleForm::cluster ? "cluster form" : "one-block form");
+    sampling_greedy_and_top_p(form);
+  }
+}
+
 // Each row with its own parameters (the engine's sampled requests): the kept set of the host
 // pipeline (temperature, top-k, top-p over what top-k kept, min-p) and the inverse-CDF pick of the
 // row's own uniform over it, in id order.
-TEST(CudaKernels, SamplingPerRowParameters) {
-  DSV2_REQUIRE_GPU();
+void sampling_per_row_parameters(SampleForm form) {
   std::mt19937_64 g(11);
   const int R = 70, V = 5003, limit = 4999;
   const auto logits = randn(size_t(R) * V, g, 3.0f);
@@ -792,7 +799,7 @@ TEST(CudaKernels, SamplingPerRowParameters) {
   Dev<SampleRowParams> dp(ps);
   Dev<int32_t> out(static_cast<size_t>(R));
   out.poison();
-  sample_rows_each(dl.p, R, V, limit, dp.p, out.p, 0);
+  sample_rows_each(dl.p, R, V, limit, dp.p, out.p, 0, form);
   const auto got = out.get();
   int exact = 0;
   for (int r = 0; r < R; ++r) {
@@ -844,7 +851,7 @@ TEST(CudaKernels, SamplingPerRowParameters) {
     Dev<float> d(l);
     Dev<SampleRowParams> dq(q);
     Dev<int32_t> o(static_cast<size_t>(rows));
-    sample_rows_each(d.p, rows, v, 0, dq.p, o.p, 0);
+    sample_rows_each(d.p, rows, v, 0, dq.p, o.p, 0, form);
     std::vector<double> p(static_cast<size_t>(v));
     for (int i = 0; i < v; ++i) p[size_t(i)] = std::exp(base[size_t(i)] - base[0]);
     const int n_kept = mode ? 2 : 3;  // min-p 0.3: e = 1, 0.37 kept, 0.22 not
@@ -855,6 +862,14 @@ TEST(CudaKernels, SamplingPerRowParameters) {
     for (int i = 0; i < v; ++i)
       EXPECT_NEAR(double(count[size_t(i)]) / rows, i < n_kept ? p[size_t(i)] / z : 0.0, 2.0 / rows)
           << "mode " << mode << " token " << i;
+  }
+}
+
+TEST(CudaKernels, SamplingPerRowParameters) {
+  DSV2_REQUIRE_GPU();
+  for (SampleForm form : {SampleForm::one_block, SampleForm::cluster}) {
+    SCOPED_TRACE(form == SampleForm::cluster ? "cluster form" : "one-block form");
+    sampling_per_row_parameters(form);
   }
 }
 

@@ -298,11 +298,16 @@ const char* trace_kernel_name(uint32_t k);
 
 // ---- sampling and utilities (kernels.cu) ----
 
+// How a row is drawn: one block streaming the row (one_block), or a cluster of 8 blocks each holding
+// an eighth in shared memory (cluster, Hopper); automatic: the cluster for up to kSampleClusterMaxRows
+// rows (DSV2_CUDA_SAMPLE_ONE_BLOCK=1: never). The same kept sets and draws up to float rounding.
+enum class SampleForm { automatic, one_block, cluster };
+constexpr int kSampleClusterMaxRows = 64;
 // One token per row of logits [R, V] (only the first v_limit columns are candidates): argmax when
 // temperature <= 0, else softmax(logits / temperature) restricted to the top-p nucleus, drawn with a
 // counter-based generator from (seed, step, row).
 void sample_rows(const float* logits, int R, int V, int v_limit, float temperature, float top_p, uint64_t seed,
-                 uint64_t step, int32_t* out, cudaStream_t s);
+                 uint64_t step, int32_t* out, cudaStream_t s, SampleForm form = SampleForm::automatic);
 // Per-row sampling parameters: the host sampler's pipeline without penalties (temperature, then
 // top-k, top-p over what top-k kept, min-p), drawn with the uniform u from the request's generator.
 struct SampleRowParams {
@@ -315,7 +320,7 @@ struct SampleRowParams {
 // sample_rows with each row's own parameters (p: R entries in device memory). top-k keeps every
 // token tied with the k-th largest (the host keeps the lower ids); otherwise the same kept set.
 void sample_rows_each(const float* logits, int R, int V, int v_limit, const SampleRowParams* p, int32_t* out,
-                      cudaStream_t s);
+                      cudaStream_t s, SampleForm form = SampleForm::automatic);
 // Greedy rows (argmax, lowest index on ties) with the row split over blocks: per-block maxima into
 // scratch (argmax_scratch_bytes(R, V)), then one warp per row merges them. The same ids as
 // sample_rows with temperature <= 0.
