@@ -743,6 +743,30 @@ __global__ void moe_combine_kernel(const float* yp, const int32_t* slot_of, cons
 // Sampling: one block of 1024 threads per row; the row is overwritten with exp((l - max) / temp).
 constexpr int kSampleThreads = 1024;
 
+// fsum[t] <- fsum[0] + ... + fsum[t] over the block (Hillis-Steele; blockDim.x entries).
+__device__ void block_inclusive_scan(float* fsum) {
+  const int tid = threadIdx.x;
+  for (int o = 1; o < int(blockDim.x); o <<= 1) {
+    const float v = tid >= o ? fsum[tid - o] : 0.0f;
+    __syncthreads();
+    fsum[tid] += v;
+    __syncthreads();
+  }
+}
+
+// The inverse-CDF pick inside one thread's segment [b0, b1) of e: the first kept id (e >= theta) at
+// which the running mass, starting from acc, passes u; the last kept id if none does; -1 if none kept.
+__device__ int segment_pick(const float* e, int b0, int b1, float theta, float u, float acc) {
+  int pick = -1;
+  for (int i = b0; i < b1; ++i) {
+    if (e[i] < theta) continue;
+    pick = i;
+    acc += e[i];
+    if (u < acc) break;
+  }
+  return pick;
+}
+
 // Largest theta in [lo, 1] with measure(e >= theta) >= target, by bisection over the block's row
 // (measure: the count of such e, or their mass). e <= 1 everywhere and the row's maximum is 1.
 // A 16-byte aligned row is read in float4 pieces, four in flight per thread.
@@ -865,25 +889,12 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(float* logits, i
   fsum[tid] = part;
   if (tid == 0) found = -1;
   __syncthreads();
-  // inclusive scan (Hillis-Steele) over 1024 segment sums
-  for (int o = 1; o < blockDim.x; o <<= 1) {
-    const float v = tid >= o ? fsum[tid - o] : 0.0f;
-    __syncthreads();
-    fsum[tid] += v;
-    __syncthreads();
-  }
+  block_inclusive_scan(fsum);
   const float total = fsum[blockDim.x - 1];
   const float u = (rp ? rp[r].u : float(sample_uniform(seed, step, uint64_t(r)))) * total;
   const float before = tid > 0 ? fsum[tid - 1] : 0.0f;
   if (u >= before && u < fsum[tid]) {
-    float acc = before;
-    int pick = -1;
-    for (int i = b0; i < b1; ++i) {
-      if (l[i] < theta) continue;
-      pick = i;
-      acc += l[i];
-      if (u < acc) break;
-    }
+    const int pick = segment_pick(l, b0, b1, theta, u, before);
     if (pick >= 0) found = pick;
   }
   __syncthreads();
@@ -1045,24 +1056,11 @@ __global__ void __launch_bounds__(kSampleClusterThreads)
   }
   __syncthreads();
   if (mine_s) {
-    // inclusive scan (Hillis-Steele) over the threads' segment sums, offset by the earlier blocks' mass
-    for (int o = 1; o < int(blockDim.x); o <<= 1) {
-      const float v = tid >= o ? fsum[tid - o] : 0.0f;
-      __syncthreads();
-      fsum[tid] += v;
-      __syncthreads();
-    }
+    block_inclusive_scan(fsum);  // over the threads' segment sums, offset below by the earlier blocks' mass
     const float u = target_s, before = base_s + (tid > 0 ? fsum[tid - 1] : 0.0f), after = base_s + fsum[tid];
     const bool last = tid == int(blockDim.x) - 1;
     if (u >= before && (u < after || last)) {
-      float acc = before;
-      int pick = -1;
-      for (int i = b0; i < b1; ++i) {
-        if (se[i] < theta) continue;
-        pick = i;
-        acc += se[i];
-        if (u < acc) break;
-      }
+      const int pick = segment_pick(se, b0, b1, theta, u, before);
       if (pick >= 0) found = s0 + pick;
     }
     __syncthreads();
