@@ -420,8 +420,9 @@ void Engine::publish_stats() {
 }
 
 void Engine::loop() {
-  log::info("engine", "scheduler thread started (batch up to {} sequences, {} tokens per step, {} cache blocks)",
-            o_.scheduler.max_running, o_.scheduler.max_batch_tokens, model_.blocks().total());
+  log::info("engine", "scheduler thread started (batch up to {} sequences, {} tokens per step, {} cache blocks, {})",
+            o_.scheduler.max_running, o_.scheduler.max_batch_tokens, model_.blocks().total(),
+            overlap_ ? "decode steps overlapped" : "one step at a time");
   while (true) {
     {
       std::unique_lock<std::mutex> lk(mu_);
