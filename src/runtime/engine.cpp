@@ -40,7 +40,8 @@ Engine::Engine(Model& model, EngineOptions opts)
       n_valid_(opts.n_valid_vocab > 0 ? std::min<int32_t>(opts.n_valid_vocab, int32_t(model.config().vocab_size))
                                       : int32_t(model.config().vocab_size)),
       sched_(model.blocks(), opts.scheduler) {
-  overlap_ = (o_.overlap < 0 ? model.queues_passes() : o_.overlap > 0) && std::getenv("DSV2_ENGINE_NO_OVERLAP") == nullptr;
+  overlap_ = (o_.overlap < 0 ? model.queues_passes() : o_.overlap > 0) &&
+             std::getenv("DSV2_ENGINE_NO_OVERLAP") == nullptr;
   publish_stats();
 }
 
@@ -192,7 +193,8 @@ bool Engine::launch(Pass& p, bool chain) {
   std::vector<SeqChunk> batch;
   batch.reserve(p.chunks.size());
   for (const ScheduledChunk& ch : p.chunks)
-    batch.push_back({&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
+    batch.push_back(
+        {&ch.seq->cache, std::span<const int32_t>(ch.seq->tokens.data() + ch.start, size_t(ch.count)), false});
   const bool queue =
       overlap_ && std::none_of(p.use.begin(), p.use.end(), [](RowUse u) { return u == RowUse::logits; });
   const Clock::time_point t0 = Clock::now();
