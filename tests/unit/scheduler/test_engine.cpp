@@ -577,6 +577,41 @@ TEST(Engine, OverlappedDecodingOnTheEngineThread) {
   EXPECT_EQ(e.stats().blocks_used, 0);
 }
 
+// Model::queue_select's default (a pass run at once): a chained pass reads the previous pass's ids as its
+// inputs (the same ids as the tokens given directly), and is refused after a pass that did not choose
+// one id per chunk, or with a row asking for logits.
+TEST(Model, QueueSelectChainsOnThePreviousIds) {
+  auto model = make_cpu_model(weights(), CacheOptions{});
+  auto p = prompts(1, 31, 20, 20)[0];
+  const auto ref = reference(*model, p, 3);
+  BlockAllocator& a = model->blocks();
+  SequenceCache c;
+  ASSERT_TRUE(reserve(a, c, int64_t(p.size()) + 3));
+  std::vector<RowUse> greedy_use = {RowUse::greedy};
+  std::vector<int32_t> ids(1, -1);
+  SeqChunk prompt{&c, p, false};
+  model->queue_select({&prompt, 1}, greedy_use.data(), nullptr, 0, ids.data(), false);
+  EXPECT_FALSE(model->wait_selected());  // nothing pending: it ran at once
+  EXPECT_EQ(ids[0], ref[0]);
+  const int32_t ignored = 0;  // a chained chunk's own token is not read
+  SeqChunk next{&c, std::span<const int32_t>(&ignored, 1), false};
+  for (int k = 1; k < 3; ++k) {
+    model->queue_select({&next, 1}, greedy_use.data(), nullptr, 0, ids.data(), true);
+    EXPECT_EQ(ids[0], ref[size_t(k)]) << "token " << k;
+  }
+  std::vector<RowUse> none_use = {RowUse::none};
+  model->queue_select({&next, 1}, none_use.data(), nullptr, 0, ids.data(), false);
+  try {
+    model->queue_select({&next, 1}, greedy_use.data(), nullptr, 0, ids.data(), true);
+    ADD_FAILURE() << "a chained pass after a pass without ids ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("chained pass"), std::string::npos) << e.what();
+  }
+  std::vector<RowUse> logits_use = {RowUse::logits};
+  EXPECT_THROW(model->queue_select({&next, 1}, logits_use.data(), nullptr, 0, ids.data(), false), Error);
+  release_all(a, c);
+}
+
 TEST(Engine, RefusesRequestsThatCannotRun) {
   CacheOptions co;
   co.max_tokens = 64 * 2;
