@@ -86,6 +86,10 @@ class Model {
   // Whether queue_select returns before the pass has run (the CUDA backend).
   virtual bool queues_passes() const { return false; }
 
+ protected:
+  // queue_select's check: fails naming the first row whose use is RowUse::logits.
+  static void refuse_logits_rows(std::span<const SeqChunk> batch, const RowUse* use);
+
  private:
   std::vector<int32_t> chain_ids_;  // the default queue_select: the last pass's ids (empty: not chainable)
   std::vector<float> queue_logits_;

@@ -151,12 +151,19 @@ void Engine::take_incoming() {
   }
 }
 
-void Engine::finish(Live& l, EngineEvent ev) {
+void Engine::release(Live& l) {
+  sched_.finish(&l.seq);
+  live_.erase(l.seq.id);  // destroys l
+}
+
+void Engine::finish(Live& l, EngineEvent ev, bool deferred) {
   ev.choice = l.req.choice;
   ev.time = Clock::now();
   l.channel->push(std::move(ev));
-  sched_.finish(&l.seq);
-  live_.erase(l.seq.id);  // destroys l
+  if (deferred)
+    l.finishing = true;
+  else
+    release(l);
 }
 
 void Engine::drop_cancelled() {
@@ -164,10 +171,7 @@ void Engine::drop_cancelled() {
   for (auto it = live_.begin(); it != live_.end();) {
     Live& l = *it->second;
     ++it;
-    if (l.channel->cancelled(l.req.choice)) {
-      sched_.finish(&l.seq);
-      live_.erase(l.seq.id);
-    }
+    if (l.channel->cancelled(l.req.choice)) release(l);
   }
 }
 
@@ -274,48 +278,27 @@ bool Engine::can_chain(const Pass& cur) {
 void Engine::step_in_flight() {
   std::unique_ptr<Pass> cur = std::move(in_flight_);
   std::unique_ptr<Pass> next;
-  std::vector<ScheduledChunk> later;  // scheduled ahead but not in the chained form
   if (can_chain(*cur)) {
     for (const ScheduledChunk& ch : cur->chunks) {
       Live& l = *live_.at(ch.seq->id);
       l.seq.tokens.push_back(0);  // the id this step is choosing: the next step's input on the device
       l.input_pending = true;
     }
+    // can_chain leaves the scheduler one choice: a decode row for every running sequence, in order
     std::vector<ScheduledChunk> chunks = sched_.schedule();
     bool same = chunks.size() == cur->chunks.size();
     for (size_t i = 0; same && i < chunks.size(); ++i)
       same = chunks[i].seq == cur->chunks[i].seq && chunks[i].count == 1 && chunks[i].sample;
-    if (same) {
-      next = prepare(std::move(chunks));
-      if (!launch(*next, true)) return;  // every sequence of both steps got an error event
-      ++chained_;
-    } else {
-      later = std::move(chunks);
-    }
+    DSV2_CHECK(same, "engine: the step scheduled ahead is not the one chained on the running step");
+    next = prepare(std::move(chunks));
+    if (!launch(*next, true)) return;  // every sequence of both steps got an error event
+    ++chained_;
   }
   const Clock::time_point t0 = Clock::now();
   model_.wait_selected();  // this step's ids (passes complete in order)
   forward_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
-  std::vector<uint64_t> later_ids;
-  for (const ScheduledChunk& ch : later) later_ids.push_back(ch.seq->id);
   complete(*cur, next.get());
-  if (next) {
-    in_flight_ = std::move(next);
-    return;
-  }
-  // Chunks scheduled ahead but not chained: their placeholders now hold the ids; sequences that
-  // finished meanwhile are gone.
-  std::vector<ScheduledChunk> keep;
-  for (size_t i = 0; i < later.size(); ++i)
-    if (live_.count(later_ids[i])) keep.push_back(later[i]);
-  if (keep.empty()) return;
-  std::unique_ptr<Pass> p = prepare(std::move(keep));
-  if (launch(*p, false)) {
-    if (p->queued)
-      in_flight_ = std::move(p);
-    else
-      complete(*p, nullptr);
-  }
+  in_flight_ = std::move(next);
 }
 
 void Engine::deliver(Pass& p, const Pass* next) {
@@ -327,12 +310,10 @@ void Engine::deliver(Pass& p, const Pass* next) {
     Live& l = *live_.at(p.chunks[i].seq->id);
     if (l.finishing) continue;  // finished with the step before: this row is not used
     if (l.channel->cancelled(l.req.choice)) {  // no more events; freed now or when the queued step is done
-      if (next) {
+      if (next)
         l.finishing = true;
-      } else {
-        sched_.finish(&l.seq);
-        live_.erase(l.seq.id);
-      }
+      else
+        release(l);
       continue;
     }
     EngineEvent ev;
@@ -365,14 +346,7 @@ void Engine::deliver(Pass& p, const Pass* next) {
       EngineEvent fin;
       fin.kind = EngineEvent::Kind::finish;
       fin.finish_reason = reason;
-      if (next) {  // the queued step computes a row for it: its blocks stay until that step is done
-        fin.choice = l.req.choice;
-        fin.time = Clock::now();
-        l.channel->push(std::move(fin));
-        l.finishing = true;
-      } else {
-        finish(l, std::move(fin));
-      }
+      finish(l, std::move(fin), next != nullptr);  // with next, it still computes a row for it
     }
   }
 }
@@ -392,9 +366,7 @@ void Engine::complete(Pass& p, const Pass* next) {
   // sequences that finished with the step before and had their last row in this one
   for (uint64_t id : ids) {
     auto it = live_.find(id);
-    if (it == live_.end() || !it->second->finishing) continue;
-    sched_.finish(&it->second->seq);
-    live_.erase(it);
+    if (it != live_.end() && it->second->finishing) release(*it->second);
   }
 }
 

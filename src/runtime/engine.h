@@ -140,7 +140,10 @@ class Engine {
   void loop();
   void take_incoming();
   void drop_cancelled();
-  void finish(Live& l, EngineEvent ev);
+  void release(Live& l);  // frees the sequence's blocks and forgets it
+  // Sends ev (a finish or an error) and ends the sequence: released now, or, deferred, when the queued
+  // step that still computes a row for it is done (Live::finishing).
+  void finish(Live& l, EngineEvent ev, bool deferred = false);
   void publish_stats();
   std::unique_ptr<Pass> prepare(std::vector<ScheduledChunk> chunks);
   bool launch(Pass& p, bool chain);  // false (after error events) when the model failed

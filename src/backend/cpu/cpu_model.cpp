@@ -37,6 +37,11 @@ void Model::forward_select(std::span<const SeqChunk> batch, const RowUse* use, c
   }
 }
 
+void Model::refuse_logits_rows(std::span<const SeqChunk> batch, const RowUse* use) {
+  for (int64_t r = 0, rows = logits_rows(batch); r < rows; ++r)
+    if (use[r] == RowUse::logits) fail("queue_select: row {} asks for its logits", r);
+}
+
 void Model::queue_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
                          int64_t vocab_limit, int32_t* ids, bool chain) {
   std::vector<SeqChunk> chained;
@@ -51,9 +56,8 @@ void Model::queue_select(std::span<const SeqChunk> batch, const RowUse* use, con
     }
     batch = chained;
   }
+  refuse_logits_rows(batch, use);
   const int64_t rows = logits_rows(batch);
-  for (int64_t r = 0; r < rows; ++r)
-    if (use[r] == RowUse::logits) fail("queue_select: row {} asks for its logits", r);
   queue_logits_.resize(size_t(rows * config().vocab_size));
   forward_select(batch, use, sampling, vocab_limit, queue_logits_.data(), ids);
   bool all = rows == int64_t(batch.size());

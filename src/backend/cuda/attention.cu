@@ -598,26 +598,9 @@ void launch_attn(AttnParams p, int D, int DV, cudaStream_t s) {
     return v ? std::atoi(v) : 16;
   }();
   p.pdl = p.n_items * p.n_splits <= pdl_max && pdl_enabled();
-  if (p.cluster_merge) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(p.n_items, p.n_splits);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = L.bytes;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = unsigned(p.n_splits);
-    attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = p.pdl && s != nullptr ? 2 : 1;
-    DSV2_CUDA_CHECK(cudaLaunchKernelEx(&cfg, mla_attn_kernel<NTW, DC>, p, D, DV));
-  } else if (p.pdl)
-    launch_pdl(mla_attn_kernel<NTW, DC>, dim3(p.n_items, p.n_splits), dim3(kThreads), L.bytes, s, p, D, DV);
-  else
-    mla_attn_kernel<NTW, DC><<<dim3(p.n_items, p.n_splits), kThreads, L.bytes, s>>>(p, D, DV);
+  // cluster_merge: the splits of an item form one cluster
+  launch_ex(mla_attn_kernel<NTW, DC>, dim3(p.n_items, p.n_splits), dim3(kThreads), L.bytes, s,
+            p.cluster_merge ? dim3(1, unsigned(p.n_splits), 1) : dim3(1, 1, 1), p.pdl, p, D, DV);
   DSV2_CUDA_LAUNCHED();
 }
 

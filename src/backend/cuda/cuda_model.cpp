@@ -198,8 +198,7 @@ class CudaModelImpl final : public CudaModel {
   bool samples_rows() const override { return true; }
   void queue_select(std::span<const SeqChunk> batch, const RowUse* use, const RowSampling* sampling,
                     int64_t vocab_limit, int32_t* ids, bool chain) override {
-    for (int64_t r = 0, rows = logits_rows(batch); r < rows; ++r)
-      if (use[r] == RowUse::logits) fail("queue_select: row {} asks for its logits", r);
+    refuse_logits_rows(batch, use);
     SampleOptions greedy;
     greedy.vocab_limit = vocab_limit;
     const uint64_t before = ids_queued_;
@@ -887,11 +886,14 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
   // [sampled rows' parameters R x SampleRowParams, when rows are drawn].
   // Which rows are chosen on the device: every row (forward_sample) or forward_select's greedy and
   // sampled rows. A greedy-only choice runs inside the pass (and its graph), right after lm_head.
-  bool pick = !use, draw = false;
+  // every_row: an id for each row, which a chained pass after this one reads.
+  bool pick = !use, draw = false, every_row = true;
   int64_t n_rows = 0;
   for (auto& pc : pcs) n_rows += pc.logits_all ? pc.n : (pc.logits_last ? 1 : 0);
   for (int64_t r = 0; use && r < n_rows; ++r) {
-    pick |= use[r] == RowUse::greedy || use[r] == RowUse::sample;
+    const bool chosen = use[r] == RowUse::greedy || use[r] == RowUse::sample;
+    pick |= chosen;
+    every_row &= chosen;
     draw |= use[r] == RowUse::sample;
   }
   int T = 0, R = 0, I = 0;
@@ -1079,8 +1081,6 @@ void CudaModelImpl::run_pass(const std::vector<PassChunk>& pcs, float* logits, i
     }
     queue_ids(R, tokens);
   }
-  bool every_row = true;  // a chained pass after this one reads an id for each of its rows
-  for (int r = 0; use && r < R; ++r) every_row = every_row && (use[r] == RowUse::greedy || use[r] == RowUse::sample);
   chain_rows_ = tokens && pick && every_row ? R : 0;
   if (timed) DSV2_CUDA_CHECK(cudaEventRecord(st1_, stream_));
   // Only sampled passes that the caller queued return before the GPU is done.

@@ -770,13 +770,25 @@ __device__ int segment_pick(const float* e, int b0, int b1, float theta, float u
 // Largest theta in [lo, 1] with measure(e >= theta) >= target, by bisection over the block's row
 // (measure: the count of such e, or their mass). e <= 1 everywhere and the row's maximum is 1.
 // A 16-byte aligned row is read in float4 pieces, four in flight per thread.
-template <bool kMass>
-__device__ float bisect_threshold(const float* l, int n, float lo, float target, float* red) {
+// The bisection itself: measure(mid) is the (block- or cluster-wide) measure of e >= mid.
+template <typename Measure>
+__device__ float bisect(float lo, float target, Measure measure) {
   float hi = 1.0f;
-  const int n4 = reinterpret_cast<uintptr_t>(l) % 16 == 0 ? n / 4 : 0;
-  const float4* l4 = reinterpret_cast<const float4*>(l);
   for (int it = 0; it < 30; ++it) {
     const float mid = 0.5f * (lo + hi);
+    if (measure(mid) >= target)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+template <bool kMass>
+__device__ float bisect_threshold(const float* l, int n, float lo, float target, float* red) {
+  const int n4 = reinterpret_cast<uintptr_t>(l) % 16 == 0 ? n / 4 : 0;
+  const float4* l4 = reinterpret_cast<const float4*>(l);
+  return bisect(lo, target, [&](float mid) {
     auto f = [&](float e) { return e >= mid ? (kMass ? e : 1.0f) : 0.0f; };
     float m = 0;
 #pragma unroll 4
@@ -785,13 +797,8 @@ __device__ float bisect_threshold(const float* l, int n, float lo, float target,
       m += (f(v.x) + f(v.y)) + (f(v.z) + f(v.w));
     }
     for (int i = 4 * n4 + threadIdx.x; i < n; i += blockDim.x) m += f(l[i]);
-    m = block_sum(m, red);
-    if (m >= target)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  return lo;
+    return block_sum(m, red);
+  });
 }
 
 // rp: per-row parameters (sample_rows_each), or null for the shared ones with counter-based draws.
@@ -935,18 +942,11 @@ __device__ float cluster_sum(cg::cluster_group& cl, float v, float* red, float* 
 template <bool kMass>
 __device__ float cluster_bisect(cg::cluster_group& cl, const float* e, int ns, float lo, float target, float* red,
                                 float* slot, int& parity) {
-  float hi = 1.0f;
-  for (int it = 0; it < 30; ++it) {
-    const float mid = 0.5f * (lo + hi);
+  return bisect(lo, target, [&](float mid) {
     float m = 0;
     for (int i = threadIdx.x; i < ns; i += blockDim.x) m += e[i] >= mid ? (kMass ? e[i] : 1.0f) : 0.0f;
-    m = cluster_sum(cl, m, red, slot, parity);
-    if (m >= target)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  return lo;
+    return cluster_sum(cl, m, red, slot, parity);
+  });
 }
 
 __global__ void __launch_bounds__(kSampleClusterThreads)
@@ -1250,27 +1250,13 @@ static void launch_sample(const float* logits, int R, int V, int v_limit, float 
     form = !one_block && R <= kSampleClusterMaxRows ? SampleForm::cluster : SampleForm::one_block;
   if (form == SampleForm::cluster && device_is_hopper() && smem <= 200 * 1024) {
     raise_smem_limit<sample_cluster_kernel>(smem);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(unsigned(R) * kSampleCluster);
-    cfg.blockDim = dim3(kSampleClusterThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kSampleCluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() && s != nullptr ? 2 : 1;
-    DSV2_CUDA_CHECK(cudaLaunchKernelEx(&cfg, sample_cluster_kernel, logits, V, n, temperature, top_p, seed, step, rp,
-                                       out));
+    launch_ex(sample_cluster_kernel, dim3(unsigned(R) * kSampleCluster), dim3(kSampleClusterThreads), smem, s,
+              dim3(kSampleCluster, 1, 1), true, logits, V, n, temperature, top_p, seed, step, rp, out);
     DSV2_CUDA_LAUNCHED();
     return;
   }
-  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, candidates(V, v_limit),
-             temperature, top_p, seed, step, rp, out);
+  launch_pdl(sample_kernel, dim3(R), dim3(kSampleThreads), 0, s, const_cast<float*>(logits), V, n, temperature, top_p,
+             seed, step, rp, out);
   DSV2_CUDA_LAUNCHED();
 }
 

@@ -113,21 +113,41 @@ inline bool pdl_enabled() {
   return on;
 }
 
-// kernel<<<grid, block, smem, s>>>(args...), with the programmatic-serialization attribute on a
-// non-default stream.
+// kernel<<<grid, block, smem, s>>>(args...) in thread-block clusters of `cluster` blocks (none for
+// 1 x 1 x 1), with the programmatic-serialization attribute when pdl (and PDL is on, on a non-default
+// stream).
 template <typename... KArgs, typename... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+void launch_ex(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, dim3 cluster, bool pdl,
+               Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster.x;
+    attr[n].val.clusterDim.y = cluster.y;
+    attr[n].val.clusterDim.z = cluster.z;
+    ++n;
+  }
+  if (pdl && pdl_enabled() && s != nullptr) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = (pdl_enabled() && s != nullptr) ? 1 : 0;
+  cfg.numAttrs = n;
   DSV2_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+// kernel<<<grid, block, smem, s>>>(args...), with the programmatic-serialization attribute on a
+// non-default stream.
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  launch_ex(kernel, grid, block, smem, s, dim3(1, 1, 1), true, std::forward<Args>(args)...);
 }
 
 }  // namespace dsv2::cuda
