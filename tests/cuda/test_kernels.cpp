@@ -456,6 +456,113 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
   }
 }
 
+// The one-token q/kv product with the W_UK absorb and the q_pe rope inside (gemv1_norm_absorb) and the
+// attention that normalizes and ropes the new kv row itself (AttnParams::new_kv), against the launches
+// they replace: gemv1_norm, absorb_q1 with the rope/cache row, the attention over the written cache.
+TEST(CudaKernels, OneTokenQkvAbsorbAndNewKvRow) {
+  DSV2_REQUIRE_GPU();
+  std::mt19937_64 g(15);
+  struct Case {
+    int heads, nope, rope, vdim, K;
+  };
+  for (Case cs : {Case{16, 128, 64, 128, 2048}, Case{3, 32, 16, 24, 256}, Case{128, 128, 64, 128, 512}}) {
+    const int kvl = 512, qd = cs.nope + cs.rope, D = kvl + cs.rope, rows = cs.nope + cs.vdim;
+    const int N = cs.heads * qd + D, half = cs.rope / 2;
+    const auto xf = randn(size_t(cs.K), g, 3.0f);
+    std::vector<float> nw(static_cast<size_t>(cs.K)), kvn(static_cast<size_t>(kvl)), cossin(size_t(cs.rope));
+    for (float& v : nw) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    for (float& v : kvn) v = std::uniform_real_distribution<float>(0.5f, 1.5f)(g);
+    for (int i = 0; i < half; ++i) {  // position 100, attention factor 1.25
+      const double a = 100.0 * std::pow(10000.0, -2.0 * i / cs.rope);
+      cossin[size_t(i)] = float(std::cos(a) * 1.25);
+      cossin[size_t(half + i)] = float(std::sin(a) * 1.25);
+    }
+    const auto w = round_bf16(randn(size_t(N) * cs.K, g, 0.05f));
+    const auto uk = round_bf16(randn(size_t(cs.heads) * rows * kvl, g, 0.05f));
+    Dev<float> dxf(xf), dnw(nw), dkvn(kvn), dcossin(cossin);
+    Dev<bf16> dw(to_bf16(w)), duk(to_bf16(uk)), y1(static_cast<size_t>(N)), y2(static_cast<size_t>(N)),
+        q1(size_t(cs.heads) * D), q2(size_t(cs.heads) * D);
+    // a context of 100 cached positions in scattered blocks; the new row's slot holds stale values
+    const int len = 100;
+    std::vector<int32_t> blocks{2, 0};
+    const int32_t slot = blocks[len / 64] * 64 + len % 64;
+    const auto cache = round_bf16(randn(size_t(3) * 64 * D, g));
+    Dev<bf16> c1(to_bf16(cache)), c2(to_bf16(cache));
+    Dev<int32_t> dslot(std::vector<int32_t>{slot}), dblocks(blocks), dchunks(std::vector<int32_t>{0, 1, len + 1, 0});
+    for (auto* b : {&y1, &y2, &q1, &q2}) b->poison();
+    gemv1_norm(dxf.p, dnw.p, 1e-6f, dw.p, N, cs.K, y1.p, 0);
+    RopeCacheParams rp{};
+    rp.q = y1.p;
+    rp.q_stride = N;
+    rp.kv = y1.p + cs.heads * qd;
+    rp.kv_stride = N;
+    rp.kv_norm = dkvn.p;
+    rp.slot = dslot.p;
+    rp.cossin = dcossin.p;
+    rp.T = 1;
+    rp.heads = cs.heads;
+    rp.nope = cs.nope;
+    rp.rope = cs.rope;
+    rp.kv_lora = kvl;
+    rp.qfull = q1.p;
+    rp.cache = c1.p;
+    absorb_q1(y1.p, qd, duk.p, cs.heads, cs.nope, rows, kvl, q1.p, D, 0, &rp);
+    QkvAbsorbParams qa{duk.p, rows, cs.heads, cs.nope, cs.rope, kvl, q2.p, dcossin.p};
+    ASSERT_TRUE(gemv1_norm_absorb_supported(cs.K, qa));
+    gemv1_norm_absorb(dxf.p, dnw.p, 1e-6f, dw.p, cs.K, y2.p, qa, 0);
+    const auto a1 = from_bf16(y1.get()), a2 = from_bf16(y2.get()), b1 = from_bf16(q1.get()), b2 = from_bf16(q2.get());
+    for (int n = cs.heads * qd; n < N; ++n) ASSERT_EQ(a2[size_t(n)], a1[size_t(n)]) << "kv row output " << n;
+    std::vector<float> got, ref, was;
+    for (int h = 0; h < cs.heads; ++h) {
+      for (int i = kvl; i < D; ++i) ASSERT_EQ(b2[size_t(h) * D + i], b1[size_t(h) * D + i]) << "q_pe head " << h;
+      for (int c = 0; c < kvl; ++c) {
+        double acc = 0;
+        for (int d = 0; d < cs.nope; ++d)
+          acc += double(a1[size_t(h) * qd + d]) * uk[(size_t(h) * rows + d) * kvl + c];
+        ref.push_back(float(acc));
+        got.push_back(b2[size_t(h) * D + c]);
+        was.push_back(b1[size_t(h) * D + c]);
+      }
+    }
+    EXPECT_LT(rel_err(got, ref), 4e-3) << "absorb heads=" << cs.heads << " nope=" << cs.nope;
+    EXPECT_LT(rel_err(got, was), 4e-3) << "absorb against absorb_q1, heads=" << cs.heads;
+
+    // The attention with the raw row: the same outputs and cache row as over the row absorb_q1 wrote.
+    std::vector<int32_t> items;
+    for (int r = 0; r < cs.heads; r += kAttnRows) items.insert(items.end(), {0, r, 0, 0});
+    const int n_items = int(items.size() / 4);
+    Dev<int32_t> ditems(items);
+    Dev<bf16> o1(size_t(cs.heads) * kvl), o2(size_t(cs.heads) * kvl);
+    for (int S : {1, 3, 4}) {
+      Dev<float> part_o(size_t(n_items) * S * kAttnRows * kvl), part_ml(size_t(n_items) * S * kAttnRows * 2);
+      AttnParams p{q1.p, c1.p, ditems.p, dchunks.p, dblocks.p, n_items, S, cs.heads, 0.1147f, o1.p, part_o.p,
+                   part_ml.p};
+      o1.poison();
+      mla_attention(p, kvl, cs.rope, 0);
+      c2.put(to_bf16(cache));
+      p.cache = c2.p;
+      p.out = o2.p;
+      p.new_kv = y2.p + cs.heads * qd;
+      p.new_kv_norm = dkvn.p;
+      p.new_cossin = dcossin.p;
+      p.new_slot = dslot.p;
+      p.new_cache = c2.p;
+      o2.poison();
+      mla_attention(p, kvl, cs.rope, 0);
+      const auto r1 = from_bf16(c1.get()), r2 = from_bf16(c2.get());
+      std::vector<float> row1(r1.begin() + long(slot) * D, r1.begin() + long(slot + 1) * D),
+          row2(r2.begin() + long(slot) * D, r2.begin() + long(slot + 1) * D);
+      EXPECT_LT(rel_err(row2, row1), 2e-3) << "cache row, heads=" << cs.heads << " splits=" << S;
+      for (int i = 0; i < D; ++i)
+        if (i >= kvl) ASSERT_EQ(row2[size_t(i)], row1[size_t(i)]) << "k_pe column " << i;
+      EXPECT_LT(rel_err(from_bf16(o2.get()), from_bf16(o1.get())), 2e-3) << "heads=" << cs.heads << " splits=" << S;
+      std::vector<float> rest1(r1), rest2(r2);  // every other row untouched
+      for (int i = 0; i < D; ++i) rest1[size_t(slot) * D + size_t(i)] = rest2[size_t(slot) * D + size_t(i)] = 0.f;
+      EXPECT_EQ(rest2, rest1) << "heads=" << cs.heads << " splits=" << S;
+    }
+  }
+}
+
 // The fused one-token forms: a product of the RMS-normalized residual row (gemv1_norm) and a product
 // added into an fp32 row (gemv1_accumulate, the residual add of o_proj and the FFN).
 TEST(CudaKernels, OneTokenNormAndAccumulate) {

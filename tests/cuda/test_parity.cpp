@@ -319,6 +319,22 @@ TEST(CudaParity, LongGenerationTop1Agreement) {
   EXPECT_GE(double(agree), 0.99 * n);
 }
 
+// Logits of positions prefix .. ids.size() - 1: the prefix as one chunk, then one token per pass.
+std::vector<float> stepped_logits(Model& m, const std::vector<int32_t>& ids, size_t prefix) {
+  SequenceCache seq;
+  EXPECT_TRUE(reserve(m.blocks(), seq, int64_t(ids.size())));
+  const size_t V = size_t(m.config().vocab_size);
+  std::vector<float> out((ids.size() - prefix) * V), first(V);
+  SeqChunk ch{&seq, std::span<const int32_t>(ids.data(), prefix), false};
+  m.forward({&ch, 1}, first.data());
+  for (size_t i = prefix; i < ids.size(); ++i) {
+    SeqChunk one{&seq, std::span<const int32_t>(&ids[i], 1), false};
+    m.forward({&one, 1}, out.data() + (i - prefix) * V);
+  }
+  release_all(m.blocks(), seq);
+  return out;
+}
+
 // Random weights at the published MLA widths (kv_lora 512, rope 64, nope 128): the tensor-core
 // attention path and the aligned GEMMs, against the CPU backend.
 ModelConfig wide_config(bool v2_style) {
@@ -373,6 +389,26 @@ TEST(CudaParity, RealWidthsRandomWeights) {
     // bf16 activations between the products (the CPU keeps fp32 throughout) land near 1e-2 here;
     // the golden checkpoints above are held to 1e-2.
     EXPECT_LT(e, v2 ? 1.5e-2 : 1e-2) << (v2 ? "v2-style" : "lite-style");
+    if (v2) continue;
+    // One-token passes after a 40-token prompt: the batch-1 form with the W_UK absorb inside the q/kv
+    // product and the new kv row normalized by the attention, then the separate absorb launch
+    // (DSV2_CUDA_NO_QKV_ABSORB), both against the CPU's rows.
+    const std::vector<int32_t> head(ids.begin(), ids.begin() + 48);
+    const std::vector<float> rows(lc.begin() + 40 * w->config.vocab_size, lc.begin() + 48 * w->config.vocab_size);
+    const auto fused = stepped_logits(*gpu, head, 40);
+    gpu.reset();
+    setenv("DSV2_CUDA_NO_QKV_ABSORB", "1", 1);
+    gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
+    unsetenv("DSV2_CUDA_NO_QKV_ABSORB");
+    const auto apart = stepped_logits(*gpu, head, 40);
+    const double ef = rel_l2(fused.data(), rows.data(), rows.size()), ea = rel_l2(apart.data(), rows.data(), rows.size()),
+                 efa = rel_l2(fused.data(), apart.data(), rows.size());
+    std::printf("[parity] one-token steps (lite-style): rel L2 %.2e (absorb in the q/kv product), %.2e (apart), "
+                "%.2e between them\n", ef, ea, efa);
+    EXPECT_LT(ef, 1e-2);
+    EXPECT_LT(ea, 1e-2);
+    EXPECT_LT(efa, 5e-3);
+    EXPECT_GT(efa, 0.0) << "the switch changed no logit: the fused form did not run";
   }
 }
 

@@ -7,12 +7,25 @@
 
 namespace dsv2::cuda {
 
+// x rounded to bf16, as a bf16 product would have stored it.
+__device__ __forceinline__ float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// One rope pair of rope_and_cache (reference section 3): adjacent values (a, b) in, de-interleaved out
+// (lo to position i, hi to position half + i).
+__device__ __forceinline__ void rope_pair(float a, float b, float cs, float sn, bf16& lo, bf16& hi) {
+  lo = __float2bfloat16(a * cs - b * sn);
+  hi = __float2bfloat16(b * cs + a * sn);
+}
+
+// 1 / RMS of the latent row c (kv_a_layernorm, eps 1e-6) from its sum of squares over n values.
+__device__ __forceinline__ float kv_inv_rms(float ss, int n) { return rsqrtf(ss / float(n) + 1e-6f); }
+
 // SiLU(g) * u, as silu_mul computes it from the bf16 g and u of a gate/up product.
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
 // The same from fp32 sums, rounded to bf16 first as a bf16 product would have stored them.
 __device__ __forceinline__ float silu_times_bf16(float g, float u) {
-  return silu_times(__bfloat162float(__float2bfloat16(g)), __bfloat162float(__float2bfloat16(u)));
+  return silu_times(bf16r(g), bf16r(u));
 }
 
 // acc += w . x over the 8 bf16 values of two 16-byte pieces (by value: one vector load each).

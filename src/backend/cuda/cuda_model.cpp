@@ -415,6 +415,9 @@ class CudaModelImpl final : public CudaModel {
   // DSV2_CUDA_NO_UV_COMBINE=1: one-token passes merge the attention splits in their own launch
   // instead of inside the W_UV product.
   bool uv_combine_on_ = std::getenv("DSV2_CUDA_NO_UV_COMBINE") == nullptr;
+  // DSV2_CUDA_NO_QKV_ABSORB=1: one-token passes keep the W_UK absorb (with the rope and the cache row)
+  // in its own launch after the q/kv product instead of inside it (gemv1_norm_absorb) and the attention.
+  bool qkv_absorb_on_ = std::getenv("DSV2_CUDA_NO_QKV_ABSORB") == nullptr;
   bool attn_cluster_on_ = std::getenv("DSV2_CUDA_ATTN_NO_CLUSTER") == nullptr;
   // DSV2_CUDA_ROUTER_SGEMM=1: router logits by cuBLAS SGEMM and routing in its own kernel at every
   // batch size (unfused passes only).
@@ -1251,9 +1254,26 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   (void)n_chunks;
   DevLayer& L = layers_[size_t(l)];
   const int32_t* meta = meta_.p;
+  // One token: the W_UK absorb and the rope/cache row in one launch (absorb_q1), or inside the q/kv
+  // product and the attention (qkv_absorb).
+  const bool one_token =
+      T == 1 && n_items > 0 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && rope_ <= 256 && aligned16(L.kv_b.p);
+  QkvAbsorbParams qa{};
+  qa.uk = L.kv_b.p;
+  qa.uk_head_rows = nope_ + vdim_;
+  qa.heads = heads_;
+  qa.nope = nope_;
+  qa.rope = rope_;
+  qa.kv_lora = kvl_;
+  qa.qfull = qfull_.p;
+  qa.cossin = reinterpret_cast<const float*>(meta + m_rope_);
+  const bool qkv_absorb = one_token && fused1_ && qkv_absorb_on_ && c_.q_lora_rank == 0 && decomp_.empty() &&
+                          !skip("absorb") && gemv1_norm_absorb_supported(H_, qa);
   // [T, H] -> [T, q_out + kv_lora + rope]
   if (skip("qkv")) {
-  } else if (fused1_)
+  } else if (qkv_absorb)
+    gemv1_norm_absorb(x_.p, L.input_norm.p, float(c_.rms_norm_eps), L.w_qkv.p, H_, qkv_.p, qa, stream_);
+  else if (fused1_)
     gemv1_norm(x_.p, L.input_norm.p, float(c_.rms_norm_eps), L.w_qkv.p, qkv_out_, H_, qkv_.p, stream_);
   else
     gemm(xn_.p, T, H_, H_, L.w_qkv.p, qkv_out_, qkv_.p, false, qkv_out_);
@@ -1283,9 +1303,6 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   rp.kv_lora = kvl_;
   rp.qfull = qfull_.p;
   rp.cache = cache_l;
-  // One token: the W_UK absorb and the rope/cache row in one launch.
-  const bool one_token =
-      T == 1 && n_items > 0 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && rope_ <= 256 && aligned16(L.kv_b.p);
   if (!one_token) {
     rope_and_cache(rp, stream_);
     mark("rope_cache");
@@ -1293,7 +1310,7 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   const float one = 1.0f, zero = 0.0f;
   if (n_items > 0) {
     // Absorb W_UK into the queries: qfull[t, h, 0:kv_lora] = q_nope[t, h] W_UK_h  (per head h)
-    if (skip("absorb")) {
+    if (skip("absorb") || qkv_absorb) {
     } else if (one_token)
       absorb_q1(q, qd_, L.kv_b.p, heads_, nope_, nope_ + vdim_, kvl_, qfull_.p, D_, stream_, &rp);
     else
@@ -1315,6 +1332,13 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     ap.out = olat_.p;
     ap.part_o = part_o_.p;
     ap.part_ml = part_ml_.p;
+    if (qkv_absorb) {
+      ap.new_kv = qkv_.p + q_out_;
+      ap.new_kv_norm = L.kv_a_norm.p;
+      ap.new_cossin = rp.cossin;
+      ap.new_slot = rp.slot;
+      ap.new_cache = cache_l;
+    }
     // One token over few splits: the W_UV product merges the splits itself (no combine launch). 2-8
     // items over up to 8 splits: the splits merge inside the attention launch (a thread-block cluster).
     // Measured on the H200 against DSV2_CUDA_ATTN_NO_CLUSTER=1: batch 2 581 / 572, batch 8 1,287 /

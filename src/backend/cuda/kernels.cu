@@ -254,8 +254,7 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red, int 
       const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;
       const float a = __bfloat162float(qh[2 * i]), b = __bfloat162float(qh[2 * i + 1]);
       bf16* dst = p.qfull + (size_t(t) * p.heads + h) * D + p.kv_lora;
-      dst[i] = __float2bfloat16(a * cs[i] - b * sn[i]);
-      dst[half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+      rope_pair(a, b, cs[i], sn[i], dst[i], dst[half + i]);
     }
     return;
   }
@@ -266,14 +265,13 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red, int 
     ss += v * v;
   }
   ss = block_sum(ss, red);
-  const float inv = rsqrtf(ss / float(p.kv_lora) + 1e-6f);
+  const float inv = kv_inv_rms(ss, p.kv_lora);
   for (int k = threadIdx.x; k < p.kv_lora; k += blockDim.x)
     crow[k] = __float2bfloat16(p.kv_norm[k] * (__bfloat162float(kv[k]) * inv));
   // Adjacent pairs in, de-interleaved out (reference section 3), for k_pe and every head's q_pe.
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float a = __bfloat162float(kv[p.kv_lora + 2 * i]), b = __bfloat162float(kv[p.kv_lora + 2 * i + 1]);
-    crow[p.kv_lora + i] = __float2bfloat16(a * cs[i] - b * sn[i]);
-    crow[p.kv_lora + half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+    rope_pair(a, b, cs[i], sn[i], crow[p.kv_lora + i], crow[p.kv_lora + half + i]);
   }
   if (parts > 1) return;
   for (int j = threadIdx.x; j < p.heads * half; j += blockDim.x) {
@@ -281,8 +279,7 @@ __device__ void rope_cache_row(const RopeCacheParams& p, int t, float* red, int 
     const bf16* qh = p.q + size_t(t) * p.q_stride + size_t(h) * qd + p.nope;
     const float a = __bfloat162float(qh[2 * i]), b = __bfloat162float(qh[2 * i + 1]);
     bf16* dst = p.qfull + (size_t(t) * p.heads + h) * D + p.kv_lora;
-    dst[i] = __float2bfloat16(a * cs[i] - b * sn[i]);
-    dst[half + i] = __float2bfloat16(b * cs[i] + a * sn[i]);
+    rope_pair(a, b, cs[i], sn[i], dst[i], dst[half + i]);
   }
 }
 
@@ -1366,7 +1363,7 @@ const char* trace_kernel_name(uint32_t k) {
   static const char* const names[kTrKernels] = {
       "?",         "embed",    "norm",     "qkv_norm", "gemv_f32", "gemv_bf16", "uv_combine", "absorb",   "attention",
       "combine",   "router",   "moe_gu",   "moe_down", "tma_gu",   "tma_down",  "grouped",    "dispatch", "silu_mul",
-      "sample"};
+      "sample",    "qkv_absorb"};
   return k < kTrKernels ? names[k] : "?";
 }
 

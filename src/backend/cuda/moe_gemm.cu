@@ -5,6 +5,8 @@
 // bf16 tensor-core products (mma.sync m16n8k16, ldmatrix fragments), fp32 accumulation, 4-stage
 // cp.async pipeline; 32-row tiles for decode-sized groups, 128-row tiles for prefill-sized ones.
 
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <type_traits>
 
@@ -302,7 +304,103 @@ struct Gemv1Args {
   const float* route_w = nullptr;  // [route_E, N] router rows with the post-attention norm folded in
   float* route_part = nullptr;     // [gridDim.x, route_part_stride(route_E)]
   int route_E = 0;
+  // kAbsorb (gemv1_norm_absorb): the one-token q/kv product with the W_UK absorb and the q_pe rope
+  QkvAbsorbParams ab{};
 };
+
+// kAbsorb: the first of block b's 16 rows, its head and kind (0 q_nope, 1 q_pe, 2 the kv row, N past
+// the end): the heads' q_nope pieces first (nope / 16 consecutive blocks per head, one thread-block
+// cluster), then their q_pe pieces, then the kv row's.
+__device__ __forceinline__ int absorb_row0(const Gemv1Args& a, int b, int& head, int& kind) {
+  const QkvAbsorbParams& q = a.ab;
+  const int nb = q.nope / 16, pb = q.rope / 16, qd = q.nope + q.rope;
+  head = -1;
+  kind = 2;
+  if (b < q.heads * nb) {
+    head = b / nb;
+    kind = 0;
+    return head * qd + (b % nb) * 16;
+  }
+  b -= q.heads * nb;
+  if (b < q.heads * pb) {
+    head = b / pb;
+    kind = 1;
+    return head * qd + q.nope + (b % pb) * 16;
+  }
+  b -= q.heads * pb;
+  return min(q.heads * qd + b * 16, a.N);
+}
+
+// kAbsorb's epilogue, v[r] = output n0 + r of this warp (every lane). kv rows are written as they are;
+// a warp's q_pe pair (2i, 2i + 1) is roped into qfull as rope_and_cache does; a head's q_nope blocks
+// each multiply their 16 bf16 q values by their 16 rows of W_UK (wk: rows 4 (tid % 4) .. + 3, columns
+// 8 (tid / 4) .. + 7, loaded before the PDL wait; the 4 row groups meet by shuffles), and block j of
+// the cluster sums its slice of the columns over the cluster's partials in rank order.
+__device__ void absorb_epilogue(const Gemv1Args& a, int kind, int head, int n0, const float (&v)[kG1Rows],
+                                const uint4 (&wk)[4]) {
+  const QkvAbsorbParams& q = a.ab;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int qd = q.nope + q.rope, D = q.kv_lora + q.rope;
+  if (kind == 2) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kG1Rows; ++r)
+        if (n0 + r < a.N) static_cast<bf16*>(a.y)[n0 + r] = __float2bfloat16(v[r]);
+    return;
+  }
+  if (kind == 1) {
+    static_assert(kG1Rows == 2, "a warp holds one rope pair");
+    if (lane == 0) {
+      const int half = q.rope / 2, i = (n0 - head * qd - q.nope) / 2;
+      const float x0 = bf16r(v[0]), x1 = bf16r(v[1]), cs = q.cossin[i], sn = q.cossin[half + i];
+      bf16* dst = q.qfull + size_t(head) * D + q.kv_lora;
+      rope_pair(x0, x1, cs, sn, dst[i], dst[half + i]);
+    }
+    return;
+  }
+  __shared__ float sq[kG1Warps * kG1Rows];
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < kG1Rows; ++r) sq[warp * kG1Rows + r] = bf16r(v[r]);
+  __syncthreads();
+  const int dg = tid & 3, c8 = (tid >> 2) * 8;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float qv = sq[dg * 4 + i];
+    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wk[i]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 wf = __bfloat1622float2(w2[j]);
+      acc[2 * j] += qv * wf.x;
+      acc[2 * j + 1] += qv * wf.y;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {  // (g0 + g1) + (g2 + g3) in every lane of the four
+    acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
+    acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 2);
+  }
+  // Block j sums columns [j span, (j + 1) span): every block stores its partial of them into block j's
+  // inbox (row = its rank), so that after one cluster barrier each block reads only its own memory.
+  __shared__ __align__(16) float inbox[kQkvAbsorbLatent];
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int nb = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int span = kQkvAbsorbLatent / nb;  // a multiple of 8 (nb a power of 2 up to 8)
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // every block has started (arrived at its start)
+  if (dg == 0) {
+    float* dst = cluster.map_shared_rank(inbox, c8 / span) + rank * span + c8 % span;
+    *reinterpret_cast<float4*>(dst) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    *reinterpret_cast<float4*>(dst + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+  }
+  cluster.sync();
+  for (int i = tid; i < span; i += blockDim.x) {
+    float sum = 0.f;
+    for (int s = 0; s < nb; ++s) sum += inbox[s * span + i];
+    q.qfull[size_t(head) * D + rank * span + i] = __float2bfloat16(sum);
+  }
+}
 
 // y[0:K] = bf16 row `row` of a one-token attention output from its n_splits partials (AttnParams'
 // part_o / part_ml layout, 1 < S <= kAttnCombineFewMax), computed as mla_combine_few_kernel computes
@@ -356,12 +454,18 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
 // kRoute: y[n] = y[n] + the product (each row written by one lane, the old value loaded before the PDL
 // wait), and the block's partial router logits of the new rows: part[e] = sum over its 16 rows n of
 // route_w[e, n] * y[n], for route_in_gu.
-template <bool kF32Out, bool kNorm, bool kComb = false, bool kRoute = false>
-__global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a) {
-  DSV2_TRACE(kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
+//
+// kAbsorb (with kNorm; gemv1_norm_absorb): blocks map to rows through absorb_row0, and the epilogue is
+// absorb_epilogue's (the q_nope blocks' W_UK rows are loaded before the PDL wait too).
+// kAbsorb keeps two blocks per SM (at most 128 registers), as the other forms have.
+template <bool kF32Out, bool kNorm, bool kComb = false, bool kRoute = false, bool kAbsorb = false>
+__global__ void __launch_bounds__(kG1Warps * 32, kAbsorb ? 2 : 1) gemv1_kernel(const Gemv1Args a) {
+  DSV2_TRACE(kAbsorb ? kTrQkvAbsorb : kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.N, K = a.K;
-  const int n0 = (blockIdx.x * kG1Warps + warp) * kG1Rows;
+  [[maybe_unused]] int ab_head = -1, ab_kind = 2;
+  const int n0 = (kAbsorb ? absorb_row0(a, blockIdx.x, ab_head, ab_kind) : blockIdx.x * kG1Warps * kG1Rows) +
+                 warp * kG1Rows;
   const int h = min(n0, N - 1) / a.n_head;  // every row of the warp is in this head (checked by the launcher)
   const bf16* wr[kG1Rows];
 #pragma unroll
@@ -381,6 +485,18 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
   };
   load(0);
   if (kNorm && warp == 0) prefetch_l2_floats(a.norm_w, K, lane);
+  // kAbsorb, q_nope blocks: W_UK rows 4 (tid % 4) .. + 3 of the block's 16 q rows, columns 8 (tid / 4) .. + 7
+  [[maybe_unused]] uint4 wk[4];
+  if constexpr (kAbsorb) {
+    if (ab_kind == 0) {
+      // the first phase of the cluster barrier: its wait in absorb_epilogue says every block has started
+      asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+      const int d0 = n0 - warp * kG1Rows - ab_head * (a.ab.nope + a.ab.rope) + 4 * (threadIdx.x & 3);
+      const bf16* p = a.ab.uk + (size_t(ab_head) * a.ab.uk_head_rows + d0) * kQkvAbsorbLatent + (threadIdx.x >> 2) * 8;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) wk[i] = ld_weight(p + size_t(i) * kQkvAbsorbLatent, true, pol);
+    }
+  }
   // kRoute: the old residual of this warp's rows (nothing between its last writer and this kernel
   // writes it) and this thread's first router piece: expert tid / 4, rows 4 * (tid % 4) .. + 3
   constexpr int kBlockRows = kG1Warps * kG1Rows;
@@ -419,6 +535,16 @@ __global__ void __launch_bounds__(kG1Warps * 32) gemv1_kernel(const Gemv1Args a)
     for (int u = 0; u < kG1U; ++u)
 #pragma unroll
       for (int r = 0; r < kG1Rows; ++r) dot8(wv[r][u], xq[u], acc[r]);
+  }
+  if constexpr (kAbsorb) {
+    float v[kG1Rows];
+#pragma unroll
+    for (int r = 0; r < kG1Rows; ++r) {
+      v[r] = acc[r];
+      for (int o = 16; o > 0; o >>= 1) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
+    }
+    absorb_epilogue(a, ab_kind, ab_head, n0, v, wk);
+    return;
   }
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) {
@@ -527,6 +653,26 @@ bool gemv1_norm_supported(int K) { return K % 8 == 0 && K <= 256 * kG1U; }
 void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y,
                 cudaStream_t s) {
   launch_gemv1(Gemv1Args{nullptr, x, norm_w, eps, w, N, K, 0, 0, 0, y, false, false}, false, s);
+}
+
+bool gemv1_norm_absorb_supported(int K, const QkvAbsorbParams& p) {
+  return device_is_hopper() && gemv1_norm_supported(K) && p.kv_lora == kQkvAbsorbLatent && p.nope % 16 == 0 && p.nope >= 16 &&
+         p.nope / 16 <= 8 && ((p.nope / 16) & (p.nope / 16 - 1)) == 0 && p.rope % 16 == 0 && p.rope > 0 && p.heads > 0 && p.uk_head_rows >= p.nope;
+}
+
+void gemv1_norm_absorb(const float* x, const float* norm_w, float eps, const bf16* w, int K, bf16* y,
+                       const QkvAbsorbParams& p, cudaStream_t s) {
+  DSV2_CHECK(gemv1_norm_absorb_supported(K, p), "gemv1_norm_absorb: K {}, heads {}, nope {}, rope {}, kv_lora {}", K,
+             p.heads, p.nope, p.rope, p.kv_lora);
+  const int N = p.heads * (p.nope + p.rope) + p.kv_lora + p.rope, nb = p.nope / 16;
+  Gemv1Args a{nullptr, x, norm_w, eps, w, N, K, N, 0, 0, y, false, (l2_hint_mask() & 1) != 0};
+  a.ab = p;
+  // blocks: the q_nope clusters, the q_pe pieces, the kv row's pieces, padded to whole clusters
+  const int blocks = p.heads * nb + p.heads * (p.rope / 16) + (p.kv_lora + p.rope + 15) / 16;
+  const dim3 grid(unsigned((blocks + nb - 1) / nb * nb));
+  launch_ex(gemv1_kernel<false, true, false, false, true>, grid, dim3(kG1Warps * 32), 0, s, dim3(unsigned(nb), 1, 1),
+            true, a);
+  DSV2_CUDA_LAUNCHED();
 }
 
 void gemv_rows(const bf16* x, int ldx, int M, const bf16* w, int N, int K, void* y, bool out_f32, int ldy,

@@ -77,6 +77,14 @@ struct AttnParams {
   // 2 <= n_splits <= kAttnClusterMergeMax: the splits of an item run as one thread-block cluster and
   // merge through distributed shared memory; out is written, part_o / part_ml are not used
   bool cluster_merge = false;
+  // One token whose kv row the q/kv product left raw (gemv1_norm_absorb): the blocks whose range holds
+  // its position normalize the row and rope its k_pe (rope_and_cache's operations) in shared memory
+  // before using it, and item 0's block writes it to the cache. Chunks of one token only.
+  const bf16* new_kv = nullptr;         // [kv_lora + rope]: [c | k_pe] as the product wrote them
+  const float* new_kv_norm = nullptr;   // [kv_lora] kv_a_layernorm weight
+  const float* new_cossin = nullptr;    // [rope]
+  const int32_t* new_slot = nullptr;    // its cache row
+  bf16* new_cache = nullptr;            // the layer's cache (= cache) to write it to
 };
 // (token, head) rows per block: one m16 tile (V2-Lite's 16 heads of a token; V2's 128 heads make
 // 8 items per token; with other head counts an item straddles tokens).
@@ -267,6 +275,24 @@ void gemv1_accumulate_route(const bf16* x, const bf16* w, int N, int K, float* y
 // bf16 values add_rmsnorm writes, without the separate kernel); K <= gemv1's one-piece width.
 bool gemv1_norm_supported(int K);
 void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, int N, int K, bf16* y, cudaStream_t s);
+// The one-token q/kv product (no q LoRA) with what absorb_q1 and rope_and_cache do to its outputs,
+// except the kv row: gemv1_norm over the rows [heads x (q_nope | q_pe) | c | k_pe] (N = heads * (nope
+// + rope) + kv_lora + rope), where y receives only the kv row, raw (the attention normalizes and ropes
+// it: AttnParams::new_kv), qfull[h, 0:kv_lora] = the bf16 q_nope of head h times W_UK (as absorb_q1,
+// up to the order of the fp32 sums) and qfull[h, kv_lora:] = its roped q_pe (as rope_and_cache). The
+// q_nope rows of a head are one thread-block cluster of nope / 16 blocks that sums its W_UK partials
+// through distributed shared memory (Hopper; supported() is false elsewhere).
+constexpr int kQkvAbsorbLatent = 512;  // kv_lora of the form (every DeepSeek-V2 checkpoint)
+struct QkvAbsorbParams {
+  const bf16* uk = nullptr;     // kv_b_proj [heads * uk_head_rows, kv_lora]: W_UK_h = rows h * uk_head_rows ..
+  long long uk_head_rows = 0;   // nope + v
+  int heads = 0, nope = 0, rope = 0, kv_lora = 0;
+  bf16* qfull = nullptr;        // [heads, kv_lora + rope]
+  const float* cossin = nullptr;  // [rope]: the token's cos then sin (RopeCacheParams::cossin)
+};
+bool gemv1_norm_absorb_supported(int K, const QkvAbsorbParams& p);
+void gemv1_norm_absorb(const float* x, const float* norm_w, float eps, const bf16* w, int K, bf16* y,
+                       const QkvAbsorbParams& p, cudaStream_t s);
 // Absorbed queries of one token: out[h * out_stride + c] = sum_d q[h * q_stride + d] *
 // w[(h * w_head_rows + d) * C + c] for d < nope, c < C (W_UK of kv_b_proj); C % 64 == 0. With rope
 // (one token), the same launch also does rope_and_cache(*rope) in one more block.
@@ -289,7 +315,7 @@ struct TraceBuf {
 enum TraceKernel : uint32_t {
   kTrEmbed = 1, kTrNorm, kTrGemv1Norm, kTrGemv1F32, kTrGemv1Bf16, kTrGemv1Comb, kTrAbsorb, kTrAttn, kTrCombine,
   kTrRoute, kTrMoeGu, kTrMoeDown, kTrMoeTmaGu, kTrMoeTmaDown, kTrGrouped, kTrDispatch, kTrSilu, kTrSample,
-  kTrKernels
+  kTrQkvAbsorb, kTrKernels
 };
 // Binds the buffer for every instrumented kernel (does nothing in other builds).
 void trace_bind(const TraceBuf& b);
