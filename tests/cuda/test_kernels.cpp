@@ -488,7 +488,7 @@ TEST(CudaKernels, OneTokenQkvAbsorbAndNewKvRow) {
     const int32_t slot = blocks[len / 64] * 64 + len % 64;
     const auto cache = round_bf16(randn(size_t(3) * 64 * D, g));
     Dev<bf16> c1(to_bf16(cache)), c2(to_bf16(cache));
-    Dev<int32_t> dslot(std::vector<int32_t>{slot}), dblocks(blocks), dchunks(std::vector<int32_t>{0, 1, len + 1, 0});
+    Dev<int32_t> dslot(std::vector<int32_t>{slot}), dblocks(blocks);
     for (auto* b : {&y1, &y2, &q1, &q2}) b->poison();
     gemv1_norm(dxf.p, dnw.p, 1e-6f, dw.p, N, cs.K, y1.p, 0);
     RopeCacheParams rp{};
@@ -527,38 +527,50 @@ TEST(CudaKernels, OneTokenQkvAbsorbAndNewKvRow) {
     EXPECT_LT(rel_err(got, ref), 4e-3) << "absorb heads=" << cs.heads << " nope=" << cs.nope;
     EXPECT_LT(rel_err(got, was), 4e-3) << "absorb against absorb_q1, heads=" << cs.heads;
 
-    // The attention with the raw row: the same outputs and cache row as over the row absorb_q1 wrote.
+    // The attention with the raw row: the same outputs and cache row as over the row rope_and_cache
+    // writes, for a new position in every stage of the ring and in a tile loaded later (contexts 0 and
+    // 100 over 1, 3 and 4 splits).
     std::vector<int32_t> items;
     for (int r = 0; r < cs.heads; r += kAttnRows) items.insert(items.end(), {0, r, 0, 0});
     const int n_items = int(items.size() / 4);
     Dev<int32_t> ditems(items);
-    Dev<bf16> o1(size_t(cs.heads) * kvl), o2(size_t(cs.heads) * kvl);
-    for (int S : {1, 3, 4}) {
-      Dev<float> part_o(size_t(n_items) * S * kAttnRows * kvl), part_ml(size_t(n_items) * S * kAttnRows * 2);
-      AttnParams p{q1.p, c1.p, ditems.p, dchunks.p, dblocks.p, n_items, S, cs.heads, 0.1147f, o1.p, part_o.p,
-                   part_ml.p};
-      o1.poison();
-      mla_attention(p, kvl, cs.rope, 0);
-      c2.put(to_bf16(cache));
-      p.cache = c2.p;
-      p.out = o2.p;
-      p.new_kv = y2.p + cs.heads * qd;
-      p.new_kv_norm = dkvn.p;
-      p.new_cossin = dcossin.p;
-      p.new_slot = dslot.p;
-      p.new_cache = c2.p;
-      o2.poison();
-      mla_attention(p, kvl, cs.rope, 0);
-      const auto r1 = from_bf16(c1.get()), r2 = from_bf16(c2.get());
-      std::vector<float> row1(r1.begin() + long(slot) * D, r1.begin() + long(slot + 1) * D),
-          row2(r2.begin() + long(slot) * D, r2.begin() + long(slot + 1) * D);
-      EXPECT_LT(rel_err(row2, row1), 2e-3) << "cache row, heads=" << cs.heads << " splits=" << S;
-      for (int i = 0; i < D; ++i)
-        if (i >= kvl) ASSERT_EQ(row2[size_t(i)], row1[size_t(i)]) << "k_pe column " << i;
-      EXPECT_LT(rel_err(from_bf16(o2.get()), from_bf16(o1.get())), 2e-3) << "heads=" << cs.heads << " splits=" << S;
-      std::vector<float> rest1(r1), rest2(r2);  // every other row untouched
-      for (int i = 0; i < D; ++i) rest1[size_t(slot) * D + size_t(i)] = rest2[size_t(slot) * D + size_t(i)] = 0.f;
-      EXPECT_EQ(rest2, rest1) << "heads=" << cs.heads << " splits=" << S;
+    Dev<bf16> o1(size_t(cs.heads) * kvl), o2(size_t(cs.heads) * kvl), qpe(size_t(cs.heads) * D);
+    for (int ctx : {0, len}) {
+      const int32_t s0 = blocks[size_t(ctx / 64)] * 64 + ctx % 64;
+      Dev<int32_t> dslot0(std::vector<int32_t>{s0}), dchunks0(std::vector<int32_t>{0, 1, ctx + 1, 0});
+      c1.put(to_bf16(cache));
+      rp.slot = dslot0.p;
+      rp.cache = c1.p;
+      rp.qfull = qpe.p;
+      rope_and_cache(rp, 0);
+      for (int S : {1, 3, 4}) {
+        Dev<float> part_o(size_t(n_items) * S * kAttnRows * kvl), part_ml(size_t(n_items) * S * kAttnRows * 2);
+        AttnParams p{q1.p, c1.p, ditems.p, dchunks0.p, dblocks.p, n_items, S, cs.heads, 0.1147f, o1.p, part_o.p,
+                     part_ml.p};
+        o1.poison();
+        mla_attention(p, kvl, cs.rope, 0);
+        c2.put(to_bf16(cache));
+        p.cache = c2.p;
+        p.out = o2.p;
+        p.new_kv = y2.p + cs.heads * qd;
+        p.new_kv_norm = dkvn.p;
+        p.new_cossin = dcossin.p;
+        p.new_slot = dslot0.p;
+        p.new_cache = c2.p;
+        o2.poison();
+        mla_attention(p, kvl, cs.rope, 0);
+        const auto r1 = from_bf16(c1.get()), r2 = from_bf16(c2.get());
+        const std::string what = "heads=" + std::to_string(cs.heads) + " context=" + std::to_string(ctx) +
+                                 " splits=" + std::to_string(S);
+        std::vector<float> row1(r1.begin() + long(s0) * D, r1.begin() + long(s0 + 1) * D),
+            row2(r2.begin() + long(s0) * D, r2.begin() + long(s0 + 1) * D);
+        EXPECT_LT(rel_err(row2, row1), 2e-3) << "cache row, " << what;
+        for (int i = kvl; i < D; ++i) ASSERT_EQ(row2[size_t(i)], row1[size_t(i)]) << "k_pe column " << i << ", " << what;
+        EXPECT_LT(rel_err(from_bf16(o2.get()), from_bf16(o1.get())), 2e-3) << what;
+        std::vector<float> rest1(r1), rest2(r2);  // every other row untouched
+        for (int i = 0; i < D; ++i) rest1[size_t(s0) * D + size_t(i)] = rest2[size_t(s0) * D + size_t(i)] = 0.f;
+        EXPECT_EQ(rest2, rest1) << what;
+      }
     }
   }
 }

@@ -54,7 +54,7 @@ static_assert(kSTiles % 2 == 0 && kPos % 16 == 0, "warp split of S");
 struct Layout {
   int ksteps;  // k16 steps of the S product (D rounded up to 16)
   int LDK;
-  size_t q, k, s, p, f, n, bytes;
+  size_t q, k, s, p, f, bytes;
 };
 
 __host__ __device__ inline Layout make_layout(int D, int NTW) {
@@ -68,8 +68,7 @@ __host__ __device__ inline Layout make_layout(int D, int NTW) {
   L.s = L.k + size_t(kStages) * kPos * L.LDK * 2;
   L.p = L.s + size_t(kKSplit) * kRows * LDSS * 4;
   L.f = L.p + size_t(kRows) * LDP * 2;
-  L.n = L.f + size_t(kRows) * 4;  // AttnParams::new_kv: the token's normalized row (D bf16)
-  L.bytes = L.n + size_t(w + 8) * 2;
+  L.bytes = L.f + size_t(kRows) * 4;
   return L;
 }
 
@@ -138,9 +137,8 @@ __device__ __forceinline__ void load_rows(bf16* dst, int LDK, const bf16* src, i
   }
 }
 
-// AttnParams::new_kv: this thread's constants for stage_new_row (they do not depend on the kernel
-// before, so they are loaded before the PDL wait): norm weights of latent pair tid, cos / sin of rope
-// pair tid.
+// AttnParams::new_kv: this thread's constants for new_row (they do not depend on the kernel before, so
+// they are loaded before the PDL wait): norm weights of latent pair tid, cos / sin of rope pair tid.
 struct NewRowConsts {
   float2 w = make_float2(0.0f, 0.0f);
   float cs = 0.0f, sn = 0.0f;
@@ -156,40 +154,43 @@ __device__ __forceinline__ NewRowConsts new_row_consts(const AttnParams& p, int 
   return c;
 }
 
-// p.new_kv's row normalized and roped (rope_and_cache's operations) into row (shared, D bf16), and into
-// the cache when `write`: thread tid owns latent pair tid and rope pair tid (DV <= 2 kThreads,
-// D - DV <= 2 kThreads, both even: mla_attention checks). red: kWarps floats of scratch. Ends with a
-// barrier.
-__device__ void stage_new_row(const AttnParams& p, int D, int DV, const NewRowConsts& c, bf16* row, bool write,
-                              float* red) {
-  const int tid = threadIdx.x, half = (D - DV) / 2;
+// This thread's part of p.new_kv's row normalized and roped (rope_and_cache's operations): latent pair
+// tid and rope pair tid (DV <= 2 kThreads, D - DV <= 2 kThreads, DV % 8 == 0, D even: mla_attention
+// checks). Every warp sums the squares of the whole latent itself (the same order in each), so no
+// block barrier is needed. With `write` the pieces also go to the cache row.
+struct NewRow {
+  __nv_bfloat162 y;
+  bf16 lo, hi;
+};
+__device__ NewRow new_row(const AttnParams& p, int D, int DV, const NewRowConsts& c, bool write) {
+  const int tid = threadIdx.x, lane = tid & 31, half = (D - DV) / 2;
   const __nv_bfloat162* kv = reinterpret_cast<const __nv_bfloat162*>(p.new_kv);
   const float2 v = 2 * tid < DV ? __bfloat1622float2(kv[tid]) : make_float2(0.0f, 0.0f);
   const float2 r = tid < half ? __bfloat1622float2(kv[DV / 2 + tid]) : make_float2(0.0f, 0.0f);
-  float ss = v.x * v.x + v.y * v.y;
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((tid & 31) == 0) red[tid >> 5] = ss;
-  __syncthreads();
-  ss = 0.0f;
-  for (int w = 0; w < kWarps; ++w) ss += red[w];
-  const float inv = kv_inv_rms(ss, DV);
-  bf16* crow = p.new_cache + size_t(*p.new_slot) * D;
-  if (2 * tid < DV) {
-    const __nv_bfloat162 y = __floats2bfloat162_rn(c.w.x * (v.x * inv), c.w.y * (v.y * inv));
-    reinterpret_cast<__nv_bfloat162*>(row)[tid] = y;
-    if (write) reinterpret_cast<__nv_bfloat162*>(crow)[tid] = y;
-  }
-  if (tid < half) {
-    bf16 lo, hi;
-    rope_pair(r.x, r.y, c.cs, c.sn, lo, hi);
-    row[DV + tid] = lo;
-    row[DV + half + tid] = hi;
-    if (write) {
-      crow[DV + tid] = lo;
-      crow[DV + half + tid] = hi;
+  float ss = 0.0f;
+  for (int k = lane; k < DV / 8; k += 32) {
+    const uint4 u = reinterpret_cast<const uint4*>(p.new_kv)[k];
+    const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(u2[j]);
+      ss += f.x * f.x + f.y * f.y;
     }
   }
-  __syncthreads();
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const float inv = kv_inv_rms(ss, DV);
+  NewRow n;
+  n.y = __floats2bfloat162_rn(c.w.x * (v.x * inv), c.w.y * (v.y * inv));
+  rope_pair(r.x, r.y, c.cs, c.sn, n.lo, n.hi);
+  if (write) {
+    bf16* crow = p.new_cache + size_t(*p.new_slot) * D;
+    if (2 * tid < DV) reinterpret_cast<__nv_bfloat162*>(crow)[tid] = n.y;
+    if (tid < half) {
+      crow[DV + tid] = n.lo;
+      crow[DV + half + tid] = n.hi;
+    }
+  }
+  return n;
 }
 
 // NTW: n8 output tiles per warp (8 for kv_lora 512: 8 warps x 64 columns). DC: the row width D
@@ -246,12 +247,32 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
 #pragma unroll
   for (int s = 0; s < kStages; ++s) first_blk[s] = block_of(t_begin + s);
   auto old_rows = [&](int tile) { return min(kPos, max(0, qpos0 - tile * kPos)); };
-  // p.new_kv: the tile that holds the token's position takes the row staged after the wait instead of
-  // the cache's (which this kernel writes).
+  // p.new_kv: the tile that holds the token's position takes the row new_row computes after the wait
+  // (stored by store_new) instead of the cache's, which this kernel writes. fill() copies rows [r0, kPos)
+  // of a tile, leaving that row out.
   const int new_tile =
       p.new_kv != nullptr && nq == 1 && qpos0 / kPos >= t_begin && qpos0 / kPos < t_end ? qpos0 / kPos : -1;
   NewRowConsts nrc;
   if (new_tile >= 0) nrc = new_row_consts(p, D, DV);
+  auto fill = [&](int stage, int tile, int blk, int r0) {
+    if (tile != new_tile) {
+      load_tile(stage, tile, blk, r0, kPos);
+      return;
+    }
+    const int nr = qpos0 - tile * kPos;
+    load_tile(stage, tile, blk, r0, max(r0, nr));
+    load_tile(stage, tile, blk, max(r0, nr + 1), kPos);  // past the new row: zero-filled
+  };
+  NewRow nrow{};
+  auto store_new = [&](int stage) {  // visible after the barrier that opens the tile's step
+    bf16* row = sK + (stage * kPos + qpos0 - new_tile * kPos) * LDK;
+    const int half = (D - DV) / 2;
+    if (2 * tid < DV) reinterpret_cast<__nv_bfloat162*>(row)[tid] = nrow.y;
+    if (tid < half) {
+      row[DV + tid] = nrow.lo;
+      row[DV + half + tid] = nrow.hi;
+    }
+  };
   if (p.pdl) {
 #pragma unroll
     for (int s = 0; s < kStages; ++s)
@@ -261,13 +282,16 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   if (t_begin < t_end) load_rows(sQ, LDK, p.q + qrow0 * D, kRows, nrows, D, mode, tid);
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
-    if (t_begin + s < t_end) load_tile(s, t_begin + s, first_blk[s], p.pdl ? old_rows(t_begin + s) : 0, kPos);
+    if (t_begin + s < t_end) fill(s, t_begin + s, first_blk[s], p.pdl ? old_rows(t_begin + s) : 0);
     cp_async_commit();
   }
   // The block-table entry of the next tile to fetch, read one step ahead so that its latency
   // never stalls the copy issue.
   int next_blk = block_of(t_begin + kStages);
-  if (new_tile >= 0) stage_new_row(p, D, DV, nrc, reinterpret_cast<bf16*>(smem + L.n), item == 0, sF);
+  if (new_tile >= 0) {
+    nrow = new_row(p, D, DV, nrc, item == 0);
+    if (new_tile - t_begin < kStages) store_new(new_tile - t_begin);
+  }
 
   // Softmax work: warp w owns rows 2w and 2w + 1, half a warp (16 lanes x 2 positions) per row.
   // Causal limit of that row; -1 for padding rows. The mask is applied only in tiles that reach
@@ -295,12 +319,6 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
     __syncthreads();  // tile `it` visible; all warps are done with sS
     const bf16* sKt = sK + (it % kStages) * kPos * LDK;
     const int j0 = tile * kPos;
-    if (tile == new_tile) {  // the staged row over the copy of the cache's (both complete here)
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(smem + L.n);
-      uint32_t* dst = reinterpret_cast<uint32_t*>(sK + ((it % kStages) * kPos + qpos0 - j0) * LDK);
-      for (int c = tid; c < D / 2; c += kThreads) dst[c] = src[c];
-      __syncthreads();
-    }
 
     // 1. Partial S over this warp's D range: one A fragment of Q per k16 step, reused for the
     //    kSTiles position tiles (independent accumulators).
@@ -404,7 +422,10 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
     }
     // Refill this tile's stage with the tile kStages ahead once every warp is done with it.
     __syncthreads();
-    if (tile + kStages < t_end) load_tile(it % kStages, tile + kStages, next_blk, 0, kPos);
+    if (tile + kStages < t_end) {
+      fill(it % kStages, tile + kStages, next_blk, 0);
+      if (tile + kStages == new_tile) store_new(it % kStages);
+    }
     cp_async_commit();
     next_blk = block_of(tile + kStages + 1);
   }
@@ -685,7 +706,7 @@ void mla_attention(const AttnParams& params, int kv_lora, int rope, cudaStream_t
   DSV2_CHECK(!p.cluster_merge || mla_attention_cluster_merge_supported(p, kv_lora),
              "mla_attention: {} splits of a {}-wide latent cannot merge in a cluster", p.n_splits, kv_lora);
   const int D = kv_lora + rope, DV = kv_lora;
-  DSV2_CHECK(!p.new_kv || (DV % 2 == 0 && rope % 2 == 0 && DV <= 2 * kThreads && rope <= 2 * kThreads),
+  DSV2_CHECK(!p.new_kv || (DV % 8 == 0 && rope % 2 == 0 && DV <= 2 * kThreads && rope <= 2 * kThreads),
              "mla_attention: a new kv row of widths {} + {} cannot be staged", DV, rope);
   // Output columns per warp: 64 (8 n8 tiles) covers kv_lora up to 512, 8 covers up to 64.
   if (DV <= 8 * kWarps)
