@@ -400,21 +400,9 @@ TEST(CudaKernels, OneTokenAbsorbAndHeadProducts) {
       Dev<bf16> dkv(to_bf16(kv)), c1(size_t(8) * D), c2(size_t(8) * D), q1(size_t(cs.heads) * D), q2(size_t(cs.heads) * D);
       Dev<int32_t> dslot(std::vector<int32_t>{3});
       for (auto* b : {&c1, &c2, &q1, &q2}) b->poison();
-      RopeCacheParams rp{};
-      rp.q = dq.p;
-      rp.q_stride = cs.heads * qd;
-      rp.kv = dkv.p;
-      rp.kv_stride = cs.C + 64;
-      rp.kv_norm = dkvn.p;
-      rp.slot = dslot.p;
-      rp.cossin = dcossin.p;
-      rp.T = 1;
-      rp.heads = cs.heads;
-      rp.nope = cs.nope;
-      rp.rope = 64;
-      rp.kv_lora = cs.C;
-      rp.qfull = q1.p;
-      rp.cache = c1.p;
+      RopeCacheParams rp{.q = dq.p, .q_stride = cs.heads * qd, .kv = dkv.p, .kv_stride = cs.C + 64,
+                         .kv_norm = dkvn.p, .slot = dslot.p, .cossin = dcossin.p, .T = 1, .heads = cs.heads,
+                         .nope = cs.nope, .rope = 64, .kv_lora = cs.C, .qfull = q1.p, .cache = c1.p};
       rope_and_cache(rp, 0);
       rp.qfull = q2.p;
       rp.cache = c2.p;
@@ -491,21 +479,9 @@ TEST(CudaKernels, OneTokenQkvAbsorbAndNewKvRow) {
     Dev<int32_t> dslot(std::vector<int32_t>{slot}), dblocks(blocks);
     for (auto* b : {&y1, &y2, &q1, &q2}) b->poison();
     gemv1_norm(dxf.p, dnw.p, 1e-6f, dw.p, N, cs.K, y1.p, 0);
-    RopeCacheParams rp{};
-    rp.q = y1.p;
-    rp.q_stride = N;
-    rp.kv = y1.p + cs.heads * qd;
-    rp.kv_stride = N;
-    rp.kv_norm = dkvn.p;
-    rp.slot = dslot.p;
-    rp.cossin = dcossin.p;
-    rp.T = 1;
-    rp.heads = cs.heads;
-    rp.nope = cs.nope;
-    rp.rope = cs.rope;
-    rp.kv_lora = kvl;
-    rp.qfull = q1.p;
-    rp.cache = c1.p;
+    RopeCacheParams rp{.q = y1.p, .q_stride = N, .kv = y1.p + cs.heads * qd, .kv_stride = N, .kv_norm = dkvn.p,
+                       .slot = dslot.p, .cossin = dcossin.p, .T = 1, .heads = cs.heads, .nope = cs.nope,
+                       .rope = cs.rope, .kv_lora = kvl, .qfull = q1.p, .cache = c1.p};
     absorb_q1(y1.p, qd, duk.p, cs.heads, cs.nope, rows, kvl, q1.p, D, 0, &rp);
     QkvAbsorbParams qa{duk.p, rows, cs.heads, cs.nope, cs.rope, kvl, q2.p, dcossin.p};
     ASSERT_TRUE(gemv1_norm_absorb_supported(cs.K, qa));

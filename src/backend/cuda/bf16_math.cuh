@@ -39,6 +39,17 @@ __device__ __forceinline__ void dot8(const uint4 w, const uint4 x, float& acc) {
   }
 }
 
+// acc[i] += s * w[i] over the 8 bf16 values of a 16-byte piece.
+__device__ __forceinline__ void axpy8(float s, const uint4 w, float (&acc)[8]) {
+  const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&w);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float2 wf = __bfloat1622float2(w2[q]);
+    acc[2 * q] += s * wf.x;
+    acc[2 * q + 1] += s * wf.y;
+  }
+}
+
 // ag += g . x and au += u . x: a gate row and its up row against the same piece of x.
 __device__ __forceinline__ void dot8_gate_up(const uint4 g, const uint4 u, const uint4 x, float& ag, float& au) {
   const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x);

@@ -338,16 +338,7 @@ __global__ void __launch_bounds__(256) absorb_q1_kernel(const bf16* __restrict__
       qv[j] = d < nope ? __bfloat162float(qh[d]) : 0.0f;
     }
 #pragma unroll
-    for (int j = 0; j < kAbsorbU; ++j) {
-      const float qd = qv[j];
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv[j]);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 wf = __bfloat1622float2(w2[i]);
-        acc[2 * i] += qd * wf.x;
-        acc[2 * i + 1] += qd * wf.y;
-      }
-    }
+    for (int j = 0; j < kAbsorbU; ++j) axpy8(qv[j], wv[j], acc);
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) part[dg][cg * 8 + i] = acc[i];

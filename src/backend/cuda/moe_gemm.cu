@@ -366,16 +366,7 @@ __device__ void absorb_epilogue(const Gemv1Args& a, int kind, int head, int n0, 
   const int dg = tid & 3, c8 = (tid >> 2) * 8;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float qv = sq[dg * 4 + i];
-    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wk[i]);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 wf = __bfloat1622float2(w2[j]);
-      acc[2 * j] += qv * wf.x;
-      acc[2 * j + 1] += qv * wf.y;
-    }
-  }
+  for (int i = 0; i < 4; ++i) axpy8(sq[dg * 4 + i], wk[i], acc);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {  // (g0 + g1) + (g2 + g3) in every lane of the four
     acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
