@@ -706,8 +706,9 @@ void mla_attention(const AttnParams& params, int kv_lora, int rope, cudaStream_t
   DSV2_CHECK(!p.cluster_merge || mla_attention_cluster_merge_supported(p, kv_lora),
              "mla_attention: {} splits of a {}-wide latent cannot merge in a cluster", p.n_splits, kv_lora);
   const int D = kv_lora + rope, DV = kv_lora;
-  DSV2_CHECK(!p.new_kv || (DV % 8 == 0 && rope % 2 == 0 && DV <= 2 * kThreads && rope <= 2 * kThreads),
-             "mla_attention: a new kv row of widths {} + {} cannot be staged", DV, rope);
+  DSV2_CHECK(!p.new_kv || (DV % 8 == 0 && rope % 2 == 0 && DV <= 2 * kThreads && rope <= 2 * kThreads &&
+                           reinterpret_cast<uintptr_t>(p.new_kv) % 16 == 0),
+             "mla_attention: a new kv row of widths {} + {} (or not 16-byte aligned) is unsupported", DV, rope);
   // Output columns per warp: 64 (8 n8 tiles) covers kv_lora up to 512, 8 covers up to 64.
   if (DV <= 8 * kWarps)
     launch_attn<1, 0>(p, D, DV, s);

@@ -1258,15 +1258,9 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
   // product and the attention (qkv_absorb).
   const bool one_token =
       T == 1 && n_items > 0 && gemv1_on_ && kvl_ % 64 == 0 && vdim_ % 2 == 0 && rope_ <= 256 && aligned16(L.kv_b.p);
-  QkvAbsorbParams qa{};
-  qa.uk = L.kv_b.p;
-  qa.uk_head_rows = nope_ + vdim_;
-  qa.heads = heads_;
-  qa.nope = nope_;
-  qa.rope = rope_;
-  qa.kv_lora = kvl_;
-  qa.qfull = qfull_.p;
-  qa.cossin = reinterpret_cast<const float*>(meta + m_rope_);
+  const QkvAbsorbParams qa{.uk = L.kv_b.p, .uk_head_rows = nope_ + vdim_, .heads = heads_, .nope = nope_,
+                           .rope = rope_, .kv_lora = kvl_, .qfull = qfull_.p,
+                           .cossin = reinterpret_cast<const float*>(meta + m_rope_)};
   const bool qkv_absorb = one_token && fused1_ && qkv_absorb_on_ && c_.q_lora_rank == 0 && decomp_.empty() &&
                           !skip("absorb") && gemv1_norm_absorb_supported(H_, qa);
   // [T, H] -> [T, q_out + kv_lora + rope]

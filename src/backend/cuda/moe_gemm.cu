@@ -651,7 +651,8 @@ void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, i
 
 bool gemv1_norm_absorb_supported(int K, const QkvAbsorbParams& p) {
   return device_is_hopper() && gemv1_norm_supported(K) && p.kv_lora == kQkvAbsorbLatent && p.nope % 16 == 0 && p.nope >= 16 &&
-         p.nope / 16 <= 8 && ((p.nope / 16) & (p.nope / 16 - 1)) == 0 && p.rope % 16 == 0 && p.rope > 0 && p.heads > 0 && p.uk_head_rows >= p.nope;
+         p.nope / 16 <= 8 && ((p.nope / 16) & (p.nope / 16 - 1)) == 0 && p.rope % 16 == 0 && p.rope > 0 && p.heads > 0 && p.uk_head_rows >= p.nope &&
+         reinterpret_cast<uintptr_t>(p.uk) % 16 == 0;
 }
 
 void gemv1_norm_absorb(const float* x, const float* norm_w, float eps, const bf16* w, int K, bf16* y,

@@ -78,8 +78,8 @@ struct AttnParams {
   // merge through distributed shared memory; out is written, part_o / part_ml are not used
   bool cluster_merge = false;
   // One token whose kv row the q/kv product left raw (gemv1_norm_absorb): the blocks whose range holds
-  // its position normalize the row and rope its k_pe (rope_and_cache's operations) in shared memory
-  // before using it, and item 0's block writes it to the cache. Chunks of one token only.
+  // its position normalize the row and rope its k_pe (rope_and_cache's operations) straight into their
+  // cache tile in shared memory, and item 0's block writes it to the cache. Chunks of one token only.
   const bf16* new_kv = nullptr;         // [kv_lora + rope]: [c | k_pe] as the product wrote them
   const float* new_kv_norm = nullptr;   // [kv_lora] kv_a_layernorm weight
   const float* new_cossin = nullptr;    // [rope]
