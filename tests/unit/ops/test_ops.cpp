@@ -44,8 +44,9 @@ TEST(Rope, YarnInvFreqAttentionFactorAndSoftmaxScale) {
     ASSERT_EQ(inv.size(), ref.size());
     for (size_t i = 0; i < inv.size(); ++i) EXPECT_NEAR(inv[i] / ref[i], 1.0, 1e-12) << y["name"] << " " << i;
     EXPECT_NEAR(c.rope_attention_factor(), y["attention_factor"].get<double>(), 1e-12) << y["name"];
-    if (y.contains("softmax_scale"))
+    if (y.contains("softmax_scale")) {
       EXPECT_NEAR(c.softmax_scale(), y["softmax_scale"].get<double>(), 1e-14) << y["name"];
+    }
   }
 }
 

@@ -105,7 +105,9 @@ TEST(IncrementalDetokenizer, RealVocabularyOnCorpus) {
     EXPECT_TRUE(t.decode(ids, false) == "<｜begin▁of▁sentence｜>" + text) << name;
     size_t held = 0;
     for (const auto& p : parts) held += p.empty();
-    if (std::string(name) == "unicode_01.txt") EXPECT_GT(held, 0u) << "no token ended inside a character";
+    if (std::string(name) == "unicode_01.txt") {
+      EXPECT_GT(held, 0u) << "no token ended inside a character";
+    }
     std::string skipped = t.decode(ids, true);
     EXPECT_TRUE(stream(t, ids, true, nullptr) == skipped) << name;
     EXPECT_EQ(skipped.find("<｜end▁of▁sentence｜>"), std::string::npos);
