@@ -448,12 +448,16 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
 //
 // kAbsorb (with kNorm; gemv1_norm_absorb): blocks map to rows through absorb_row0, and the epilogue is
 // absorb_epilogue's (the q_nope blocks' W_UK rows are loaded before the PDL wait too).
-// The minimum of blocks per SM: 2 for kAbsorb (at most 128 registers, as it compiles anyway; builds with
-// the kernel timeline would otherwise exceed that). Stated as 1 for the other forms, it changes their
-// register allocation (gemv1 121, o_proj 131 and W_UV 139 registers instead of 102 / 128 / 127), and
-// that measured faster on the H200 at batch 1: 597 against 588 tok/s in four alternating pairs.
+// The minimum of blocks per SM, which sets the register allocation and so which kernels' blocks can share
+// an SM (measured on the H200 at batch 1, alternating builds in one call):
+// - 2 for kAbsorb: at most 128 registers, as it compiles anyway (builds with the kernel timeline would
+//   otherwise exceed that, and the q/kv product needs two blocks per SM).
+// - 1 for o_proj (kRoute): 131 registers, one block per SM (and no room for a MoE gate/up block beside
+//   it); at 127 registers (two per SM, or one beside a gate/up block) batch 1 fell from 597 to 583 tok/s.
+// - 2 for the W_UV product (kComb): 127 registers instead of 139: 598.4-598.8 against 597.1-597.5.
+// - 1 for the plain forms (121 registers; without a stated minimum 102: not measured alone).
 template <bool kF32Out, bool kNorm, bool kComb = false, bool kRoute = false, bool kAbsorb = false>
-__global__ void __launch_bounds__(kG1Warps * 32, kAbsorb ? 2 : 1) gemv1_kernel(const Gemv1Args a) {
+__global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1_kernel(const Gemv1Args a) {
   DSV2_TRACE(kAbsorb ? kTrQkvAbsorb : kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.N, K = a.K;
