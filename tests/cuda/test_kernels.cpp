@@ -541,7 +541,8 @@ TEST(CudaKernels, OneTokenQkvAbsorbAndNewKvRow) {
         std::vector<float> row1(r1.begin() + long(s0) * D, r1.begin() + long(s0 + 1) * D),
             row2(r2.begin() + long(s0) * D, r2.begin() + long(s0 + 1) * D);
         EXPECT_LT(rel_err(row2, row1), 2e-3) << "cache row, " << what;
-        for (int i = kvl; i < D; ++i) ASSERT_EQ(row2[size_t(i)], row1[size_t(i)]) << "k_pe column " << i << ", " << what;
+        for (int i = kvl; i < D; ++i)
+          ASSERT_EQ(row2[size_t(i)], row1[size_t(i)]) << "k_pe column " << i << ", " << what;
         EXPECT_LT(rel_err(from_bf16(o2.get()), from_bf16(o1.get())), 2e-3) << what;
         std::vector<float> rest1(r1), rest2(r2);  // every other row untouched
         for (int i = 0; i < D; ++i) rest1[size_t(s0) * D + size_t(i)] = rest2[size_t(s0) * D + size_t(i)] = 0.f;

@@ -401,8 +401,9 @@ TEST(CudaParity, RealWidthsRandomWeights) {
     gpu = cuda::make_model(w, 0, CacheOptions{4096, 0.9});
     unsetenv("DSV2_CUDA_NO_QKV_ABSORB");
     const auto apart = stepped_logits(*gpu, head, 40);
-    const double ef = rel_l2(fused.data(), rows.data(), rows.size()), ea = rel_l2(apart.data(), rows.data(), rows.size()),
-                 efa = rel_l2(fused.data(), apart.data(), rows.size());
+    const double ef = rel_l2(fused.data(), rows.data(), rows.size());
+    const double ea = rel_l2(apart.data(), rows.data(), rows.size());
+    const double efa = rel_l2(fused.data(), apart.data(), rows.size());
     std::printf("[parity] one-token steps (lite-style): rel L2 %.2e (absorb in the q/kv product), %.2e (apart), "
                 "%.2e between them\n", ef, ea, efa);
     EXPECT_LT(ef, 1e-2);

@@ -458,7 +458,11 @@ __device__ void stage_combine_row(const float* __restrict__ part_o, const float*
 // - 1 for the plain forms (121 registers; without a stated minimum 102: not measured alone).
 template <bool kF32Out, bool kNorm, bool kComb = false, bool kRoute = false, bool kAbsorb = false>
 __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1_kernel(const Gemv1Args a) {
-  DSV2_TRACE(kAbsorb ? kTrQkvAbsorb : kComb ? kTrGemv1Comb : kNorm ? kTrGemv1Norm : kF32Out ? kTrGemv1F32 : kTrGemv1Bf16);
+  DSV2_TRACE(kAbsorb  ? kTrQkvAbsorb
+             : kComb  ? kTrGemv1Comb
+             : kNorm  ? kTrGemv1Norm
+             : kF32Out ? kTrGemv1F32
+                       : kTrGemv1Bf16);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.N, K = a.K;
   [[maybe_unused]] int ab_head = -1, ab_kind = 2;
@@ -654,9 +658,10 @@ void gemv1_norm(const float* x, const float* norm_w, float eps, const bf16* w, i
 }
 
 bool gemv1_norm_absorb_supported(int K, const QkvAbsorbParams& p) {
-  return device_is_hopper() && gemv1_norm_supported(K) && p.kv_lora == kQkvAbsorbLatent && p.nope % 16 == 0 && p.nope >= 16 &&
-         p.nope / 16 <= 8 && ((p.nope / 16) & (p.nope / 16 - 1)) == 0 && p.rope % 16 == 0 && p.rope > 0 && p.heads > 0 && p.uk_head_rows >= p.nope &&
-         reinterpret_cast<uintptr_t>(p.uk) % 16 == 0;
+  const int nb = p.nope / 16;  // q_nope blocks per head: the cluster size, a power of 2 up to 8
+  return device_is_hopper() && gemv1_norm_supported(K) && p.kv_lora == kQkvAbsorbLatent && p.nope % 16 == 0 &&
+         nb >= 1 && nb <= 8 && (nb & (nb - 1)) == 0 && p.rope % 16 == 0 && p.rope > 0 && p.heads > 0 &&
+         p.uk_head_rows >= p.nope && reinterpret_cast<uintptr_t>(p.uk) % 16 == 0;
 }
 
 void gemv1_norm_absorb(const float* x, const float* norm_w, float eps, const bf16* w, int K, bf16* y,
