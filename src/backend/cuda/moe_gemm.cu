@@ -585,8 +585,8 @@ __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1
 
 }  // namespace
 
-static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
-  if (a.N == 0) return;
+// What every gemv1 launch settles the same way: one head when none is given, the checks, the L2 hint.
+static void prepare_gemv1(Gemv1Args& a) {
   if (a.n_head <= 0 || a.n_head >= a.N) {
     a.n_head = a.N;
     a.w_head_rows = 0;
@@ -595,6 +595,11 @@ static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
   DSV2_CHECK(a.K % 8 == 0 && (a.n_head == a.N || a.n_head % kG1Rows == 0), "gemv1: K {} or head width {} unsupported",
              a.K, a.n_head);
   a.evict_first = (l2_hint_mask() & 1) != 0;
+}
+
+static void launch_gemv1(Gemv1Args a, bool out_f32, cudaStream_t s) {
+  if (a.N == 0) return;
+  prepare_gemv1(a);
   const dim3 grid(unsigned((a.N + kG1Warps * kG1Rows - 1) / (kG1Warps * kG1Rows)));
   const dim3 block(kG1Warps * 32);
   if (a.part_o) {
@@ -669,8 +674,9 @@ void gemv1_norm_absorb(const float* x, const float* norm_w, float eps, const bf1
   DSV2_CHECK(gemv1_norm_absorb_supported(K, p), "gemv1_norm_absorb: K {}, heads {}, nope {}, rope {}, kv_lora {}", K,
              p.heads, p.nope, p.rope, p.kv_lora);
   const int N = p.heads * (p.nope + p.rope) + p.kv_lora + p.rope, nb = p.nope / 16;
-  Gemv1Args a{nullptr, x, norm_w, eps, w, N, K, N, 0, 0, y, false, (l2_hint_mask() & 1) != 0};
+  Gemv1Args a{nullptr, x, norm_w, eps, w, N, K, 0, 0, 0, y, false, false};
   a.ab = p;
+  prepare_gemv1(a);
   // blocks: the q_nope clusters, the q_pe pieces, the kv row's pieces, padded to whole clusters
   const int blocks = p.heads * nb + p.heads * (p.rope / 16) + (p.kv_lora + p.rope + 15) / 16;
   const dim3 grid(unsigned((blocks + nb - 1) / nb * nb));
