@@ -288,10 +288,12 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   // The block-table entry of the next tile to fetch, read one step ahead so that its latency
   // never stalls the copy issue.
   int next_blk = block_of(t_begin + kStages);
+  DSV2_TRACE_MARK(0);
   if (new_tile >= 0) {
     nrow = new_row(p, D, DV, nrc, item == 0);
     if (new_tile - t_begin < kStages) store_new(new_tile - t_begin);
   }
+  DSV2_TRACE_MARK(1);
 
   // Softmax work: warp w owns rows 2w and 2w + 1, half a warp (16 lanes x 2 positions) per row.
   // Causal limit of that row; -1 for padding rows. The mask is applied only in tiles that reach
@@ -431,6 +433,7 @@ __global__ void __launch_bounds__(kThreads, 2) mla_attn_kernel(AttnParams p, int
   }
   cp_async_wait<0>();  // no copy may be left in flight at exit
 
+  DSV2_TRACE_MARK(2);
   // Row sums: each lane summed its own positions; 16 lanes hold the whole row.
 #pragma unroll
   for (int o2 = 8; o2 > 0; o2 >>= 1) l_row += __shfl_xor_sync(0xffffffffu, l_row, o2);

@@ -1150,7 +1150,7 @@ void CudaModelImpl::trace_init() {
   b.n = trace_n_.p;
   trace_bind(b);
   if (std::FILE* f = std::fopen(trace_file_.c_str(), "w")) {
-    std::fputs("pass,tokens,kernel,sm,block,blocks,t0_ns,t1_ns,tw_ns\n", f);
+    std::fputs("pass,tokens,kernel,sm,block,blocks,t0_ns,t1_ns,tw_ns,m0_ns,m1_ns,m2_ns,m3_ns\n", f);
     std::fclose(f);
   } else {
     fail("DSV2_CUDA_TRACE_FILE: cannot write {}", trace_file_);
@@ -1167,9 +1167,10 @@ void CudaModelImpl::trace_write(int T) {
   std::FILE* f = std::fopen(trace_file_.c_str(), "a");
   if (!f) return;
   for (const TraceRec& r : recs)
-    std::fprintf(f, "%llu,%d,%s,%u,%u,%u,%llu,%llu,%llu\n", (unsigned long long)trace_pass_, T,
+    std::fprintf(f, "%llu,%d,%s,%u,%u,%u,%llu,%llu,%llu,%llu,%llu,%llu,%llu\n", (unsigned long long)trace_pass_, T,
                  trace_kernel_name(r.kernel), r.sm, r.block, r.blocks, (unsigned long long)r.t0,
-                 (unsigned long long)r.t1, (unsigned long long)r.tw);
+                 (unsigned long long)r.t1, (unsigned long long)r.tw, (unsigned long long)r.tm[0],
+                 (unsigned long long)r.tm[1], (unsigned long long)r.tm[2], (unsigned long long)r.tm[3]);
   std::fclose(f);
   ++trace_pass_;
 }

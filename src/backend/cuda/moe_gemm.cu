@@ -380,12 +380,14 @@ __device__ void absorb_epilogue(const Gemv1Args& a, int kind, int head, int n0, 
   const int nb = int(cluster.num_blocks()), rank = int(cluster.block_rank());
   const int span = kQkvAbsorbLatent / nb;  // a multiple of 8 (nb a power of 2 up to 8)
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // every block has started (arrived at its start)
+  DSV2_TRACE_MARK(2);
   if (dg == 0) {
     float* dst = cluster.map_shared_rank(inbox, c8 / span) + rank * span + c8 % span;
     *reinterpret_cast<float4*>(dst) = make_float4(acc[0], acc[1], acc[2], acc[3]);
     *reinterpret_cast<float4*>(dst + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
   }
   cluster.sync();
+  DSV2_TRACE_MARK(3);
   for (int i = tid; i < span; i += blockDim.x) {
     float sum = 0.f;
     for (int s = 0; s < nb; ++s) sum += inbox[s * span + i];
@@ -522,6 +524,7 @@ __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1
   if constexpr (kComb) stage_combine_row(a.part_o, a.part_ml, a.n_splits, h, K, sxn);  // the block is in head h
   [[maybe_unused]] __shared__ float ynew[kRoute ? kBlockRows : 1];
   const bf16* xh = kNorm || kComb ? sxn : a.x + size_t(h) * a.x_head;
+  DSV2_TRACE_MARK(0);
   float acc[kG1Rows];
 #pragma unroll
   for (int r = 0; r < kG1Rows; ++r) acc[r] = 0.f;
@@ -538,6 +541,7 @@ __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1
 #pragma unroll
       for (int r = 0; r < kG1Rows; ++r) dot8(wv[r][u], xq[u], acc[r]);
   }
+  DSV2_TRACE_MARK(1);
   if constexpr (kAbsorb) {
     float v[kG1Rows];  // the warp's outputs, in every lane
 #pragma unroll
@@ -570,6 +574,7 @@ __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1
   }
   if constexpr (kRoute) {
     __syncthreads();
+    DSV2_TRACE_MARK(2);
     const int C = route_part_stride(a.route_E);
     float* out = a.route_part + size_t(blockIdx.x) * C;
     const int q = tid % 4;

@@ -247,6 +247,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
       reinterpret_cast<uint4*>(sx)[c] = reinterpret_cast<const uint4*>(p.x)[c];
     stage_sync(1, kTmaWarps * 32);
   }
+  DSV2_TRACE_MARK(0);
   uint4 xq[kTmaMaxPieces];
 #pragma unroll
   for (int j = 0; j < kTmaMaxPieces; ++j) {
@@ -255,6 +256,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   }
   for (int n = 0;; ++n) {
     ring.consume_wait(n);
+    if (n == 0) DSV2_TRACE_MARK(1);
     const int u = tags[n % ring.stages];
     if (u < 0) break;
     const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
@@ -327,6 +329,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   }
   if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : __ldcg(p.weights + (tid - p.S));
   stage_sync(1, kTmaWarps * 32);
+  DSV2_TRACE_MARK(0);
   // cols <= 8: warp w takes output row w % cols of the item, piece w / cols of its columns; 16: rows w
   // and w + 8, all columns. Sums per (item, row of the warp) in tot[item * rpw + rr].
   const bool wide = cols > kTmaWarps;
@@ -339,6 +342,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   for (int n = 0; n < my_items * nrow; ++n) {
     const int j = expert_of(n), kk = item_of(n);
     ring.consume_wait(n);
+    if (n == 0) DSV2_TRACE_MARK(1);
+    if (n == 4) DSV2_TRACE_MARK(2);
     const bf16* as = sa + size_t(j) * I;
     for (int rr = 0; rr < rpw; ++rr) {
       const bf16* ws = reinterpret_cast<const bf16*>(ring.stage(n)) + size_t(r + rr * kTmaWarps) * I;

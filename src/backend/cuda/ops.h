@@ -303,9 +303,11 @@ void absorb_q1(const bf16* q, int q_stride, const bf16* w, int heads, int nope, 
 
 // One block of one instrumented kernel: global timer (ns) at its start, when its PDL wait returned
 // (0: thread 0 did not wait) and at its end.
+constexpr int kTraceMarks = 4;
 struct TraceRec {
   uint32_t kernel, sm, block, blocks;
   uint64_t t0, t1, tw;
+  uint64_t tm[kTraceMarks];  // DSV2_TRACE_MARK(i) stamps (0: not reached)
 };
 struct TraceBuf {
   TraceRec* rec = nullptr;

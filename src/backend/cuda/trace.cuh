@@ -17,6 +17,8 @@ namespace dsv2::cuda {
 // One buffer per translation unit (no relocatable device code): trace_bind() sets them all.
 static __device__ TraceBuf g_trace;
 
+static_assert(kTraceMarks == 4, "trace_mark_stamps() holds 4");
+
 struct TraceScope {
   uint32_t kernel;
   uint64_t t0 = 0;
@@ -29,6 +31,7 @@ struct TraceScope {
     if (threadIdx.x == 0 && threadIdx.y == 0) {
       t0 = now();
       trace_wait_stamp() = 0;
+      for (int i = 0; i < kTraceMarks; ++i) trace_mark_stamps()[i] = 0;
     }
   }
   __device__ ~TraceScope() {
@@ -45,10 +48,17 @@ struct TraceScope {
     r.t0 = t0;
     r.t1 = now();
     r.tw = trace_wait_stamp();
+    for (int i = 0; i < kTraceMarks; ++i) r.tm[i] = trace_mark_stamps()[i];
     g_trace.rec[i] = r;
   }
 };
 #define DSV2_TRACE(k) ::dsv2::cuda::TraceScope dsv2_trace_scope_(k)
+// Stamps point i (< kTraceMarks) of thread 0's way through the kernel into its block's record.
+#define DSV2_TRACE_MARK(i)                                 \
+  do {                                                     \
+    if (threadIdx.x == 0 && threadIdx.y == 0)              \
+      trace_mark_stamps()[i] = ::dsv2::cuda::TraceScope::now(); \
+  } while (0)
 // Defines this translation unit's binder (called by trace_bind in kernels.cu).
 #define DSV2_TRACE_BINDER(name)                                          \
   void name(const TraceBuf& b) {                                         \
@@ -56,6 +66,7 @@ struct TraceScope {
   }
 #else
 #define DSV2_TRACE(k)
+#define DSV2_TRACE_MARK(i)
 #define DSV2_TRACE_BINDER(name) \
   void name(const TraceBuf&) {}
 #endif
