@@ -174,7 +174,21 @@ __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float*
   }
 }
 
-__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParams p, TmaLayout L) {
+// Copies a block's copy warp issues before the computing warps have their inputs (gate/up with
+// route_part: the routing's loads; down: the activations). Those loads queue behind the SM's copies
+// in flight: in the kernel timeline (batch 1) the routing took 5.8 us after the PDL wait and the
+// activations 5.5 us, with a full ring of copies issued ahead of them, so the routed copies (and the
+// down's fifth) were issued only after the copies already in flight had drained. Too few early
+// copies leave the memory idle while the inputs load instead. Measured on the H200 at batch 1 (one
+// call, three rounds, DSV2_CUDA_GU_EARLY / DSV2_CUDA_DOWN_EARLY): the full rings (3 and 4) 598 /
+// 598 / 600 tok/s; gate/up 2, down 3: 605 / 605 / 605; gate/up 2, down 1: 605 / 604 / 604; gate/up
+// 0: 577; down 0: 590-593.
+constexpr int kTmaGuEarly = 2, kTmaDownEarly = 3;
+struct EarlyCopies {
+  int gu, down;
+};
+
+__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParams p, TmaLayout L, int early) {
   DSV2_TRACE(kTrMoeTmaGu);
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ uint64_t route_bar;  // route_part: completes when warp 0 has routed the token
@@ -216,7 +230,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
           break;
         }
         const int y = u / upr, i0 = (u - y * upr) * kTmaGuRows;
-        if (y >= p.S && !waited) {  // routed units need the ids
+        if (!waited && (y >= p.S || (route_here && n >= early))) {  // routed units need the ids
           ids_ready();
           waited = true;
         }
@@ -290,9 +304,12 @@ struct DownCfg {
 };
 constexpr int kTmaDownMaxItems = 8;  // items per block (H / cols over the grid)
 
-__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L, DownCfg cfg) {
+__global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsParams p, TmaLayout L, DownCfg cfg,
+                                                                       int early) {
   DSV2_TRACE(kTrMoeTmaDown);
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ uint64_t act_bar;  // completes when the activations are in shared memory
+  if (threadIdx.x == 0) mbar_init(&act_bar, 1);  // make_ring fences and syncs
   const Ring ring = make_ring(smem, L);
   const int H = p.H, I = p.I, nrow = p.K + p.S, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int cols = cfg.cols, n_items = H / cols;
@@ -311,6 +328,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
         return p.w_down + (size_t(e) * H + size_t(it) * cols) * I;
       };
       for (int n = 0; n < my_items * nrow; ++n) {
+        if (n == early) mbar_wait(&act_bar, 0);
         ring.produce(n, seg_bytes);
         bulk_copy_g2s(ring.stage(n), seg(n), seg_bytes, &ring.full[n % ring.stages], pol);
       }
@@ -329,6 +347,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   }
   if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : __ldcg(p.weights + (tid - p.S));
   stage_sync(1, kTmaWarps * 32);
+  if (threadIdx.x == 0) mbar_arrive(&act_bar);
   DSV2_TRACE_MARK(0);
   // cols <= 8: warp w takes output row w % cols of the item, piece w / cols of its columns; 16: rows w
   // and w + 8, all columns. Sums per (item, row of the warp) in tot[item * rpw + rr].
@@ -421,11 +440,18 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
                                p.route.ids == p.ids && p.route.weights == p.weights && p.norm_w),
              "moe_rows_tma: routing in the gate/up blocks unsupported (E {}, top_k {})", p.route.E, p.route.K);
   const int sms = sm_count();
+  static const EarlyCopies early = [] {
+    auto get = [](const char* name, int v) {
+      const char* c = std::getenv(name);
+      return c ? std::max(0, std::atoi(c)) : v;
+    };
+    return EarlyCopies{get("DSV2_CUDA_GU_EARLY", kTmaGuEarly), get("DSV2_CUDA_DOWN_EARLY", kTmaDownEarly)};
+  }();
   if (stages & 1) {
     const TmaLayout L = gu_layout(p.H);
     raise_smem_limit<moe_tma_gu_kernel>(L.total);
     const int units = (p.K + p.S) * (p.I / kTmaGuRows);
-    launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L);
+    launch_pdl(moe_tma_gu_kernel, dim3(unsigned(std::min(units, sms))), dim3(kTmaThreads), L.total, s, p, L, early.gu);
   }
   if (stages & 2) {
     static const int want = [] {
@@ -440,7 +466,7 @@ void moe_rows_tma(const MoeRowsParams& params, cudaStream_t s, int stages) {
     // every block holds at most kTmaDownMaxItems items (kTmaDownMaxItems / 2 with 16 outputs per item)
     const int max_items = cfg.cols > kTmaWarps ? kTmaDownMaxItems * kTmaWarps / cfg.cols : kTmaDownMaxItems;
     const int grid = std::max(std::min(items, sms), (items + max_items - 1) / max_items);
-    launch_pdl(moe_tma_down_kernel, dim3(unsigned(grid)), dim3(kTmaThreads), L.total, s, p, L, cfg);
+    launch_pdl(moe_tma_down_kernel, dim3(unsigned(grid)), dim3(kTmaThreads), L.total, s, p, L, cfg, early.down);
   }
   DSV2_CUDA_LAUNCHED();
 }
