@@ -703,7 +703,8 @@ TEST(CudaKernels, MlaAttentionPagedCausal) {
 }
 
 // One token over few splits: gemv1_combine (the W_UV product merging the attention splits itself)
-// gives the same bits as mla_attention's own combine followed by gemv1.
+// gives the same bits as mla_attention's own combine followed by gemv1, with or without a range for
+// its blocks to move into the L2.
 TEST(CudaKernels, OneTokenUvProductMergesSplits) {
   DSV2_REQUIRE_GPU();
   std::mt19937_64 g(14);
@@ -737,7 +738,9 @@ TEST(CudaKernels, OneTokenUvProductMergesSplits) {
         mla_attention(p, kvl, rope, 0);
         gemv1(dlat.p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y1.p, false, 0, vdim, rows, kvl);
         mla_attention(p, kvl, rope, 0, false);
-        gemv1_combine(p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y2.p, 0, vdim, rows);
+        // odd split counts: the cache into the L2 (the shared experts' rows in a decode step)
+        gemv1_combine(p, dw.p + size_t(nope) * kvl, heads * vdim, kvl, y2.p, 0, vdim, rows, S % 2 ? dcache.p : nullptr,
+                      size_t(nb) * 64 * D * sizeof(bf16));
         const auto a = from_bf16(y1.get()), b = from_bf16(y2.get());
         for (size_t i = 0; i < a.size(); ++i)
           ASSERT_EQ(a[i], b[i]) << "heads " << heads << " context " << len + 1 << " splits " << S << " output " << i;

@@ -418,6 +418,14 @@ class CudaModelImpl final : public CudaModel {
   // DSV2_CUDA_NO_QKV_ABSORB=1: one-token passes keep the W_UK absorb (with the rope and the cache row)
   // in its own launch after the q/kv product instead of inside it (gemv1_norm_absorb) and the attention.
   bool qkv_absorb_on_ = std::getenv("DSV2_CUDA_NO_QKV_ABSORB") == nullptr;
+  // DSV2_CUDA_NO_SHARED_L2=1: the one-token W_UV product leaves the shared experts' gate/up rows (23
+  // MB per V2-Lite layer) where they are, instead of moving them into the L2 while the attention runs.
+  // The gate/up kernel's first copies (before it has routed the token: these units) then come from
+  // the memory, and the routing's loads wait behind them. Measured on the H200 at batch 1 (two calls,
+  // three rounds each): 611 / 611 / 612 against 607 / 607 / 607, and 608 / 608 / 609 against 604 /
+  // 603 / 604; the W_UV launch moving o_proj's rows instead: 605 against 607; the shared down rows
+  // as well: 601-606 against 608-609.
+  bool shared_gu_l2_ = std::getenv("DSV2_CUDA_NO_SHARED_L2") == nullptr;
   bool attn_cluster_on_ = std::getenv("DSV2_CUDA_ATTN_NO_CLUSTER") == nullptr;
   // DSV2_CUDA_ROUTER_SGEMM=1: router logits by cuBLAS SGEMM and routing in its own kernel at every
   // batch size (unfused passes only).
@@ -1347,9 +1355,14 @@ void CudaModelImpl::attention(int l, int T, int n_items, int n_splits, int n_chu
     mark("attention");
     // o[t, h, 0:v] = W_UV_h olat[t, h]
     if (skip("uv")) {
-    } else if (uv_combine)
-      gemv1_combine(ap, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, stream_, vdim_, nope_ + vdim_);
-    else if (one_token)
+    } else if (uv_combine) {
+      // The shared experts' gate/up rows into the L2 while the attention leaves the memory idle (see
+      // shared_gu_l2_).
+      const size_t Im = c_.moe_intermediate_size, E = c_.n_routed_experts, NS = c_.n_shared_experts;
+      const bool pre = shared_gu_l2_ && L.moe && NS > 0;
+      gemv1_combine(ap, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, stream_, vdim_, nope_ + vdim_,
+                    pre ? L.exp_gu.p + E * 2 * Im * size_t(H_) : nullptr, NS * 2 * Im * size_t(H_) * sizeof(bf16));
+    } else if (one_token)
       gemv1(olat_.p, L.kv_b.p + size_t(nope_) * kvl_, heads_ * vdim_, kvl_, o_.p, false, stream_, vdim_,
             nope_ + vdim_, kvl_);
     else

@@ -300,6 +300,9 @@ struct Gemv1Args {
   const float* part_o = nullptr;
   const float* part_ml = nullptr;
   int n_splits = 0;
+  // kComb: bytes a later kernel reads, moved into the L2 before the PDL wait (block b its slice b)
+  const void* l2_next = nullptr;
+  unsigned l2_next_bytes = 0;
   // kRoute (fp32 accumulate into the residual y): the block's partial router logits of the new y
   const float* route_w = nullptr;  // [route_E, N] router rows with the post-attention norm folded in
   float* route_part = nullptr;     // [gridDim.x, route_part_stride(route_E)]
@@ -489,6 +492,11 @@ __global__ void __launch_bounds__(kG1Warps * 32, kAbsorb || kComb ? 2 : 1) gemv1
   };
   load(0);
   if (kNorm && warp == 0) prefetch_l2_floats(a.norm_w, K, lane);
+  if (kComb && a.l2_next && threadIdx.x == 0) {
+    const unsigned sl = (a.l2_next_bytes / 16 + gridDim.x - 1) / gridDim.x * 16, o = blockIdx.x * sl;
+    if (o < a.l2_next_bytes)
+      bulk_prefetch_l2(static_cast<const unsigned char*>(a.l2_next) + o, min(sl, a.l2_next_bytes - o));
+  }
   // kAbsorb, q_nope blocks: W_UK rows 4 (tid % 4) .. + 3 of the block's 16 q rows, columns 8 (tid / 4) .. + 7
   [[maybe_unused]] uint4 wk[4];
   if constexpr (kAbsorb) {
@@ -633,13 +641,20 @@ bool gemv1_combine_supported(const AttnParams& p, int K, int n_head) {
 }
 
 void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cudaStream_t s, int n_head,
-                   long long w_head_rows) {
+                   long long w_head_rows, const void* l2_next, size_t l2_next_bytes) {
   DSV2_CHECK(gemv1_combine_supported(p, K, n_head) && N % n_head == 0 && N / n_head <= p.heads,
              "gemv1_combine: {} splits, K {}, head width {}, N {} unsupported", p.n_splits, K, n_head, N);
   Gemv1Args a{nullptr, nullptr, nullptr, 0.f, w, N, K, n_head, w_head_rows, 0, y, false, false};
   a.part_o = p.part_o;
   a.part_ml = p.part_ml;
   a.n_splits = p.n_splits;
+  if (l2_next) {
+    DSV2_CHECK(l2_next_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(l2_next) % 16 == 0 &&
+                   l2_next_bytes < (size_t(1) << 32),
+               "gemv1_combine: L2 range of {} bytes unsupported", l2_next_bytes);
+    a.l2_next = l2_next;
+    a.l2_next_bytes = unsigned(l2_next_bytes);
+  }
   launch_gemv1(a, false, s);
 }
 

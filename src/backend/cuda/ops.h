@@ -257,8 +257,10 @@ void gemv1(const bf16* x, const bf16* w, int N, int K, void* y, bool out_f32, cu
 // few-splits combine does (the same bf16 values) before its product. One token (the rows of p are
 // its heads), 1 < n_splits <= kAttnCombineFewMax, K = kv_lora, n_head a multiple of 16.
 bool gemv1_combine_supported(const AttnParams& p, int K, int n_head);
+// l2_next (16-byte aligned, l2_next_bytes % 16 == 0): bytes a later kernel reads, moved into the L2
+// by the blocks before their PDL wait (while the attention runs).
 void gemv1_combine(const AttnParams& p, const bf16* w, int N, int K, bf16* y, cudaStream_t s, int n_head,
-                   long long w_head_rows);
+                   long long w_head_rows, const void* l2_next = nullptr, size_t l2_next_bytes = 0);
 // y[n] += sum_k x[k] w[n, k] (one row, fp32 y: the residual add fused into the product).
 void gemv1_accumulate(const bf16* x, const bf16* w, int N, int K, float* y, cudaStream_t s);
 // Router partials for route_in_gu (one-token MoE layers): row stride of the partials (E logits padded
