@@ -147,6 +147,7 @@ __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float*
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if ((tid & 31) == 0) red[tid >> 5] = ss;
   stage_sync(1, nt);
+  DSV2_TRACE_MARK(1);  // every thread's loads are in
   ss = 0.f;
   for (int w = 0; w < kTmaWarps; ++w) ss += red[w];
   const float inv = rsqrtf(ss / float(H) + p.eps);
@@ -159,6 +160,7 @@ __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float*
     d[1] = __floats2bfloat162_rn(gv[j].z * (xv[j].z * inv), gv[j].w * (xv[j].w * inv));
   }
   stage_sync(1, nt);
+  DSV2_TRACE_MARK(3);
   if (tid < 32) {
     const int lane = tid;
     for (int c = lane; c < p.E; c += 32) {
@@ -168,6 +170,7 @@ __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float*
     }
     __syncwarp();
     route_token_warp(p.route, 0, logits);
+    DSV2_TRACE_MARK(2);
     __threadfence();  // the ids are visible to the down kernel before this block lets it launch
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
@@ -270,7 +273,6 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
   }
   for (int n = 0;; ++n) {
     ring.consume_wait(n);
-    if (n == 0) DSV2_TRACE_MARK(1);
     const int u = tags[n % ring.stages];
     if (u < 0) break;
     const int y = u / upr, i = (u - y * upr) * kTmaGuRows + warp;
@@ -339,13 +341,26 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_down_kernel(MoeRowsPar
   __shared__ float wrow[kTmaMaxRows];
   __shared__ float part[kTmaWarps][kTmaDownMaxItems];
   pdl_entry();  // the activations come from the gate/up kernel
-  const int nck = I / 8, tid = threadIdx.x;
-  for (int c = tid; c < nrow * nck; c += kTmaWarps * 32) {
-    const int j = c / nck, cc = c - j * nck;
-    const size_t src = j < p.S ? size_t(p.K) + j : size_t(j - p.S);  // act rows: routed 0..K-1, shared K..
-    reinterpret_cast<uint4*>(sa + size_t(j) * I)[cc] = reinterpret_cast<const uint4*>(p.act + src * I)[cc];
-  }
+  const int nck = I / 8, tid = threadIdx.x, total = nrow * nck;
   if (tid < nrow) wrow[tid] = tid < p.S ? 1.0f : __ldcg(p.weights + (tid - p.S));
+  // the activations in batches of kActPer pieces per thread, every load of a batch issued before its
+  // stores (one round trip per batch: one for V2-Lite's 8 rows; the loop it replaces stored each piece
+  // before loading the next)
+  constexpr int kActPer = 8;
+  for (int c0 = tid; c0 < total; c0 += kActPer * kTmaWarps * 32) {
+    uint4 v[kActPer];
+#pragma unroll
+    for (int i = 0; i < kActPer; ++i) {
+      const int c = c0 + i * kTmaWarps * 32, j = c / nck, cc = c - j * nck;
+      const size_t src = j < p.S ? size_t(p.K) + j : size_t(j - p.S);  // act rows: routed 0..K-1, shared K..
+      v[i] = c < total ? reinterpret_cast<const uint4*>(p.act + src * I)[cc] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < kActPer; ++i) {
+      const int c = c0 + i * kTmaWarps * 32, j = c / nck, cc = c - j * nck;
+      if (c < total) reinterpret_cast<uint4*>(sa + size_t(j) * I)[cc] = v[i];
+    }
+  }
   stage_sync(1, kTmaWarps * 32);
   if (threadIdx.x == 0) mbar_arrive(&act_bar);
   DSV2_TRACE_MARK(0);

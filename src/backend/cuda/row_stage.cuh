@@ -17,11 +17,47 @@ __device__ __forceinline__ void stage_sync(int bar, int nt) {
 // y[k] = bf16(g[k] * x[k] * rsqrt(mean(x^2) + eps)) for the fp32 row x of length H (H % 4 == 0), by
 // threads 0..nt-1 (nt a multiple of 32; the whole block by default) into shared memory (add_rmsnorm's
 // bf16 values); red holds one float per warp. Ends with a barrier (stage_sync(bar, nt)).
+// Rows of up to kStageRowPer float4 per thread are loaded into registers with every load of x and g
+// issued together (one round trip: x comes from the kernel just before, after the PDL wait); longer
+// rows are read twice in loops.
+constexpr int kStageRowPer = 2;
 __device__ __forceinline__ void stage_rmsnorm_bf16(const float* __restrict__ x, const float* __restrict__ g, int H,
                                                    float eps, bf16* y, float* red, int nt = 0, int bar = 0) {
   if (nt == 0) nt = blockDim.x;
   const int tid = threadIdx.x;
   float ss = 0.f;
+  if (H <= nt * 4 * kStageRowPer) {
+    float4 xv[kStageRowPer], gv[kStageRowPer];
+    const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int j = 0; j < kStageRowPer; ++j) {
+      const int k = (tid + j * nt) * 4;
+      xv[j] = k < H ? *reinterpret_cast<const float4*>(x + k) : z;
+      gv[j] = k < H ? *reinterpret_cast<const float4*>(g + k) : z;
+    }
+#pragma unroll
+    for (int j = 0; j < kStageRowPer; ++j) {  // the loop's order below (zero pieces add nothing)
+      const float4 v = xv[j];
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((tid & 31) == 0) red[tid >> 5] = ss;
+    stage_sync(bar, nt);
+    ss = 0.f;
+    for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
+    const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll
+    for (int j = 0; j < kStageRowPer; ++j) {
+      const int k = (tid + j * nt) * 4;
+      if (k >= H) break;
+      const float4 v = xv[j], w = gv[j];
+      __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
+      d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
+      d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
+    }
+    stage_sync(bar, nt);
+    return;
+  }
 #pragma unroll 4
   for (int k = tid * 4; k < H; k += nt * 4) {
     const float4 v = *reinterpret_cast<const float4*>(x + k);
