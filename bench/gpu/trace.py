@@ -9,7 +9,12 @@ previous launch ended, when its first PDL wait returned: after its first block s
 launch before it ended), the per-kernel totals with the median time from the end of the launch before
 (in end order) to the launch's end, and the gap from the previous pass.
 
-Usage: bench/gpu/trace.py TRACE.csv[.gz] [--pass N] [--tokens T] [--launches]
+--marks: for each kernel, the median over the last 8 passes with T tokens of its blocks' start, PDL wait,
+in-kernel stamps m0-m3 (DSV2_TRACE_MARK, thread 0; what each marks is in the kernel's source) and
+end, in us after the launch before it ended (launches in start order; the median of each launch's
+block median, and of each launch's last end). The H200's global timer moves in steps of ~0.26 us.
+
+Usage: bench/gpu/trace.py TRACE.csv[.gz] [--pass N] [--tokens T] [--launches] [--marks]
   default pass: the median-duration pass among the last 8 passes with T tokens (default 1)
 """
 import argparse
@@ -28,7 +33,8 @@ def load(path):
             p = int(row["pass"])
             tokens[p] = int(row["tokens"])
             passes[p].append((row["kernel"], int(row["sm"]), int(row["block"]), int(row["blocks"]),
-                              int(row["t0_ns"]), int(row["t1_ns"]), int(row.get("tw_ns") or 0)))
+                              int(row["t0_ns"]), int(row["t1_ns"]), int(row.get("tw_ns") or 0),
+                              tuple(int(row.get(f"m{i}_ns") or 0) for i in range(4))))
     return passes, tokens
 
 
@@ -50,9 +56,28 @@ def launches(recs, split_ns):
     for kernel, blocks, rs in out:
         waits = [r[6] for r in rs if r[6] > 0]
         res.append({"kernel": kernel, "grid": blocks, "seen": len(rs), "t0": min(r[4] for r in rs),
-                    "t1": max(r[5] for r in rs), "tw": min(waits) if waits else 0})
+                    "t1": max(r[5] for r in rs), "tw": min(waits) if waits else 0, "recs": rs})
     res.sort(key=lambda l: l["t0"])
     return res
+
+
+def marks(passes, tokens, t, split_ns):
+    cols = ["start", "wait", "m0", "m1", "m2", "m3", "end", "last end"]
+    agg = defaultdict(lambda: defaultdict(list))
+    for p in [q for q in sorted(passes) if tokens[q] == t][-8:]:
+        ls = launches(passes[p], split_ns)
+        for prev, l in zip(ls, ls[1:]):
+            rs, base = l["recs"], prev["t1"]
+            vals = {"start": [r[4] for r in rs], "wait": [r[6] for r in rs if r[6]], "end": [r[5] for r in rs]}
+            for i in range(4):
+                vals[f"m{i}"] = [r[7][i] for r in rs if r[7][i]]
+            for c, v in vals.items():
+                if v:
+                    agg[l["kernel"]][c].append((statistics.median(v) - base) / 1000)
+            agg[l["kernel"]]["last end"].append((l["t1"] - base) / 1000)
+    print(f"{'kernel':>12} " + " ".join(f"{c:>8}" for c in cols) + "   (us after the launch before ended)")
+    for k, d in agg.items():
+        print(f"{k:>12} " + " ".join(f"{statistics.median(d[c]):8.2f}" if d[c] else f"{'-':>8}" for c in cols))
 
 
 def main():
@@ -62,10 +87,14 @@ def main():
     ap.add_argument("--tokens", type=int, default=1)
     ap.add_argument("--split-us", type=float, default=3.0)
     ap.add_argument("--launches", action="store_true", help="print every launch")
+    ap.add_argument("--marks", action="store_true", help="per kernel: median block stamps (see above)")
     a = ap.parse_args()
     passes, tokens = load(a.trace)
     if not passes:
         sys.exit("trace: no records")
+    if a.marks:
+        marks(passes, tokens, a.tokens, int(a.split_us * 1000))
+        return
     span = {p: (min(r[4] for r in rs), max(r[5] for r in rs)) for p, rs in passes.items()}
     if a.pass_ is None:
         cand = [p for p in sorted(passes) if tokens[p] == a.tokens][-8:]
