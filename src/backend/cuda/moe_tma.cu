@@ -10,7 +10,8 @@
 // are copied before the PDL wait), then the routed ones. Warp w computes row w of the unit, with the
 // same operations in the same order as moe_rows_gu_kernel (the same bf16 activations).
 // Down: item = 16 outputs; its stages are those rows of each of the K + S experts (one contiguous copy
-// each, all known before the PDL wait since the router ran two kernels back); warp w takes outputs w
+// each; the shared experts' copied before the PDL wait, the routed ones once the wait has made the
+// gate/up kernel's ids visible); warp w takes outputs w
 // and w + 8 (with 8 or fewer outputs per item: output w % cols, piece w / cols of the columns); the
 // item's sum goes into y.
 #include <algorithm>
@@ -104,7 +105,7 @@ __device__ Ring make_ring(unsigned char* smem, const TmaLayout& L) {
 // partial router logits are issued together. Column sums of the partials in a fixed order (each thread
 // sums a range of partial rows for 4 columns, then warp 0 adds the ranges), times the norm's
 // rsqrt(mean(x^2) + eps), then route_token_warp by warp 0, which writes ids / weights to global memory
-// (every block writes the same values), fences them and arrives on bar; the other warps go on.
+// (every block writes the same values; fenced with fence_ids) and arrives on bar; the other warps go on.
 // Called by the computing warps after the PDL wait; H <= 8 * 256.
 constexpr int kRouteGuScratch = 1280;  // floats: ranges x padded columns
 __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float* red, float* scratch, float* logits,
