@@ -143,22 +143,14 @@ __device__ void route_and_norm_in_block(const MoeRowsParams& p, bf16* sx, float*
   }
   float ss = 0.f;
 #pragma unroll
-  for (int j = 0; j < kXPer; ++j)
-    ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((tid & 31) == 0) red[tid >> 5] = ss;
-  stage_sync(1, nt);
+  for (int j = 0; j < kXPer; ++j) ss += sum_squares4(xv[j]);
+  const float inv = block_inv_rms(ss, red, H, p.eps, nt, 1);
   DSV2_TRACE_MARK(1);  // every thread's loads are in
-  ss = 0.f;
-  for (int w = 0; w < kTmaWarps; ++w) ss += red[w];
-  const float inv = rsqrtf(ss / float(H) + p.eps);
 #pragma unroll
   for (int j = 0; j < kXPer; ++j) {
     const int k = (tid + j * nt) * 4;
     if (k >= H) break;
-    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sx + k);
-    d[0] = __floats2bfloat162_rn(gv[j].x * (xv[j].x * inv), gv[j].y * (xv[j].y * inv));
-    d[1] = __floats2bfloat162_rn(gv[j].z * (xv[j].z * inv), gv[j].w * (xv[j].w * inv));
+    store_norm4(sx + k, xv[j], gv[j], inv);
   }
   stage_sync(1, nt);
   DSV2_TRACE_MARK(3);

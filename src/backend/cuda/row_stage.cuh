@@ -14,6 +14,24 @@ __device__ __forceinline__ void stage_sync(int bar, int nt) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(bar), "r"(nt) : "memory");
 }
 
+// The block's rsqrt(mean(x^2) + eps) for a row of length H from each thread's partial sum of squares
+// (threads 0..nt-1; red holds one float per warp; barrier stage_sync(bar, nt)).
+__device__ __forceinline__ float block_inv_rms(float ss, float* red, int H, float eps, int nt, int bar) {
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  stage_sync(bar, nt);
+  ss = 0.f;
+  for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
+  return rsqrtf(ss / float(H) + eps);
+}
+__device__ __forceinline__ float sum_squares4(const float4& v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+// y[0:4] = bf16(g * (x * inv)): add_rmsnorm's operations for 4 values
+__device__ __forceinline__ void store_norm4(bf16* y, const float4& x, const float4& g, float inv) {
+  __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y);
+  d[0] = __floats2bfloat162_rn(g.x * (x.x * inv), g.y * (x.y * inv));
+  d[1] = __floats2bfloat162_rn(g.z * (x.z * inv), g.w * (x.w * inv));
+}
+
 // y[k] = bf16(g[k] * x[k] * rsqrt(mean(x^2) + eps)) for the fp32 row x of length H (H % 4 == 0), by
 // threads 0..nt-1 (nt a multiple of 32; the whole block by default) into shared memory (add_rmsnorm's
 // bf16 values); red holds one float per warp. Ends with a barrier (stage_sync(bar, nt)).
@@ -36,46 +54,23 @@ __device__ __forceinline__ void stage_rmsnorm_bf16(const float* __restrict__ x, 
       gv[j] = k < H ? *reinterpret_cast<const float4*>(g + k) : z;
     }
 #pragma unroll
-    for (int j = 0; j < kStageRowPer; ++j) {  // the loop's order below (zero pieces add nothing)
-      const float4 v = xv[j];
-      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if ((tid & 31) == 0) red[tid >> 5] = ss;
-    stage_sync(bar, nt);
-    ss = 0.f;
-    for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
-    const float inv = rsqrtf(ss / float(H) + eps);
+    for (int j = 0; j < kStageRowPer; ++j) ss += sum_squares4(xv[j]);  // the loop's order below
+    const float inv = block_inv_rms(ss, red, H, eps, nt, bar);
 #pragma unroll
     for (int j = 0; j < kStageRowPer; ++j) {
       const int k = (tid + j * nt) * 4;
       if (k >= H) break;
-      const float4 v = xv[j], w = gv[j];
-      __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
-      d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
-      d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
+      store_norm4(y + k, xv[j], gv[j], inv);
     }
     stage_sync(bar, nt);
     return;
   }
 #pragma unroll 4
-  for (int k = tid * 4; k < H; k += nt * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(x + k);
-    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-  }
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((tid & 31) == 0) red[tid >> 5] = ss;
-  stage_sync(bar, nt);
-  ss = 0.f;
-  for (int w = 0; w < (nt >> 5); ++w) ss += red[w];
-  const float inv = rsqrtf(ss / float(H) + eps);
+  for (int k = tid * 4; k < H; k += nt * 4) ss += sum_squares4(*reinterpret_cast<const float4*>(x + k));
+  const float inv = block_inv_rms(ss, red, H, eps, nt, bar);
 #pragma unroll 4
-  for (int k = tid * 4; k < H; k += nt * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(x + k), w = *reinterpret_cast<const float4*>(g + k);
-    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + k);
-    d[0] = __floats2bfloat162_rn(w.x * (v.x * inv), w.y * (v.y * inv));
-    d[1] = __floats2bfloat162_rn(w.z * (v.z * inv), w.w * (v.w * inv));
-  }
+  for (int k = tid * 4; k < H; k += nt * 4)
+    store_norm4(y + k, *reinterpret_cast<const float4*>(x + k), *reinterpret_cast<const float4*>(g + k), inv);
   stage_sync(bar, nt);
 }
 
