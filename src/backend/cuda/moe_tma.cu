@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) moe_tma_gu_kernel(MoeRowsParam
         bulk_copy_g2s(st + row_bytes, g + size_t(I) * H, row_bytes, &ring.full[n % ring.stages], pol);
         u = next;
       }
-      if (!waited) ids_ready();  // the down kernel reads the ids before its own wait
+      if (!waited) ids_ready();  // the down kernel launches once every block has the ids
     }
     return;
   }
