@@ -20,11 +20,6 @@ __device__ __forceinline__ unsigned long long& trace_wait_stamp() {
   __shared__ unsigned long long t;
   return t;
 }
-// DSV2_TRACE_MARK(i) stamps (trace.cuh), i < kTraceMarks.
-__device__ __forceinline__ unsigned long long* trace_mark_stamps() {
-  __shared__ unsigned long long t[4];
-  return t;
-}
 #endif
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

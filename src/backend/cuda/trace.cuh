@@ -17,7 +17,11 @@ namespace dsv2::cuda {
 // One buffer per translation unit (no relocatable device code): trace_bind() sets them all.
 static __device__ TraceBuf g_trace;
 
-static_assert(kTraceMarks == 4, "trace_mark_stamps() holds 4");
+// DSV2_TRACE_MARK(i) stamps of the block (thread 0's), i < kTraceMarks.
+__device__ __forceinline__ unsigned long long* trace_mark_stamps() {
+  __shared__ unsigned long long t[kTraceMarks];
+  return t;
+}
 
 struct TraceScope {
   uint32_t kernel;
@@ -54,10 +58,10 @@ struct TraceScope {
 };
 #define DSV2_TRACE(k) ::dsv2::cuda::TraceScope dsv2_trace_scope_(k)
 // Stamps point i (< kTraceMarks) of thread 0's way through the kernel into its block's record.
-#define DSV2_TRACE_MARK(i)                                 \
-  do {                                                     \
-    if (threadIdx.x == 0 && threadIdx.y == 0)              \
-      trace_mark_stamps()[i] = ::dsv2::cuda::TraceScope::now(); \
+#define DSV2_TRACE_MARK(i)                                                \
+  do {                                                                    \
+    if (threadIdx.x == 0 && threadIdx.y == 0)                             \
+      ::dsv2::cuda::trace_mark_stamps()[i] = ::dsv2::cuda::TraceScope::now(); \
   } while (0)
 // Defines this translation unit's binder (called by trace_bind in kernels.cu).
 #define DSV2_TRACE_BINDER(name)                                          \
